@@ -1,0 +1,1 @@
+"""cosmos_ros.predict."""

@@ -1,0 +1,61 @@
+"""pip install of cosmos_ros without ROS: the ROS-free cores and the offline CLIs.
+
+On a GPU workstation without ROS, `pip install .[train]` gives the clip builder and the trainer
+(`cosmos-build-clips`, `cosmos-train`, `cosmos-embed-prompts`). The ROS nodes and the interfaces
+(`cosmos_ros.msg`, `cosmos_ros.srv`) come from the colcon build (CMakeLists.txt); in an environment that
+has both, install only the dependencies with pip (`pip install -r requirements/python.txt`) so the two
+copies of the package never shadow each other.
+"""
+
+from pathlib import Path
+import re
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+VERSION = re.search(r"<version>([^<]+)</version>", (ROOT / "package.xml").read_text()).group(1)
+
+setup(
+    name="cosmos_ros",
+    version=VERSION,
+    description="Action-conditioned Cosmos Predict 2.5 world models from ROS 2 robot data",
+    long_description=(ROOT / "README.md").read_text(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["cosmos_ros", "cosmos_ros.*"]),
+    package_data={"cosmos_ros": ["py.typed"]},
+    data_files=[
+        ("share/cosmos_ros/config", sorted(str(p) for p in Path("config").glob("*.yaml"))),
+    ],
+    install_requires=[
+        "numpy>=1.26",
+        "pyyaml>=6.0",
+        "tqdm>=4.66",
+        "rosbags>=0.11",
+        "safetensors>=0.4",
+        "imageio>=2.34",
+        "opencv-python-headless>=4.9",
+    ],
+    extras_require={
+        "train": [
+            "torch>=2.4",
+            "torchvision>=0.19",
+            "diffusers>=0.42",
+            "peft>=0.21",
+            "accelerate>=1.0",
+            "transformers>=4.50",
+            "tensorboard>=2.16",
+            "imageio-ffmpeg>=0.5",
+            "matplotlib>=3.8",
+        ],
+        "test": ["pytest>=8.0", "pytest-timeout>=2.3", "ruff>=0.6"],
+    },
+    entry_points={
+        "console_scripts": [
+            "cosmos-build-clips = cosmos_ros.clips.cli:main",
+            "cosmos-train = cosmos_ros.train.cli:main",
+            "cosmos-embed-prompts = cosmos_ros.model.text_cache:main",
+        ],
+    },
+)

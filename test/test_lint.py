@@ -1,0 +1,19 @@
+"""ruff over everything we ship: the package, its scripts, launch files, tests, benchmarks and tools."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+from conftest import REPO
+
+
+def test_ruff_clean() -> None:
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.fail("ruff is not installed: run `make setup` (requirements/test.txt installs it)")
+    folders = ("cosmos_ros", "scripts", "launch", "test", "benchmarks", "tools", "examples")
+    targets = [p for p in folders if (REPO / p).exists()]
+    out = subprocess.run([ruff, "check", *targets], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, f"ruff found problems:\n{out.stdout}{out.stderr}"
