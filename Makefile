@@ -47,7 +47,7 @@ build: $(VENV_ABS)/.stamp-python
 	  || { cat log/colcon-build.out; exit 1; }
 
 demo: setup
-	$(ENV) python -m cosmos_ros.demo $(ARGS)
+	$(ENV) install/cosmos_ros/lib/cosmos_ros/demo $(ARGS)
 
 # `pytest`, not `python -m pytest`: the latter puts the source tree first on sys.path, where the
 # cosmos_ros package lacks the generated msg/srv modules. COSMOS_ROS_REQUIRE_ROS turns a missing ROS

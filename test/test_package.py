@@ -98,7 +98,7 @@ def test_console_scripts_call_the_same_mains_as_ros2_run() -> None:
 
 
 def test_data_files_are_installed_by_both_builds() -> None:
-    assert "install(DIRECTORY launch config DESTINATION share/${PROJECT_NAME})" in CMAKE
+    assert "install(DIRECTORY launch config examples DESTINATION share/${PROJECT_NAME})" in CMAKE
     data_files = (REPO / "setup.py").read_text()
     assert 'Path("config").glob("*.yaml")' in data_files
 
@@ -111,7 +111,7 @@ def test_install_tree_matches_sources() -> None:
     share = Path(get_package_share_directory("cosmos_ros"))
     for name in _script_targets():
         assert (prefix / "lib" / "cosmos_ros" / name).exists(), f"{name} not installed"
-    for folder in ("launch", "config"):
+    for folder in ("launch", "config", "examples"):
         for src in (REPO / folder).glob("*"):
             if not src.name.startswith("."):
                 assert (share / folder / src.name).exists(), f"{folder}/{src.name} not installed"
