@@ -1,6 +1,7 @@
 """cosmos_ros.clips: any rosbag2 -> synchronized training clips with action tokens (ROS-free).
 
-Entry points: ``build_clips`` CLI (:mod:`cosmos_ros.clips.cli`), :class:`cosmos_ros.clips.builder.ClipBuilder`,
+Entry points: ``build_clips`` CLI (:mod:`cosmos_ros.clips.cli`),
+:class:`cosmos_ros.clips.builder.ClipBuilder`,
 :class:`cosmos_ros.clips.dataset.ClipDataset` (imported lazily here so the CLI never pays for torch).
 """
 
