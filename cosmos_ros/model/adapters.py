@@ -1,0 +1,343 @@
+"""LoRA / DoRA adapters (peft) and full fine-tuning for the world model; save/load with a model card.
+
+Training modes:
+- `lora` / `dora`: peft low-rank adapters (DoRA: `use_dora=True`) on `target_modules` of the transformer
+  (default NVIDIA's: `to_q, to_k, to_v, to_out.0, ff.net.0.proj, ff.net.2`), base weights frozen;
+- `full`: every transformer weight trained (the baseline);
+- in every mode the action MLPs (if any) are trained in full, like peft's `modules_to_save`.
+
+An adapter directory (the contract in docs/ARCHITECTURE.md):
+    adapter_config.json               peft LoraConfig (lora/dora)
+    adapter_model.safetensors         peft weights, keys `base_model.model.<module>.lora_A.weight`, ...
+    transformer.safetensors           full mode only: every transformer weight
+    action_conditioning.safetensors   action MLPs; metadata `config` = ActionEmbedder.config()
+    cosmos_ros_card.json              base model id/path, revision, transformer config, mode, dataset stats,
+                                      action tokenizer dict, clip geometry, prompt cache path
+    README.md                         the same card for humans
+Loading reads safetensors and JSON only; a pickle (`*.bin`, `*.pt`) in its place is refused.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from cosmos_ros.model.action_cond import ActionEmbedder
+from cosmos_ros.model.world_model import WorldModel
+
+DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
+MODES = ("lora", "dora", "full")
+CARD_NAME = "cosmos_ros_card.json"
+PEFT_PREFIX = "base_model.model."
+
+
+class AdapterError(ValueError):
+    """An adapter directory that cannot be used (missing, corrupt, pickled, or for another base model)."""
+
+
+@dataclass
+class AdapterConfig:
+    """How the transformer is fine-tuned (see the module docstring)."""
+
+    mode: str = "lora"
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"adapter mode {self.mode!r} unknown; use one of {', '.join(MODES)}")
+        if self.mode != "full" and (self.rank < 1 or not self.target_modules):
+            raise ValueError(f"{self.mode}: rank ({self.rank}) must be >= 1 and target_modules non-empty")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"adapter dropout {self.dropout} must be in [0, 1)")
+
+    def lora_config(self) -> Any:
+        from peft import LoraConfig
+
+        return LoraConfig(
+            r=self.rank,
+            lora_alpha=self.alpha,
+            lora_dropout=self.dropout,
+            target_modules=list(self.target_modules),
+            use_dora=self.mode == "dora",
+            init_lora_weights=True,
+        )
+
+
+def _base(wm: WorldModel) -> nn.Module:
+    return wm.transformer.transformer
+
+
+def apply_adapters(wm: WorldModel, cfg: AdapterConfig) -> list[nn.Parameter]:
+    """Set up `wm` for training in `cfg.mode`; return the trainable parameters.
+
+    Base weights are frozen for lora/dora; trainable parameters are kept in float32 even when the base is
+    bf16 (optimizer precision), which is what the mixed-precision recipe expects.
+    """
+    base = _base(wm)
+    if cfg.mode in ("lora", "dora"):
+        from peft import inject_adapter_in_model
+
+        base.requires_grad_(False)
+        inject_adapter_in_model(cfg.lora_config(), base)
+        n_lora = sum(1 for n, _ in base.named_parameters() if "lora_" in n)
+        if n_lora == 0:
+            raise ValueError(f"no module of the transformer matches target_modules={cfg.target_modules}")
+    else:
+        base.requires_grad_(True)
+    if wm.transformer.action_embedder is not None:
+        wm.transformer.action_embedder.requires_grad_(True)
+    params = [p for p in wm.transformer.parameters() if p.requires_grad]
+    for p in params:
+        if p.dtype in (torch.bfloat16, torch.float16) and cfg.mode != "full":
+            p.data = p.data.float()
+    return params
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    total = sum(p.numel() for p in module.parameters())
+    return sum(p.numel() for p in module.parameters() if p.requires_grad), total
+
+
+def _safe_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
+    tmp.replace(path)
+
+
+def adapter_state_dict(wm: WorldModel, cfg: AdapterConfig) -> dict[str, torch.Tensor]:
+    """The weights an adapter directory holds for the transformer (peft keys, or every weight for full)."""
+    base = _base(wm)
+    if cfg.mode == "full":
+        return {k: v for k, v in base.state_dict().items()}
+    from peft import get_peft_model_state_dict
+
+    return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(base).items()}
+
+
+def save_adapter(
+    wm: WorldModel,
+    out_dir: str | Path,
+    cfg: AdapterConfig,
+    card: dict[str, Any] | None = None,
+) -> Path:
+    """Write the adapter directory (module docstring) for `wm` trained with `cfg`; return its path."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    sd = adapter_state_dict(wm, cfg)
+    if cfg.mode == "full":
+        _safe_save(sd, out / "transformer.safetensors", {"format": "pt"})
+    else:
+        lc = cfg.lora_config()
+        lc.base_model_name_or_path = wm.source.base
+        lc.revision = wm.source.revision
+        lc.save_pretrained(str(out))
+        _safe_save(sd, out / "adapter_model.safetensors", {"format": "pt"})
+    emb = wm.transformer.action_embedder
+    if emb is not None:
+        _safe_save(
+            emb.state_dict(),
+            out / "action_conditioning.safetensors",
+            {"format": "pt", "config": json.dumps(emb.config())},
+        )
+    full_card = {
+        "format": "cosmos_ros.adapter/1",
+        "base_model": wm.source.base,
+        "revision": wm.source.revision,
+        "transformer_config": wm.source.transformer_config,
+        "adapter": asdict(cfg),
+        "action_conditioning": None if emb is None else emb.config(),
+        **(card or {}),
+    }
+    (out / CARD_NAME).write_text(json.dumps(full_card, indent=1, default=str))
+    (out / "README.md").write_text(_model_card_markdown(full_card))
+    return out
+
+
+def _model_card_markdown(card: dict[str, Any]) -> str:
+    ad = card["adapter"]
+    lines = [
+        "---",
+        "library_name: peft",
+        f"base_model: {card['base_model']}",
+        "tags: [cosmos, world-model, robotics, lora]",
+        "---",
+        "",
+        "# cosmos_ros adapter",
+        "",
+        f"- Base model: `{card['base_model']}` (revision `{card.get('revision')}`)",
+        f"- Mode: {ad['mode']}"
+        + (
+            ""
+            if ad["mode"] == "full"
+            else f", rank {ad['rank']}, alpha {ad['alpha']}, targets {ad['target_modules']}"
+        ),
+        f"- Action conditioning: {card.get('action_conditioning')}",
+    ]
+    for key in ("dataset", "geometry", "training", "prompt_cache"):
+        if key in card:
+            lines.append(f"- {key.capitalize()}: `{json.dumps(card[key], default=str)[:2000]}`")
+    lines += [
+        "",
+        "Load with `cosmos_ros.model.adapters.load_world_model(base, adapter_dir)`; "
+        "all weights are safetensors.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def read_card(adapter_dir: str | Path) -> dict[str, Any]:
+    """The adapter's card; AdapterError when the directory is not a cosmos_ros adapter."""
+    d = Path(adapter_dir)
+    if not d.is_dir():
+        raise AdapterError(f"adapter directory {d} does not exist")
+    pickles = [p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
+    if pickles:
+        raise AdapterError(
+            f"adapter directory {d} holds pickle files {pickles}; cosmos_ros loads safetensors "
+            f"only (pickles can run code). Re-save the adapter with safetensors."
+        )
+    try:
+        card = json.loads((d / CARD_NAME).read_text())
+    except FileNotFoundError:
+        raise AdapterError(
+            f"{d} has no {CARD_NAME}: not an adapter written by the cosmos_ros trainer"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{d / CARD_NAME} is corrupt ({e}); re-save the adapter") from e
+    if not isinstance(card, dict) or "adapter" not in card or "transformer_config" not in card:
+        raise AdapterError(f"{d / CARD_NAME} lacks 'adapter'/'transformer_config'; re-save the adapter")
+    return card
+
+
+def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    from safetensors import safe_open
+
+    if not path.is_file():
+        raise AdapterError(f"adapter file {path} is missing; the adapter directory is incomplete")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is no dict
+    except Exception as e:  # SafetensorError and friends for truncated / garbled files
+        raise AdapterError(
+            f"adapter file {path} is corrupt or not safetensors ({e}); re-save or re-download the adapter"
+        ) from e
+
+
+def check_base_matches(card: dict[str, Any], wm: WorldModel, adapter_dir: Path) -> None:
+    """AdapterError naming the differing config keys when the adapter was trained on another base."""
+    want, have = card["transformer_config"], wm.source.transformer_config
+    diff = sorted(k for k in set(want) | set(have) if want.get(k) != have.get(k))
+    if diff:
+        detail = ", ".join(f"{k}: adapter {want.get(k)!r} vs base {have.get(k)!r}" for k in diff[:6])
+        raise AdapterError(
+            f"adapter {adapter_dir} was trained on base {card.get('base_model')!r} with another "
+            f"transformer config than {wm.source.base!r} ({detail}); load it with its own base"
+        )
+
+
+def load_adapter(wm: WorldModel, adapter_dir: str | Path, merge: bool = False) -> dict[str, Any]:
+    """Load an adapter directory into `wm` (built with the same base); optionally merge; returns the card."""
+    d = Path(adapter_dir)
+    card = read_card(d)
+    check_base_matches(card, wm, d)
+    cfg = AdapterConfig(**card["adapter"])
+    base = _base(wm)
+    if cfg.mode == "full":
+        sd, _ = _load_safetensors(d / "transformer.safetensors")
+        try:
+            base.load_state_dict({k: v.to(next(base.parameters()).dtype) for k, v in sd.items()}, strict=True)
+        except RuntimeError as e:
+            raise AdapterError(
+                f"{d / 'transformer.safetensors'} does not fit the base transformer: {e}"
+            ) from e
+    else:
+        from peft import LoraConfig, inject_adapter_in_model, set_peft_model_state_dict
+
+        sd, _ = _load_safetensors(d / "adapter_model.safetensors")
+        try:
+            lc = LoraConfig.from_pretrained(str(d))
+        except Exception as e:
+            raise AdapterError(f"{d / 'adapter_config.json'} is missing or corrupt ({e})") from e
+        inject_adapter_in_model(lc, base)
+        sd = {k.removeprefix(PEFT_PREFIX): v for k, v in sd.items()}
+        try:
+            res = set_peft_model_state_dict(base, sd)
+        except RuntimeError as e:
+            raise AdapterError(
+                f"{d / 'adapter_model.safetensors'} does not fit this base transformer: {e}"
+            ) from e
+        missing = [k for k in getattr(res, "missing_keys", []) if "lora_" in k]
+        unexpected = list(getattr(res, "unexpected_keys", []))
+        if missing or unexpected:
+            raise AdapterError(
+                f"{d / 'adapter_model.safetensors'} does not fit this base transformer "
+                f"(missing e.g. {missing[:3]}, unexpected e.g. {unexpected[:3]})"
+            )
+        if merge:
+            merge_adapters(base)
+    ac = card.get("action_conditioning")
+    if ac:
+        sd, meta = _load_safetensors(d / "action_conditioning.safetensors")
+        emb = ActionEmbedder(**json.loads(meta.get("config", json.dumps(ac))))
+        try:
+            emb.load_state_dict(sd, strict=True)
+        except RuntimeError as e:
+            raise AdapterError(f"{d / 'action_conditioning.safetensors'} is inconsistent: {e}") from e
+        wm.transformer.action_embedder = emb.to(device=wm.device, dtype=wm.transformer.dtype)
+    wm.transformer.to(wm.device)
+    return card
+
+
+def merge_adapters(module: nn.Module) -> int:
+    """Merge every peft layer into its base weight and put the plain layer back; returns how many."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    targets = [(n, m) for n, m in module.named_modules() if isinstance(m, BaseTunerLayer)]
+    for name, layer in targets:
+        layer.merge()
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, layer.get_base_layer())
+    return len(targets)
+
+
+def load_world_model(
+    base: str | Path | None,
+    adapter_dir: str | Path | None = None,
+    merge: bool = False,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    load_vae: bool = True,
+    revision: str | None = None,
+) -> WorldModel:
+    """Base model (+ adapter) ready for inference, in eval mode.
+
+    `base=None` takes the base recorded in the adapter card. With an adapter, its revision and action
+    conditioning come from the card; `merge=True` folds LoRA/DoRA into the base weights (faster inference,
+    no peft layers left), `merge=False` keeps them separate.
+    """
+    card = read_card(adapter_dir) if adapter_dir is not None else None
+    if base is None:
+        if card is None:
+            raise ValueError("load_world_model needs a base model or an adapter directory")
+        base = card["base_model"]
+    if card is not None and revision is None and card.get("revision") and not Path(str(base)).exists():
+        revision = card["revision"]
+    wm = WorldModel.from_pretrained(
+        base, revision=revision, action_dim=None, load_vae=load_vae, device=device, dtype=dtype
+    )
+    if adapter_dir is not None:
+        load_adapter(wm, adapter_dir, merge=merge)
+    return wm.eval()

@@ -1,0 +1,51 @@
+"""`ros2 run cosmos_ros train --config config/train.yaml [section.key=value ...]` (also `cosmos-train`).
+
+Runs the accelerate trainer; start it with `accelerate launch [--config_file config/accelerate_ddp.yaml]
+-m cosmos_ros.train.cli --config ...` for several GPUs (docs/training.md). Overrides are YAML values, e.g.
+`optim.lr=1e-4 adapter.mode=dora run.output_dir=runs/x`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from cosmos_ros.train.config import load_config
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Train; exit 0 on success, 1 on a clear error (message on stderr), 3 when the loss diverged."""
+    ap = argparse.ArgumentParser(prog="train", description="Fine-tune Cosmos Predict 2.5 on robot clips")
+    ap.add_argument("--config", default=None, help="training YAML (see config/train.yaml)")
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (OSError, ValueError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 1
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return 0
+    from cosmos_ros.train.trainer import Trainer, TrainingDiverged
+
+    try:
+        trainer = Trainer(cfg)
+        result = trainer.train()
+    except TrainingDiverged as e:
+        print(f"train: diverged: {e}", file=sys.stderr)
+        return 3
+    except (OSError, ValueError, KeyError) as e:
+        print(f"train: error: {e}", file=sys.stderr)
+        return 1
+    if trainer.is_main:
+        last = result.losses.get(result.step)
+        print(f"train: done at step {result.step} (loss {last}), adapter -> {result.adapter_dir}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

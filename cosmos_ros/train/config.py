@@ -1,0 +1,184 @@
+"""Training configuration: nested dataclasses loaded from YAML (config/train.yaml) + `a.b=value` overrides."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cosmos_ros.model.adapters import DEFAULT_TARGET_MODULES
+
+
+@dataclass
+class ModelSection:
+    base: str = "nvidia/Cosmos-Predict2.5-2B"  # hub id or local diffusers-layout dir
+    revision: str | None = None  # None: NVIDIA's diffusers branch for the hub id
+    dtype: str = "bfloat16"  # storage dtype of the frozen base weights
+    action_conditioning: bool = True  # False: action-free (text/video only) training
+    action_hidden_dim: int | None = None  # default 4 x model width (NVIDIA's)
+    gradient_checkpointing: bool = True
+
+
+@dataclass
+class AdapterSection:
+    mode: str = "lora"  # lora | dora | full
+    rank: int = 32
+    alpha: float = 32.0
+    dropout: float = 0.0
+    target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+
+
+@dataclass
+class DataSection:
+    clips_dir: str | None = None  # written by build_clips; None: use an existing latent cache only
+    train_split: str = "train"
+    val_split: str = "val"
+    prompt_cache: str | None = None  # default: <clips_dir>/prompt_cache.safetensors, else <base>/...
+    latent_cache_dir: str | None = None  # default: <output_dir>/latents
+    num_cond_latent_frames: int = 1
+
+
+@dataclass
+class OptimSection:
+    lr: float = 2**-14.5  # NVIDIA's LoRA recipe
+    weight_decay: float = 0.001
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_schedule: str = "cosine"  # constant | linear | cosine (after warm-up)
+    warmup_steps: int = 100
+    max_steps: int = 2000
+    batch_size: int = 8  # per process, per micro-step
+    grad_accum: int = 1
+    grad_clip: float = 1.0
+    cfg_dropout: float = 0.2  # probability of training a sample with the empty (zero) prompt embedding
+    sigma_logit_mean: float = 0.0  # logit-normal noise-level sampling
+    sigma_logit_std: float = 1.0
+
+
+@dataclass
+class RunSection:
+    output_dir: str = "runs/cosmos_ros"
+    seed: int = 0
+    mixed_precision: str = "bf16"  # no | bf16 | fp16
+    cpu: bool = False
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    val_every: int = 250
+    val_batches: int = 8
+    preview_every: int = 500  # 0: never
+    preview_steps: int = 10  # sampling steps of the preview
+    preview_format: str = "gif"  # gif | mp4
+    resume: str = "auto"  # auto (latest checkpoint if any) | never | <checkpoint dir>
+    progress: bool = True
+    trace_data: bool = False  # each process appends the clip ids of its batches to data_trace/rank-<r>.jsonl
+
+
+@dataclass
+class TrainConfig:
+    model: ModelSection = field(default_factory=ModelSection)
+    adapter: AdapterSection = field(default_factory=AdapterSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    run: RunSection = field(default_factory=RunSection)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Build from nested dicts; unknown sections or keys are an error naming the valid ones."""
+        kwargs: dict[str, Any] = {}
+        sections = {f.name: f for f in dataclasses.fields(cls)}
+        for name, value in (data or {}).items():
+            if name not in sections:
+                raise ValueError(f"unknown config section {name!r}; valid: {', '.join(sections)}")
+            sec_cls = sections[name].default_factory  # type: ignore[misc]
+            valid = {f.name: f for f in dataclasses.fields(sec_cls)}  # type: ignore[arg-type]
+            for key in value or {}:
+                if key not in valid:
+                    raise ValueError(f"unknown key {name}.{key}; valid: {', '.join(valid)}")
+            sec = sec_cls(**{k: _coerce(valid[k], v) for k, v in (value or {}).items()})  # type: ignore[operator]
+            if isinstance(getattr(sec, "betas", None), list):
+                sec.betas = tuple(sec.betas)  # type: ignore[attr-defined]
+            kwargs[name] = sec
+        cfg = cls(**kwargs)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        o, r = self.optim, self.run
+        checks = [
+            (o.max_steps >= 1, "optim.max_steps must be >= 1"),
+            (o.batch_size >= 1 and o.grad_accum >= 1, "optim.batch_size and optim.grad_accum must be >= 1"),
+            (o.lr > 0, "optim.lr must be > 0"),
+            (0.0 <= o.cfg_dropout <= 1.0, "optim.cfg_dropout must be in [0, 1]"),
+            (
+                o.lr_schedule in ("constant", "linear", "cosine"),
+                "optim.lr_schedule: constant | linear | cosine",
+            ),
+            (r.mixed_precision in ("no", "bf16", "fp16"), "run.mixed_precision: no | bf16 | fp16"),
+            (r.preview_format in ("gif", "mp4"), "run.preview_format: gif | mp4"),
+            (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (
+                self.model.dtype in ("float32", "bfloat16", "float16"),
+                "model.dtype: float32 | bfloat16 | float16",
+            ),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise ValueError(f"invalid training config: {msg}")
+
+
+def _coerce(f: dataclasses.Field, value: Any) -> Any:
+    """YAML reads `1e-4` as a string (YAML 1.1 floats need a dot): convert by the field's type."""
+    t = str(f.type)
+    if value is False and f.name == "mixed_precision":
+        return "no"  # YAML 1.1 reads an unquoted `no` as false
+    if isinstance(value, str) and t.startswith("float"):
+        try:
+            return float(value)
+        except ValueError:
+            raise ValueError(f"{f.name}={value!r} is not a number") from None
+    if isinstance(value, int) and not isinstance(value, bool) and t.startswith("float"):
+        return float(value)
+    if isinstance(value, str) and t.startswith("int"):
+        try:
+            return int(value)
+        except ValueError:
+            raise ValueError(f"{f.name}={value!r} is not an integer") from None
+    return value
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `section.key=value` overrides (value parsed as YAML) to a nested dict, in place."""
+    for item in overrides:
+        if "=" not in item or "." not in item.split("=", 1)[0]:
+            raise ValueError(f"override {item!r} must look like section.key=value (e.g. optim.lr=1e-4)")
+        key, value = item.split("=", 1)
+        section, name = key.split(".", 1)
+        data.setdefault(section, {})
+        if data[section] is None:
+            data[section] = {}
+        data[section][name] = _parse_value(value)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (None: defaults) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"training config {p} not found (see config/train.yaml for an example)")
+        data = yaml.safe_load(p.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"training config {p} must be a mapping of sections")
+    apply_overrides(data, overrides or [])
+    return TrainConfig.from_dict(data)

@@ -1,0 +1,617 @@
+"""Accelerate trainer for the action-conditioned Cosmos Predict 2.5 world model (LoRA / DoRA / full).
+
+Flow: clips -> latents encoded once (VAE then freed) -> prompt embeddings from the cache -> flow-matching
+training of the transformer on accelerate (one GPU, many via `accelerate launch` with DDP or FSDP, or CPU).
+
+Loss (as NVIDIA's recipe and the 2.5 pipeline's conventions): sigma ~ logit-normal per sample,
+`x_sigma = (1 - sigma) x0 + sigma eps`, conditioning latent frames kept clean (condition mask 1, timestep
+1e-4), target velocity `eps - x0`, mean squared error over non-conditioning frames only; the prompt
+embedding is zeroed with probability `cfg_dropout` (what guidance's unconditional branch uses).
+
+Determinism (exact resume, and N processes == 1 process with N x batch): every random draw of a sample is a
+function of (seed, its global sample position), where position = ((step*accum + micro)*world + rank)*batch
++ i; the data order is a seeded permutation per epoch. A checkpoint therefore only needs the trainable
+weights, optimizer, lr-scheduler and step: resuming gives the same next loss as the uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cosmos_ros.model.adapters import AdapterConfig, apply_adapters, count_parameters, save_adapter
+from cosmos_ros.model.text_cache import PromptCache
+from cosmos_ros.model.world_model import WorldModel, _revision_for
+from cosmos_ros.train.config import TrainConfig
+from cosmos_ros.train.latent_cache import LatentSet, build_latents, clip_ids_of, fingerprint, load_latents
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_MIX = 0x9E3779B1  # odd constant to spread seeds
+
+
+class TrainingDiverged(RuntimeError):
+    """Raised when the loss becomes NaN or inf; names the step; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainResult:
+    """What a finished run reports."""
+
+    step: int
+    losses: dict[int, float]  # step -> training loss (mean over processes)
+    val_losses: dict[int, float]
+    adapter_dir: Path | None
+    checkpoints: list[Path]
+    seconds: float
+
+
+def _gen(seed: int, *parts: int) -> torch.Generator:
+    s = seed
+    for p in parts:
+        s = (s * _MIX + p + 1) % (2**63 - 1)
+    return torch.Generator().manual_seed(s)
+
+
+def _lr_lambda(kind: str, warmup: int, total: int) -> Any:
+    def f(step: int) -> float:
+        if warmup > 0 and step < warmup:
+            return (step + 1) / warmup
+        if kind == "constant":
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return max(0.0, 1.0 - progress)
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+    return f
+
+
+class Trainer:
+    """Fine-tunes a WorldModel on clips; see the module docstring. `train()` runs to `optim.max_steps`."""
+
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        train_dataset: Any = None,
+        val_dataset: Any = None,
+        tokenizer_dict: dict[str, Any] | None = None,
+        dataset_stats: dict[str, Any] | None = None,
+    ) -> None:
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg = cfg
+        self.out = Path(cfg.run.output_dir)
+        self.accel = Accelerator(
+            mixed_precision=cfg.run.mixed_precision, cpu=cfg.run.cpu, gradient_accumulation_steps=1
+        )
+        set_seed(cfg.run.seed)
+        self.is_main = self.accel.is_main_process
+        self.world = self.accel.num_processes
+        self.rank = self.accel.process_index
+        self.tokenizer_dict = tokenizer_dict
+        self.dataset_stats = dataset_stats or {}
+        self._train_ds, self._val_ds = train_dataset, val_dataset
+        self.base = str(cfg.model.base)
+        self.revision = _revision_for(self.base, cfg.model.revision)
+        self.train_set, self.val_set = self._prepare_latents()
+        self.prompts = self._load_prompts()
+        self._build_model()
+
+    # ------------------------------------------------------------------ data
+    def _latent_dir(self) -> Path:
+        return (
+            Path(self.cfg.data.latent_cache_dir) if self.cfg.data.latent_cache_dir else self.out / "latents"
+        )
+
+    def _datasets(self) -> tuple[Any, Any]:
+        if self._train_ds is not None or self.cfg.data.clips_dir is None:
+            return self._train_ds, self._val_ds
+        from cosmos_ros.clips import ClipDataset  # type: ignore[attr-defined]
+
+        root = Path(self.cfg.data.clips_dir)
+        if not (root / "clips.json").is_file():
+            raise FileNotFoundError(
+                f"{root}/clips.json not found: run build_clips first or fix data.clips_dir"
+            )
+        train = ClipDataset(root, split=self.cfg.data.train_split)
+        try:
+            val = ClipDataset(root, split=self.cfg.data.val_split)
+        except (FileNotFoundError, ValueError, KeyError):
+            val = None
+        tok = root / "tokenizer.json"
+        if self.tokenizer_dict is None and tok.is_file():
+            self.tokenizer_dict = json.loads(tok.read_text())
+        return train, val
+
+    def _prepare_latents(self) -> tuple[LatentSet, LatentSet | None]:
+        """Encode clips once (main process; others wait) and load the cached latents everywhere."""
+        from diffusers import AutoencoderKLWan
+
+        vae_cfg = {
+            k: v
+            for k, v in AutoencoderKLWan.load_config(
+                self.base, subfolder="vae", revision=self.revision
+            ).items()
+            if not k.startswith("_")
+        }
+        ldir = self._latent_dir()
+        train_ds, val_ds = self._datasets()
+        sets: dict[str, LatentSet | None] = {}
+        splits = [("train", train_ds), ("val", val_ds)]
+        if self.is_main:
+            wm = None
+            for name, ds in splits:
+                path = ldir / f"{name}.safetensors"
+                if ds is None:
+                    if name == "train" and load_latents(path) is None:
+                        raise ValueError(
+                            "no training data: set data.clips_dir (or pass a dataset) or point "
+                            "data.latent_cache_dir at an existing latent cache"
+                        )
+                    continue
+                fp = fingerprint(self.base, vae_cfg, clip_ids_of(ds))
+                if load_latents(path, fp) is None:
+                    if wm is None:  # VAE only for encoding; freed before training
+                        wm = WorldModel.from_pretrained(
+                            self.base, self.revision, load_vae=True, device=self.accel.device
+                        )
+                    build_latents(wm, ds, path, fp, progress=self.cfg.run.progress)
+            del wm
+        self.accel.wait_for_everyone()
+        for name, _ in splits:
+            sets[name] = load_latents(ldir / f"{name}.safetensors")
+        if sets["train"] is None:
+            raise RuntimeError(f"latent cache {ldir / 'train.safetensors'} could not be read")
+        return sets["train"], sets["val"]  # type: ignore[return-value]
+
+    def _load_prompts(self) -> PromptCache:
+        # explicit file, else the clips' own cache (their prompts), else the one shipped with the base model
+        cand = [self.cfg.data.prompt_cache] if self.cfg.data.prompt_cache else []
+        if not cand and self.cfg.data.clips_dir:
+            cand.append(str(Path(self.cfg.data.clips_dir) / "prompt_cache.safetensors"))
+        if not self.cfg.data.prompt_cache:
+            cand.append(str(Path(self.base) / "prompt_cache.safetensors"))
+        for c in cand:
+            if c and Path(c).is_file():
+                cache = PromptCache.load(c)
+                break
+        else:
+            raise FileNotFoundError(
+                f"no prompt-embedding cache (tried {cand}); run `embed_prompts --base "
+                f"{self.base} --clips <clips_dir> --out <file>` and set data.prompt_cache"
+            )
+        for p in set(self.train_set.prompts) | set(self.val_set.prompts if self.val_set else []):
+            cache.get(p)  # KeyError naming the fix
+        return cache
+
+    # ------------------------------------------------------------------ model
+    def _build_model(self) -> None:
+        cfg = self.cfg
+        acts = self.train_set.actions
+        action_dim = int(acts.shape[-1]) if (acts is not None and cfg.model.action_conditioning) else None
+        if cfg.model.action_conditioning and acts is None:
+            raise ValueError(
+                "model.action_conditioning is on but the clips carry no actions; "
+                "set model.action_conditioning=false for action-free training"
+            )
+        dtype = _DTYPES[cfg.model.dtype]
+        if self.accel.device.type == "cpu" and dtype != torch.float32:
+            dtype = torch.float32  # bf16 storage is a GPU memory saver; CPU matmuls want float32
+        self.wm = WorldModel.from_pretrained(
+            self.base,
+            self.revision,
+            action_dim=action_dim,
+            load_vae=False,
+            device=self.accel.device,
+            dtype=dtype,
+            action_hidden_dim=cfg.model.action_hidden_dim,
+        )
+        if self.prompts.embed_dim != self.wm.text_embed_channels:
+            raise ValueError(
+                f"prompt cache embeddings have {self.prompts.embed_dim} channels but the model "
+                f"takes {self.wm.text_embed_channels}: the cache was built with another text "
+                f"encoder; rebuild it with embed_prompts --base {self.base}"
+            )
+        self.adapter_cfg = AdapterConfig(**vars(cfg.adapter))
+        params = apply_adapters(self.wm, self.adapter_cfg)
+        if self._fsdp():
+            # FSDP flattens each wrapped block into one tensor: one dtype per block (adapters in the base
+            # dtype; accelerate's mixed precision still computes in bf16 and reduces in float32).
+            self.wm.transformer.to(dtype)
+        if cfg.model.gradient_checkpointing:
+            self.wm.transformer.transformer.enable_gradient_checkpointing()
+        self.n_trainable, self.n_total = count_parameters(self.wm.transformer)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+        )
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, _lr_lambda(cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps)
+        )
+        # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per
+        # process); it is registered so that save_state/load_state carry it.
+        self.model, self.optimizer = self.accel.prepare(self.wm.transformer, self.optimizer)
+        self.accel.register_for_checkpointing(self.lr_scheduler)
+        self.step = 0
+
+    # ------------------------------------------------------------------ batches
+    def _indices(self, positions: list[int]) -> list[int]:
+        n = len(self.train_set)
+        out = []
+        perms: dict[int, torch.Tensor] = {}
+        for p in positions:
+            epoch = p // n
+            if epoch not in perms:
+                perms[epoch] = torch.randperm(n, generator=_gen(self.cfg.run.seed, 1, epoch))
+            out.append(int(perms[epoch][p % n]))
+        return out
+
+    def _batch(
+        self,
+        lset: LatentSet,
+        idx: list[int],
+        positions: list[int],
+        train: bool,
+    ) -> dict[str, torch.Tensor]:
+        o = self.cfg.optim
+        dev = self.accel.device
+        x0 = lset.latents[idx].float()
+        noises, sigmas, drops = [], [], []
+        for p in positions:
+            g = _gen(self.cfg.run.seed, 2 if train else 3, p)
+            noises.append(torch.randn(x0.shape[1:], generator=g))
+            u = torch.randn((), generator=g) * o.sigma_logit_std + o.sigma_logit_mean
+            sigmas.append(torch.sigmoid(u))
+            drops.append(bool(torch.rand((), generator=g) < o.cfg_dropout) if train else False)
+        emb = torch.stack([self.prompts.get(lset.prompts[i]).float() for i in idx])
+        keep = torch.tensor([0.0 if d else 1.0 for d in drops]).view(-1, 1, 1)
+        batch = {"x0": x0, "noise": torch.stack(noises), "sigma": torch.stack(sigmas), "emb": emb * keep}
+        if lset.actions is not None and self.wm.action_dim is not None:
+            batch["actions"] = lset.actions[idx].float()
+        return {k: v.to(dev) for k, v in batch.items()}
+
+    def _loss(self, batch: dict[str, torch.Tensor], module: Any) -> torch.Tensor:
+        x0, eps, sigma = batch["x0"], batch["noise"], batch["sigma"]
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * eps
+        ncond = self.cfg.data.num_cond_latent_frames
+        with self.accel.autocast():
+            v = self.wm.denoise_velocity(
+                xt,
+                sigma,
+                batch["emb"],
+                batch.get("actions"),
+                cond_latents=x0,
+                num_cond_latent_frames=ncond,
+                module=module,
+            )
+        err = (v.float() - (eps - x0)) ** 2
+        return err[:, :, ncond:].mean()
+
+    # ------------------------------------------------------------------ checkpoints
+    def _ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    def checkpoints(self) -> list[Path]:
+        root = self._ckpt_root()
+        if not root.is_dir():
+            return []
+        good = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
+        return sorted(good, key=lambda p: int(p.name.split("-")[1]))
+
+    def _fsdp(self) -> bool:
+        return str(self.accel.distributed_type).endswith("FSDP")
+
+    def save_checkpoint(self) -> Path:
+        """Save the training state at `self.step`; the oldest checkpoints beyond `keep_checkpoints` go.
+
+        Single process / DDP: rank 0 alone writes the trainable weights (`trainable.safetensors`: the
+        adapters and action MLPs, not the frozen base), optimizer and lr-scheduler state (`optimizer.pt`,
+        tensors and numbers only, read back with `weights_only=True`) and `trainer_state.json`. FSDP: the
+        sharded state needs every rank, so accelerate's `save_state` writes it. A checkpoint directory is
+        complete or absent (written as `.partial`, then renamed).
+        """
+        from safetensors.torch import save_file
+
+        path = self._ckpt_root() / f"step-{self.step:07d}"
+        tmp = path.with_name(path.name + ".partial")
+        if self.is_main:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            tmp.mkdir(parents=True)
+        self.accel.wait_for_everyone()
+        if self._fsdp():
+            self.accel.save_state(str(tmp), safe_serialization=True)
+        elif self.is_main:
+            net = self.accel.unwrap_model(self.model)
+            save_file(
+                {n: p.detach().cpu().contiguous() for n, p in net.named_parameters() if p.requires_grad},
+                str(tmp / "trainable.safetensors"),
+            )
+            torch.save(
+                {"optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict()},
+                tmp / "optimizer.pt",
+            )
+        self.accel.wait_for_everyone()
+        if self.is_main:
+            (tmp / "trainer_state.json").write_text(
+                json.dumps(
+                    {
+                        "step": self.step,
+                        "world_size": self.world,
+                        "fsdp": self._fsdp(),
+                        "config": self.cfg.to_dict(),
+                    },
+                    indent=1,
+                    default=list,
+                )
+            )
+            if path.exists():
+                shutil.rmtree(path)
+            tmp.rename(path)
+            for old in self.checkpoints()[: -self.cfg.run.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        self.accel.wait_for_everyone()
+        return path
+
+    def load_checkpoint(self, path: Path) -> None:
+        """Restore a checkpoint written by `save_checkpoint` (any world size for non-FSDP checkpoints)."""
+        from safetensors.torch import load_file
+
+        state = json.loads((path / "trainer_state.json").read_text())
+        if state.get("fsdp"):
+            self.accel.load_state(str(path))
+        else:
+            net = self.accel.unwrap_model(self.model)
+            params = dict(net.named_parameters())
+            try:
+                saved = load_file(str(path / "trainable.safetensors"))
+            except Exception as e:
+                raise ValueError(
+                    f"checkpoint {path} is corrupt ({e}); delete it to resume from an older one"
+                ) from e
+            want = {n for n, p in params.items() if p.requires_grad}
+            if set(saved) != want:
+                raise ValueError(
+                    f"checkpoint {path} was written for another model/adapter setup "
+                    f"({len(set(saved) ^ want)} parameter names differ); use run.resume=never "
+                    f"or another output_dir"
+                )
+            with torch.no_grad():
+                for n, t in saved.items():
+                    params[n].copy_(t.to(params[n].device, params[n].dtype))
+            opt = torch.load(path / "optimizer.pt", map_location=self.accel.device, weights_only=True)
+            self.optimizer.load_state_dict(opt["optimizer"])
+            self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
+        self.step = int(state["step"])
+
+    def _maybe_resume(self) -> None:
+        r = self.cfg.run.resume
+        if r == "never":
+            return
+        if r == "auto":
+            ck = self.checkpoints()
+            if ck:
+                self.load_checkpoint(ck[-1])
+            return
+        p = Path(r)
+        if not (p / "trainer_state.json").is_file():
+            raise FileNotFoundError(f"run.resume={r}: not a checkpoint directory (no trainer_state.json)")
+        self.load_checkpoint(p)
+
+    # ------------------------------------------------------------------ validation / preview
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean loss over the val split (fixed noise and sigmas per clip: comparable across steps)."""
+        if self.val_set is None or len(self.val_set) == 0:
+            return None
+        self.model.eval()
+        n = min(len(self.val_set), self.cfg.run.val_batches * self.cfg.optim.batch_size)
+        bs = self.cfg.optim.batch_size
+        total, count = 0.0, 0
+        for start in range(0, n, bs):
+            idx = list(range(start, min(n, start + bs)))
+            loss = self._loss(self._batch(self.val_set, idx, idx, train=False), self.model)
+            total += float(loss) * len(idx)
+            count += len(idx)
+        self.model.train()
+        return total / count
+
+    @torch.no_grad()
+    def preview(self) -> Path | None:
+        """Context | predicted | ground truth side by side for the first val (else train) clip."""
+        lset = self.val_set if self.val_set is not None and len(self.val_set) else self.train_set
+        ncond = self.cfg.data.num_cond_latent_frames
+        x0 = lset.latents[:1].float().to(self.accel.device)
+        emb = self.prompts.get(lset.prompts[0]).float()[None].to(self.accel.device)
+        actions = (
+            lset.actions[:1].float().to(self.accel.device)
+            if lset.actions is not None and self.wm.action_dim is not None
+            else None
+        )
+        self.model.eval()
+        with self.accel.autocast():
+            pred = self.wm.sample_latents(
+                x0,
+                x0.shape[2],
+                emb,
+                actions,
+                num_steps=self.cfg.run.preview_steps,
+                guidance=0.0,
+                seed=self.cfg.run.seed,
+                num_cond_latent_frames=ncond,
+                module=self.model,
+            )
+        self.model.train()
+        if not self.is_main:
+            return None
+        from diffusers import AutoencoderKLWan
+
+        vae = AutoencoderKLWan.from_pretrained(
+            self.base, subfolder="vae", revision=self.revision, torch_dtype=torch.float32
+        ).to(self.accel.device)
+        self.wm.vae = vae
+        try:
+            frames = self.wm.decode_latents(torch.cat([pred.float(), x0]))
+        finally:
+            self.wm.vae = None  # not resident while training
+            del vae
+        from cosmos_ros.train.preview import write_preview
+
+        n_ctx = 4 * (ncond - 1) + 1
+        path = self.out / "previews" / f"step-{self.step:07d}.{self.cfg.run.preview_format}"
+        write_preview(path, ground_truth=frames[1], predicted=frames[0], num_context=n_ctx)
+        return path
+
+    def _trace(self, idx: list[int]) -> None:
+        path = self.out / "data_trace" / f"rank-{self.rank}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as f:
+            f.write(
+                json.dumps({"step": self.step, "clips": [self.train_set.clip_ids[i] for i in idx]}) + "\n"
+            )
+
+    # ------------------------------------------------------------------ main loop
+    def train(self, stop_at: int | None = None) -> TrainResult:
+        """Train to `optim.max_steps` (or stop early after step `stop_at`, as an interruption would)."""
+        cfg, o = self.cfg, self.cfg.optim
+        self._maybe_resume()
+        writer = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "train_config.json").write_text(json.dumps(cfg.to_dict(), indent=1, default=list))
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.out / "tb"))
+        bar = None
+        if self.is_main and cfg.run.progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(
+                total=o.max_steps,
+                initial=self.step,
+                desc=f"train {cfg.adapter.mode}",
+                unit="step",
+                dynamic_ncols=True,
+            )
+        losses: dict[int, float] = {}
+        val_losses: dict[int, float] = {}
+        t0 = time.time()
+        self.model.train()
+        b, k = o.batch_size, o.grad_accum
+        try:
+            while self.step < min(o.max_steps, stop_at or o.max_steps):
+                step_loss = torch.zeros((), device=self.accel.device)
+                for m in range(k):
+                    positions = [((self.step * k + m) * self.world + self.rank) * b + i for i in range(b)]
+                    idx = self._indices(positions)
+                    batch = self._batch(self.train_set, idx, positions, train=True)
+                    if cfg.run.trace_data:
+                        self._trace(idx)
+                    ctx = self.accel.no_sync(self.model) if m < k - 1 else contextlib.nullcontext()
+                    with ctx:
+                        loss = self._loss(batch, self.model)
+                        self.accel.backward(loss / k)
+                    step_loss += loss.detach() / k
+                mean_loss = float(self.accel.reduce(step_loss, reduction="mean"))
+                if not math.isfinite(mean_loss):
+                    last = self.checkpoints()
+                    raise TrainingDiverged(
+                        f"loss is {mean_loss} at step {self.step + 1}; stopped before the optimizer step. "
+                        f"Last good checkpoint: {last[-1] if last else 'none'} (kept). Lower optim.lr, check "
+                        f"the clips for NaN/inf, or use model.dtype=float32"
+                    )
+                grad_norm = None
+                if o.grad_clip > 0:
+                    grad_norm = self.accel.clip_grad_norm_(self.model.parameters(), o.grad_clip)
+                self.optimizer.step()
+                self.lr_scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                self.step += 1
+                losses[self.step] = mean_loss
+                if writer is not None and (self.step % cfg.run.log_every == 0 or self.step == 1):
+                    writer.add_scalar("train/loss", mean_loss, self.step)
+                    writer.add_scalar("train/lr", self.lr_scheduler.get_last_lr()[0], self.step)
+                    if grad_norm is not None:
+                        writer.add_scalar("train/grad_norm", float(grad_norm), self.step)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{self.lr_scheduler.get_last_lr()[0]:.2e}")
+                if cfg.run.val_every and self.step % cfg.run.val_every == 0:
+                    v = self.validate()
+                    if v is not None:
+                        val_losses[self.step] = v
+                        if writer is not None:
+                            writer.add_scalar("val/loss", v, self.step)
+                if cfg.run.preview_every and self.step % cfg.run.preview_every == 0:
+                    self.preview()
+                if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
+                    self.save_checkpoint()
+        finally:
+            if bar is not None:
+                bar.close()
+            if writer is not None:
+                writer.flush()
+                writer.close()
+        adapter_dir = self.save_final()
+        return TrainResult(self.step, losses, val_losses, adapter_dir, self.checkpoints(), time.time() - t0)
+
+    def save_final(self) -> Path | None:
+        """Write the adapter directory (rank 0) with its model card; returns it on rank 0."""
+        self.accel.wait_for_everyone()
+        if self._fsdp():
+            # Sharded parameters: gather a full state dict (every rank takes part), then rebuild the model
+            # on rank 0's CPU and load it there, so that peft's adapter export sees ordinary tensors.
+            full = self.accel.get_state_dict(self.model)
+            if not self.is_main:
+                return None
+            wm = WorldModel.from_pretrained(
+                self.base,
+                self.revision,
+                action_dim=self.wm.action_dim,
+                load_vae=False,
+                dtype=_DTYPES[self.cfg.model.dtype],
+                action_hidden_dim=self.cfg.model.action_hidden_dim,
+            )
+            apply_adapters(wm, self.adapter_cfg)
+            res = wm.transformer.load_state_dict(full, strict=False)
+            if res.unexpected_keys:
+                raise RuntimeError(f"FSDP state dict has unexpected keys {res.unexpected_keys[:3]}")
+        else:
+            if not self.is_main:
+                return None
+            wm = self.wm
+            wm.transformer = self.accel.unwrap_model(self.model)
+        card = {
+            "dataset": {
+                "num_train_clips": len(self.train_set),
+                "num_val_clips": 0 if self.val_set is None else len(self.val_set),
+                "prompts": sorted(set(self.train_set.prompts)),
+                **self.dataset_stats,
+            },
+            "tokenizer": self.tokenizer_dict,
+            "geometry": {
+                "latent_shape": list(self.train_set.latents.shape[1:]),
+                "num_frames": 4 * (int(self.train_set.latents.shape[2]) - 1) + 1,
+                "height": int(self.train_set.latents.shape[3]) * 8,
+                "width": int(self.train_set.latents.shape[4]) * 8,
+                "num_cond_latent_frames": self.cfg.data.num_cond_latent_frames,
+            },
+            "training": {
+                "steps": self.step,
+                "world_size": self.world,
+                "trainable_params": self.n_trainable,
+                "total_params": self.n_total,
+                "optim": vars(self.cfg.optim),
+            },
+            "prompt_cache": str(self.prompts.path) if self.prompts.path else None,
+        }
+        return save_adapter(wm, self.out / "adapter", self.adapter_cfg, card)

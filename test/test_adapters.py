@@ -1,0 +1,148 @@
+"""Adapters: LoRA/DoRA/full train only what they should; save -> load -> same outputs; bad files refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+torch.set_num_threads(1)  # 2 cores shared: one thread avoids OpenMP oversubscription stalls
+
+from helpers_train import shared_dir, tiny_model_dir, train_and_val_clips, train_config  # noqa: E402
+
+from cosmos_ros.model.adapters import AdapterError, load_world_model  # noqa: E402
+from cosmos_ros.model.world_model import TINY_TRANSFORMER_CONFIG, WorldModel, make_tiny_world_model  # noqa: E402
+from cosmos_ros.train.trainer import Trainer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = shared_dir(tmp_path_factory)
+    train, val = train_and_val_clips()
+    return {"root": root, "model": tiny_model_dir(root), "train": train, "val": val}
+
+
+def _train(setup: dict[str, Any], tmp_path: Path, mode: str, steps: int = 4) -> Trainer:
+    cfg = train_config(
+        setup["model"],
+        tmp_path / mode,
+        setup["root"] / "latents",
+        adapter={"mode": mode},
+        optim={"max_steps": steps, "lr": 1e-2},
+    )
+    tr = Trainer(cfg, setup["train"], setup["val"])
+    tr.train()
+    return tr
+
+
+def _inputs(wm: WorldModel) -> tuple[torch.Tensor, ...]:
+    g = torch.Generator().manual_seed(7)
+    lat = torch.randn(2, 16, 4, 8, 10, generator=g)
+    emb = torch.randn(2, 16, wm.text_embed_channels, generator=g)
+    return lat, torch.tensor([0.2, 0.8]), emb, torch.randn(2, 12, 3, generator=g)
+
+
+def _out(wm: WorldModel) -> torch.Tensor:
+    lat, sig, emb, act = _inputs(wm)
+    with torch.no_grad():
+        return wm.denoise_velocity(lat, sig, emb, act, cond_latents=lat)
+
+
+@pytest.mark.parametrize("mode", ["lora", "dora"])
+def test_lora_dora_train_only_adapters(setup: dict[str, Any], tmp_path: Path, mode: str) -> None:
+    base = WorldModel.from_pretrained(setup["model"], load_vae=False)
+    base_sd = {k: v.clone() for k, v in base.transformer.transformer.state_dict().items()}
+    tr = _train(setup, tmp_path, mode)
+    wm = tr.wm
+    names = [n for n, p in wm.transformer.named_parameters() if p.requires_grad]
+    assert names and all(("lora_" in n) or n.startswith("action_embedder.") for n in names)
+    assert any("lora_magnitude_vector" in n for n in names) == (mode == "dora")
+    # expected count: per target Linear r*(in+out) (+ out for DoRA's magnitude) + the two action MLPs
+    r = 8
+    expect = 0
+    for _n, m in wm.transformer.transformer.named_modules():
+        if hasattr(m, "lora_A"):
+            lin = m.get_base_layer()
+            expect += r * (lin.in_features + lin.out_features) + (lin.out_features if mode == "dora" else 0)
+    emb = wm.transformer.action_embedder
+    expect += sum(p.numel() for p in emb.parameters())
+    n_layers = TINY_TRANSFORMER_CONFIG["num_layers"]
+    assert (
+        sum(1 for _, m in wm.transformer.transformer.named_modules() if hasattr(m, "lora_A")) == 10 * n_layers
+    )
+    assert tr.n_trainable == expect
+    # base weights bit-identical after training; adapters and action MLPs moved
+    after = wm.transformer.transformer.state_dict()
+    for k, v in base_sd.items():
+        key = k if k in after else k.replace(".weight", ".base_layer.weight")
+        assert torch.equal(after[key], v), k
+    assert any(
+        float(p.detach().abs().sum()) > 0 for n, p in wm.transformer.named_parameters() if "lora_B" in n
+    )
+    assert float(emb.to_adaln.fc2.weight.detach().abs().sum()) > 0
+
+
+def test_full_mode_trains_everything(setup: dict[str, Any], tmp_path: Path) -> None:
+    tr = _train(setup, tmp_path, "full", steps=2)
+    assert tr.n_trainable == tr.n_total
+    assert not any("lora_" in n for n, _ in tr.wm.transformer.named_parameters())
+    adir = tmp_path / "full" / "adapter"
+    assert (adir / "transformer.safetensors").is_file()
+    ref = _out(tr.wm.eval())
+    loaded = load_world_model(setup["model"], adir, load_vae=False)
+    assert torch.equal(_out(loaded), ref)
+
+
+@pytest.mark.parametrize("mode", ["lora", "dora"])
+def test_save_load_identical(setup: dict[str, Any], tmp_path: Path, mode: str) -> None:
+    tr = _train(setup, tmp_path, mode)
+    ref = _out(tr.wm.eval())
+    adir = tmp_path / mode / "adapter"
+    card = json.loads((adir / "cosmos_ros_card.json").read_text())
+    assert card["base_model"] == str(setup["model"]) and card["adapter"]["mode"] == mode
+    assert card["dataset"]["num_train_clips"] == 16 and card["geometry"]["num_frames"] == 13
+    assert {p.name for p in adir.iterdir()} >= {
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "action_conditioning.safetensors",
+        "README.md",
+    }
+    unmerged = load_world_model(setup["model"], adir, merge=False, load_vae=False)
+    assert torch.equal(_out(unmerged), ref)
+    merged = load_world_model(None, adir, merge=True, load_vae=False)  # base taken from the card
+    assert not any("lora_" in n for n, _ in merged.transformer.named_parameters())
+    torch.testing.assert_close(_out(merged), ref, atol=1e-4, rtol=1e-4)
+    plain = WorldModel.from_pretrained(setup["model"], action_dim=3, load_vae=False)
+    assert not torch.allclose(_out(plain), ref)  # the adapter changes the model
+
+
+def test_bad_adapters_are_clear_errors(setup: dict[str, Any], tmp_path: Path) -> None:
+    _train(setup, tmp_path, "lora", steps=1)
+    adir = tmp_path / "lora" / "adapter"
+    # corrupted weights file
+    bad = tmp_path / "corrupt"
+    bad.mkdir()
+    for f in adir.iterdir():
+        (bad / f.name).write_bytes(f.read_bytes())
+    data = (bad / "adapter_model.safetensors").read_bytes()
+    (bad / "adapter_model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterError, match="corrupt"):
+        load_world_model(setup["model"], bad, load_vae=False)
+    # a pickle next to the weights is refused, never loaded
+    pick = tmp_path / "pickled"
+    pick.mkdir()
+    for f in adir.iterdir():
+        (pick / f.name).write_bytes(f.read_bytes())
+    torch.save({"x": torch.zeros(1)}, pick / "adapter_model.bin")
+    with pytest.raises(AdapterError, match="pickle"):
+        load_world_model(setup["model"], pick, load_vae=False)
+    # mismatched base model: a tiny model of another width
+    other = tmp_path / "other_base"
+    make_tiny_world_model(other, seed=1, with_text_encoder=False, transformer_overrides={"num_layers": 3})
+    with pytest.raises(AdapterError, match="num_layers"):
+        load_world_model(other, adir, load_vae=False)
+    with pytest.raises(AdapterError, match="no cosmos_ros_card"):
+        load_world_model(setup["model"], tmp_path, load_vae=False)
