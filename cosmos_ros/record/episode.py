@@ -1,0 +1,640 @@
+"""Episode writer: bounded queue + writer thread -> rosbag2 segments (rosbags) + an atomic episode index.
+
+Layout of one episode (``<output_dir>/<episode_id>/``)::
+
+    episode.json                 the index (see below), replaced atomically
+    <episode_id>_0000/           segment 0: a complete rosbag2 (metadata.yaml + .mcap or .db3)
+    <episode_id>_0001/           ...
+
+Why segments are whole bags rather than one split bag: rosbags writes one storage file per bag, and a bag
+whose writer died has no metadata.yaml, so ``ros2 bag info`` rejects the whole directory. With one bag per
+segment, a crash (SIGKILL, power loss after the fsync) loses at most the open segment; every closed
+segment stays a bag that ``ros2 bag info``/``ros2 bag play`` and rosbags' ``AnyReader`` read on their own.
+
+The index is rewritten (write temp file, fsync, ``os.replace``) when the episode opens, when a segment
+opens or closes, every ``index_interval`` seconds while recording and at the end, so after a SIGKILL it
+still names the segment that was open (``status: "open"``) and how many messages it held at the last update:
+that is what was lost. ``load_episode_index`` adds ``closed_segments``/``lost_segments`` for readers.
+
+Callbacks never touch the disk: :meth:`EpisodeWriter.put` only appends bytes to a bounded queue (bounded in
+messages and in bytes); when the queue is full the message is dropped and counted per topic, and the count
+is in the status, the index and the stop reply. Write errors (disk full, I/O error) stop the episode's
+writing, abort the open segment (its partial file is kept as is), free a small space reserve so the index
+can still be written, and mark the episode ``failed`` with the error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import json
+import os
+import queue
+import shutil
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+INDEX_NAME = "episode.json"
+INDEX_FORMAT = "cosmos_ros.episode/1"
+STORAGES = ("mcap", "sqlite3")
+_RESERVE_NAME = ".index_reserve"
+_RESERVE_BYTES = 256 * 1024
+_STOP = object()
+
+
+class EpisodeIOError(OSError):
+    """The episode cannot be opened or written: unwritable directory, disk full, existing episode."""
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    """A recorded topic: name, ROS type (``sensor_msgs/msg/Image``) and kind (``image``, ``compressed``,
+    ``joint_state`` or ``other``; images and compressed images count as camera frames)."""
+
+    name: str
+    msgtype: str
+    kind: str = "other"
+
+    @property
+    def is_camera(self) -> bool:
+        return self.kind in ("image", "compressed")
+
+
+@dataclass
+class WriterConfig:
+    """Storage and bounds of an episode writer; every field has a recorder parameter of the same meaning."""
+
+    storage: str = "mcap"
+    segment_max_bytes: int = 512 * 1024 * 1024
+    segment_max_duration: float = 60.0  # seconds of message time per segment; 0 = no limit
+    queue_capacity: int = 1000  # messages
+    queue_max_bytes: int = 512 * 1024 * 1024
+    index_interval: float = 1.0  # seconds between index updates while recording
+    min_free_bytes: int = 0  # stop writing (cleanly) when the disk has less than this free; 0 = off
+    fsync: bool = True  # fsync each closed segment so it survives power loss, not only a process crash
+
+    def validate(self) -> None:
+        """Raise ValueError naming the bad field and the accepted values."""
+        if self.storage not in STORAGES:
+            raise ValueError(f"storage {self.storage!r} is not supported; use one of {', '.join(STORAGES)}")
+        if self.segment_max_bytes < 64 * 1024:
+            raise ValueError(f"segment_max_bytes={self.segment_max_bytes} is too small; use at least 65536")
+        if self.segment_max_duration < 0:
+            raise ValueError("segment_max_duration must be >= 0 (0 = no limit)")
+        if self.queue_capacity < 1 or self.queue_max_bytes < 1:
+            raise ValueError("queue_capacity and queue_max_bytes must be >= 1")
+
+
+@dataclass
+class TopicCounts:
+    """Per-topic counters; ``received`` is what entered the queue, ``dropped`` never reached the disk."""
+
+    received: int = 0
+    written: int = 0
+    dropped: int = 0
+    invalid: int = 0
+    rejected: int = 0
+    first_ns: int | None = None
+    last_ns: int | None = None
+    problems: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WriterStats:
+    """A snapshot for status messages."""
+
+    state: str
+    received: int
+    written: int
+    frames_written: int
+    dropped: int
+    queue_depth: int
+    queue_capacity: int
+    bytes_written: int
+    current_file: str
+    segment_index: int
+    error: str
+
+
+def _now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def _fsync_path(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON so that readers see the old or the new file, never a torn one (temp + fsync + rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    text = json.dumps(data, indent=1, sort_keys=False)
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
+def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
+    """Read an episode index and say what is usable.
+
+    Adds ``closed_segments`` (bag directories that are complete: read these), ``lost_segments`` (segment
+    entries that were open or failed when the index was last written: after a crash, what was lost, with
+    the message counts of their last update) and ``finalized`` (False while the recorder is still writing
+    the episode, or when it died before closing it: status stays ``recording``).
+    """
+    episode_dir = Path(episode_dir)
+    index_path = episode_dir / INDEX_NAME if episode_dir.is_dir() else episode_dir
+    try:
+        data = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{index_path} does not exist: not a cosmos_ros episode directory") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{index_path} is not valid JSON ({exc}); the episode index is damaged") from exc
+    if data.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{index_path} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}")
+    root = index_path.parent
+    data["closed_segments"] = [str(root / s["path"]) for s in data["segments"] if s["status"] == "closed"]
+    data["lost_segments"] = [s for s in data["segments"] if s["status"] != "closed"]
+    data["finalized"] = data.get("status") != "recording"
+    return data
+
+
+class EpisodeWriter:
+    """Writes one episode. Thread-safe ``put`` (producer) and one writer thread (consumer).
+
+    Typical use (the recorder node does exactly this)::
+
+        w = EpisodeWriter(out / "ep1", "ep1", topics, WriterConfig(), task="pick the cube")
+        w.open()                        # raises EpisodeIOError with a clear message
+        w.put("/camera/image_raw", t_ns, cdr_bytes)   # never blocks; False = dropped (counted)
+        summary = w.close(notes="ok")   # drains the queue, closes the segment, final index
+    """
+
+    def __init__(
+        self,
+        episode_dir: str | Path,
+        episode_id: str,
+        topics: Sequence[TopicSpec],
+        config: WriterConfig | None = None,
+        *,
+        task: str = "",
+        metadata: Mapping[str, str] | None = None,
+        typestore: Any = None,
+    ) -> None:
+        self.dir = Path(episode_dir)
+        self.episode_id = episode_id
+        self.topics = list(topics)
+        if len({t.name for t in self.topics}) != len(self.topics):
+            raise ValueError(f"duplicate topic names in {[t.name for t in self.topics]}")
+        if not self.topics:
+            raise ValueError("an episode needs at least one topic")
+        self.config = config or WriterConfig()
+        self.config.validate()
+        self.task = task
+        self.metadata = dict(metadata or {})
+        self._typestore = typestore
+        self._topic_index = {t.name: i for i, t in enumerate(self.topics)}
+        self.counts = {t.name: TopicCounts() for t in self.topics}
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.config.queue_capacity)
+        self._qbytes = 0
+        self._qlock = threading.Lock()
+        self._state = "new"  # new -> recording -> closed | failed
+        self._error = ""
+        self._errors: list[str] = []
+        self._segments: list[dict[str, Any]] = []
+        self._bag: Any = None
+        self._conns: list[Any] = []
+        self._seg_bytes = 0
+        self._seg_start_ns: int | None = None
+        self._bytes_written = 0
+        self._frames_written = 0
+        self._dropped_queue = 0
+        self._dropped_write = 0
+        self._thread: threading.Thread | None = None
+        self._index_lock = threading.Lock()
+        self._last_index = 0.0
+        self._started_wall = 0.0
+        self._closed_wall = 0.0
+        self.notes = ""
+        self._final_status = ""
+        self._open_error: Exception | None = None
+
+    # ------------------------------------------------------------------ producer side (callbacks)
+    def put(
+        self, topic: str, timestamp_ns: int, data: bytes | memoryview, problem: str | None = None
+    ) -> bool:
+        """Queue one serialized message for writing; never blocks and never touches the disk.
+
+        ``problem`` marks a message the caller found invalid (it is still written, and counted as invalid).
+        Returns False when the message was dropped (queue full, or the episode is not writing): counted.
+        """
+        counts = self.counts.get(topic)
+        if counts is None:
+            raise KeyError(f"topic {topic!r} is not part of this episode ({', '.join(self._topic_index)})")
+        if problem is not None:
+            self.note_invalid(topic, problem)
+        if self._state != "recording" or self._error:
+            counts.dropped += 1
+            self._dropped_write += 1
+            return False
+        size = len(data)
+        with self._qlock:
+            if self._qbytes + size > self.config.queue_max_bytes:
+                counts.dropped += 1
+                self._dropped_queue += 1
+                return False
+            self._qbytes += size
+        try:
+            self._queue.put_nowait((self._topic_index[topic], int(timestamp_ns), data))
+        except queue.Full:
+            with self._qlock:
+                self._qbytes -= size
+            counts.dropped += 1
+            self._dropped_queue += 1
+            return False
+        counts.received += 1
+        return True
+
+    def note_invalid(self, topic: str, problem: str, rejected: bool = False) -> None:
+        """Count a message the caller found invalid; ``rejected`` = it was not written (not a drop: a choice).
+
+        Keeps the first five distinct problems per topic for the index.
+        """
+        counts = self.counts[topic]
+        counts.invalid += 1
+        if rejected:
+            counts.rejected += 1
+        if len(counts.problems) < 5 and problem not in counts.problems:
+            counts.problems.append(problem)
+
+    # ------------------------------------------------------------------ lifecycle
+    def open(self) -> None:
+        """Create the episode directory, check it is writable, open segment 0 and start the writer thread."""
+        if self._state != "new":
+            raise RuntimeError("EpisodeWriter.open() called twice")
+        from rosbags.typesys import Stores, get_typestore
+
+        if self._typestore is None:
+            self._typestore = get_typestore(Stores.ROS2_JAZZY)
+        for t in self.topics:
+            if t.msgtype not in self._typestore.types:
+                raise ValueError(
+                    f"topic {t.name}: type {t.msgtype!r} is unknown to the rosbags Jazzy typestore; "
+                    "record standard message types or register the type first"
+                )
+        parent = self.dir.parent
+        if self.dir.exists():
+            raise EpisodeIOError(
+                errno.EEXIST, f"episode directory {self.dir} exists already; choose another name"
+            )
+        try:
+            parent.mkdir(parents=True, exist_ok=True)
+            self.dir.mkdir()
+        except OSError as exc:
+            raise EpisodeIOError(
+                exc.errno or errno.EIO,
+                f"cannot create episode directory {self.dir}: {exc.strerror or exc}; "
+                "set output_dir to a writable directory",
+            ) from exc
+        free = shutil.disk_usage(self.dir).free
+        if self.config.min_free_bytes and free < self.config.min_free_bytes:
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise EpisodeIOError(
+                errno.ENOSPC,
+                f"only {free / 1e6:.1f} MB free under {parent} (min_free_bytes is "
+                f"{self.config.min_free_bytes / 1e6:.1f} MB); free space or point output_dir elsewhere",
+            )
+        try:
+            with open(self.dir / _RESERVE_NAME, "wb") as fh:
+                fh.write(b"\0" * _RESERVE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+            self._started_wall = time.time()
+            self._state = "recording"
+            self._write_index()
+        except OSError as exc:
+            self._state = "failed"
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise EpisodeIOError(
+                exc.errno or errno.EIO,
+                f"cannot write under {self.dir}: {exc.strerror or exc}; free space or fix permissions",
+            ) from exc
+        # The storage is opened in the writer thread (sqlite3 connections belong to their thread); wait
+        # for segment 0 so that open() reports an unwritable or full disk synchronously.
+        opened = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(opened,), name=f"episode-writer-{self.episode_id}", daemon=True
+        )
+        self._thread.start()
+        opened.wait()
+        if self._open_error is not None:
+            exc = self._open_error
+            self._thread.join()
+            self._thread = None
+            self._state = "failed"
+            shutil.rmtree(self.dir, ignore_errors=True)
+            raise EpisodeIOError(
+                getattr(exc, "errno", None) or errno.EIO,
+                f"cannot open the first bag segment under {self.dir}: {exc}; free space or fix permissions",
+            ) from exc
+
+    def close(self, notes: str = "", discard: bool = False, timeout: float | None = 60.0) -> dict[str, Any]:
+        """Drain the queue, close the open segment and write the final index; returns the index dict.
+
+        ``discard`` deletes the episode directory afterwards. Safe to call after a write failure (the index
+        then says ``failed`` and which segments are complete).
+        """
+        self.notes = notes
+        if self._thread is not None:
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                try:
+                    self._queue.put(_STOP, timeout=0.5)
+                    break
+                except queue.Full:
+                    if deadline is not None and time.monotonic() > deadline:
+                        break
+                    if not self._thread.is_alive():
+                        break
+            self._thread.join(timeout)
+        self._closed_wall = time.time()
+        if self._thread is not None and self._thread.is_alive():
+            msg = "writer thread did not finish in time; the open segment may be incomplete"
+            self._error = self._error or msg
+            self._errors.append(msg)
+        if not self._error:
+            self._state = "closed"
+            self._final_status = "complete"
+        else:
+            self._state = "failed"
+            self._final_status = "failed"
+        if discard:
+            self._final_status = "discarded"
+            index = self._index_dict()
+            shutil.rmtree(self.dir, ignore_errors=True)
+            return index
+        with contextlib.suppress(OSError):
+            (self.dir / _RESERVE_NAME).unlink()
+        self._write_index()
+        return self._index_dict()
+
+    # ------------------------------------------------------------------ status
+    @property
+    def error(self) -> str:
+        """The write error that stopped the episode, or ''."""
+        return self._error
+
+    @property
+    def segment_paths(self) -> list[Path]:
+        """Bag directories of all segments so far (the last may still be open)."""
+        return [self.dir / s["path"] for s in self._segments]
+
+    def stats(self) -> WriterStats:
+        """Counters for a status message (cheap; callable from any thread)."""
+        cur = self._segments[-1] if self._segments and self._segments[-1]["status"] == "open" else None
+        return WriterStats(
+            state=self._state,
+            received=sum(c.received for c in self.counts.values()),
+            written=sum(c.written for c in self.counts.values()),
+            frames_written=self._frames_written,
+            dropped=self._dropped_queue + self._dropped_write,
+            queue_depth=self._queue.qsize(),
+            queue_capacity=self.config.queue_capacity,
+            bytes_written=self._bytes_written,
+            current_file=str(self.dir / cur["path"]) if cur else "",
+            segment_index=len(self._segments) - 1 if self._segments else 0,
+            error=self._error,
+        )
+
+    # ------------------------------------------------------------------ writer thread
+    def _run(self, opened: threading.Event) -> None:
+        try:
+            self._open_segment()
+        except Exception as exc:  # reported by open()
+            self._open_error = exc
+            opened.set()
+            return
+        opened.set()
+        interval = self.config.index_interval
+        while True:
+            try:
+                item = self._queue.get(timeout=min(interval, 0.25))
+            except queue.Empty:
+                item = None
+            if item is _STOP:
+                if self._bag is not None:
+                    self._close_segment()
+                return
+            if item is not None:
+                self._write_one(*item)
+            now = time.monotonic()
+            if now - self._last_index >= interval and self._state == "recording":
+                self._periodic_checks()
+
+    def _write_one(self, tidx: int, ts: int, data: bytes | memoryview) -> None:
+        size = len(data)
+        with self._qlock:
+            self._qbytes -= size
+        topic = self.topics[tidx]
+        counts = self.counts[topic.name]
+        if self._error or self._bag is None:
+            counts.dropped += 1
+            self._dropped_write += 1
+            return
+        try:
+            if self._needs_rotation(ts, size):
+                self._close_segment()
+                if self._error:  # closing failed (disk full): do not start a segment after the failure
+                    counts.dropped += 1
+                    self._dropped_write += 1
+                    return
+                self._open_segment()
+            self._bag.write(self._conns[tidx], ts, data)
+        except Exception as exc:  # OSError, sqlite3.Error: stop writing, keep what is closed
+            counts.dropped += 1
+            self._dropped_write += 1
+            self._fail(exc)
+            return
+        seg = self._segments[-1]
+        self._seg_bytes += size
+        self._bytes_written += size
+        seg["messages"] += 1
+        seg["bytes"] += size
+        seg["counts"][topic.name] = seg["counts"].get(topic.name, 0) + 1
+        if seg["start_ns"] is None:
+            seg["start_ns"] = ts
+            self._seg_start_ns = ts
+        seg["end_ns"] = ts
+        counts.written += 1
+        if counts.first_ns is None:
+            counts.first_ns = ts
+        counts.last_ns = ts
+        if topic.is_camera:
+            self._frames_written += 1
+
+    def _needs_rotation(self, ts: int, size: int) -> bool:
+        if self._seg_start_ns is None:
+            return False
+        if self._seg_bytes + size > self.config.segment_max_bytes:
+            return True
+        dur = self.config.segment_max_duration
+        return bool(dur) and (ts - self._seg_start_ns) >= dur * 1e9
+
+    def _periodic_checks(self) -> None:
+        self._last_index = time.monotonic()
+        if self.config.min_free_bytes:
+            try:
+                free = shutil.disk_usage(self.dir).free
+            except OSError:
+                free = 0
+            if free < self.config.min_free_bytes:
+                msg = (
+                    f"disk nearly full: {free / 1e6:.1f} MB free under {self.dir} "
+                    f"(min_free_bytes {self.config.min_free_bytes / 1e6:.1f} MB); stopped writing, "
+                    "closed segments are complete"
+                )
+                with contextlib.suppress(OSError):
+                    self._close_segment()
+                self._error = msg
+                self._errors.append(msg)
+                self._state = "failed"
+                with contextlib.suppress(OSError):
+                    self._write_index()
+                return
+        try:
+            self._write_index()
+        except OSError as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
+        """A write failed: abort the open segment, free the reserve, and record the error in the index."""
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "full" in str(exc).lower()
+        what = "disk full" if full else "write error"
+        detail = getattr(exc, "strerror", None) or str(exc)
+        msg = f"{what} while writing {self.dir}: {detail}; closed segments are complete"
+        self._error = msg
+        self._errors.append(msg)
+        if self._bag is not None:
+            with contextlib.suppress(Exception):
+                self._bag.abort()
+            self._bag = None
+            if self._segments and self._segments[-1]["status"] == "open":
+                self._segments[-1]["status"] = "failed"
+        self._state = "failed"
+        with contextlib.suppress(OSError):
+            (self.dir / _RESERVE_NAME).unlink()
+        try:
+            self._write_index()
+        except OSError as exc2:
+            self._errors.append(f"index update failed too: {exc2}")
+
+    # ------------------------------------------------------------------ segments and index
+    def _open_segment(self) -> None:
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        index = len(self._segments)
+        name = f"{self.episode_id}_{index:04d}"
+        plugin = StoragePlugin.MCAP if self.config.storage == "mcap" else StoragePlugin.SQLITE3
+        bag = Writer(self.dir / name, version=9, storage_plugin=plugin)
+        bag.open()
+        conns = [bag.add_connection(t.name, t.msgtype, typestore=self._typestore) for t in self.topics]
+        self._bag, self._conns = bag, conns
+        self._seg_bytes = 0
+        self._seg_start_ns = None
+        self._segments.append(
+            {
+                "index": index,
+                "path": name,
+                "status": "open",
+                "start_ns": None,
+                "end_ns": None,
+                "messages": 0,
+                "bytes": 0,
+                "counts": {},
+                "opened_wall": _now_iso(),
+            }
+        )
+        self._write_index()
+
+    def _close_segment(self) -> None:
+        bag, self._bag = self._bag, None
+        if bag is None:
+            return
+        seg = self._segments[-1]
+        try:
+            bag.close()
+        except Exception as exc:
+            seg["status"] = "failed"
+            with contextlib.suppress(Exception):
+                bag.abort()
+            self._fail(exc)
+            return
+        if self.config.fsync:
+            seg_dir = self.dir / seg["path"]
+            for f in seg_dir.iterdir():
+                _fsync_path(f)
+            _fsync_path(seg_dir)
+        seg["status"] = "closed"
+        seg["closed_wall"] = _now_iso()
+        self._write_index()
+
+    def _index_dict(self) -> dict[str, Any]:
+        written = [s for s in self._segments if s["start_ns"] is not None]
+        return {
+            "format": INDEX_FORMAT,
+            "episode_id": self.episode_id,
+            "task": self.task,
+            "metadata": self.metadata,
+            "notes": self.notes,
+            "status": self._final_status or ("failed" if self._error else "recording"),
+            "storage": self.config.storage,
+            "started_wall": _dt.datetime.fromtimestamp(self._started_wall, _dt.timezone.utc).isoformat(),
+            "closed_wall": (
+                _dt.datetime.fromtimestamp(self._closed_wall, _dt.timezone.utc).isoformat()
+                if self._closed_wall
+                else None
+            ),
+            "updated_wall": _now_iso(),
+            "start_ns": min((s["start_ns"] for s in written), default=None),
+            "end_ns": max((s["end_ns"] for s in written), default=None),
+            "topics": [
+                {
+                    "name": t.name,
+                    "type": t.msgtype,
+                    "kind": t.kind,
+                    "received": self.counts[t.name].received,
+                    "written": self.counts[t.name].written,
+                    "dropped": self.counts[t.name].dropped,
+                    "invalid": self.counts[t.name].invalid,
+                    "rejected": self.counts[t.name].rejected,
+                    "problems": list(self.counts[t.name].problems),
+                    "first_ns": self.counts[t.name].first_ns,
+                    "last_ns": self.counts[t.name].last_ns,
+                }
+                for t in self.topics
+            ],
+            "segments": [dict(s) for s in self._segments],
+            "messages_written": sum(c.written for c in self.counts.values()),
+            "frames_written": self._frames_written,
+            "bytes_written": self._bytes_written,
+            "dropped": self._dropped_queue + self._dropped_write,
+            "dropped_queue_full": self._dropped_queue,
+            "dropped_not_written": self._dropped_write,
+            "errors": list(self._errors),
+        }
+
+    def _write_index(self) -> None:
+        with self._index_lock:
+            write_json_atomic(self.dir / INDEX_NAME, self._index_dict())
