@@ -1,0 +1,750 @@
+"""`ros2 run cosmos_ros predictor`: serve the world model to planners.
+
+- Rolling context: the latest frames of each camera topic (`qos_profile_sensor_data`) and the latest joint
+  state. Predictions are for `camera_topics[0]` (the camera the adapter was trained on).
+- `~/planned_actions` (cosmos_ros/msg/ActionSequence) -> `~/predicted_frames` (PredictedFrames).
+- Services `~/predict_future` (PredictFuture) and `~/check_collision` (CheckCollision).
+- `~/latency` (cosmos_ros/msg/StageLatency) per request, and one log line per request.
+
+Serving design: all model work runs on one `ModelWorker` thread behind a bounded queue (full -> BUSY
+answer at once). Service callbacks only validate, enqueue and wait for their own job's future; they run in a
+reentrant callback group on a MultiThreadedExecutor with more threads than the queue can hold, so there is
+always a free thread to take new requests (and answer BUSY) and the camera / joint-state callbacks (their own
+mutually exclusive group) never starve. Each request has a deadline; on expiry the job is cancelled at its
+next denoising step. The model is loaded and warmed up on the worker thread, so the node is on the graph at
+once and answers NOT_READY until then. `activate()` / `deactivate()` start and stop serving (what a
+lifecycle manager would call); SIGINT deactivates and exits 0.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import sys
+import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as futures_wait
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosmos_ros.nodes.param_table import Param, declare_parameters
+from cosmos_ros.predict.validation import (
+    KIND_JOINT_POSITION,
+    ActionFields,
+    RequestError,
+    SamplingParams,
+    image_to_rgb,
+    resolve_sampling,
+    validate_action_sequence,
+    validate_candidates,
+    validate_prompt,
+)
+
+NODE_NAME = "predictor"
+
+# The node declares exactly these (cosmos_ros.nodes.param_table); test/launch_static.py reads them.
+PARAMETERS: tuple[Param, ...] = (
+    Param("base_model", "", "Base world model: local directory or hub id (empty = the adapter card's base)."),
+    Param("base_revision", "", "Hub revision of base_model (empty = default / the card's)."),
+    Param("adapter", "", "Adapter directory written by the trainer (empty = base model, no actions)."),
+    Param("merge_adapter", True, "Merge LoRA weights into the base for faster inference."),
+    Param("device", "auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N."),
+    Param(
+        "dtype",
+        "auto",
+        "Weights dtype: auto = bfloat16 on GPU, float32 on CPU.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    ),
+    Param("compile", False, "torch.compile each transformer block (GPU; slower start, faster steps)."),
+    Param("fp8", False, "FP8 matmuls for the transformer's linear layers (Ada/Hopper GPUs or newer)."),
+    Param("action_dim", 0, "Action dimension when no adapter is loaded (0 = from the adapter).", (0, 1024)),
+    Param("height", 0, "Frame height override (0 = the adapter card's, else the model default).", (0, 4096)),
+    Param("width", 0, "Frame width override (0 = the adapter card's, else the model default).", (0, 4096)),
+    Param(
+        "camera_topics",
+        ["/camera/image_raw"],
+        "Camera topics (sensor_msgs/Image); predictions are for the first.",
+    ),
+    Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState topic (converts absolute plans)."),
+    Param("planned_actions_topic", "~/planned_actions", "ActionSequence input topic."),
+    Param("predicted_frames_topic", "~/predicted_frames", "PredictedFrames output topic."),
+    Param("latency_topic", "~/latency", "StageLatency output topic."),
+    Param("prompt", "", "Default task prompt (empty = the adapter's first training prompt)."),
+    Param("num_steps", 10, "Default denoising steps.", (1, 200)),
+    Param(
+        "guidance", 0.0, "Default classifier-free guidance (0 = off, as NVIDIA's action model).", (0.0, 20.0)
+    ),
+    Param("seed", 0, "Default noise seed.", (0, 2**31 - 1)),
+    Param("timeout", 60.0, "Default per-request deadline [s].", (0.01, 3600.0)),
+    Param(
+        "max_horizon", 48, "Longest accepted plan (actions); beyond one clip it runs in chunks.", (1, 1000)
+    ),
+    Param("max_candidates", 16, "Largest accepted CheckCollision batch.", (1, 1024)),
+    Param("batch_size", 8, "Candidates per model call (memory bound); larger requests are split.", (1, 1024)),
+    Param(
+        "queue_size", 4, "Requests waiting for the model besides the running one; more get BUSY.", (1, 256)
+    ),
+    Param("warmup", True, "Run one prediction at start so the first request does not pay for it."),
+    Param("collision_checker", "keepout", "Checker: 'keepout', an entry-point name, or 'module:Class'."),
+    Param("checker_params_file", "", "YAML mapping of keyword options for a plugin checker."),
+    Param(
+        "keepout_regions",
+        ["table_edge:0.0,0.85,1.0,1.0"],
+        "Keep-out boxes 'name:x0,y0,x1,y1' in normalised image coordinates (keepout checker).",
+    ),
+    Param("pixel_threshold", 40.0, "Colour change that counts as changed (keepout checker).", (1.0, 254.0)),
+    Param("area_threshold", 0.05, "Changed fraction of a region that counts as entering it.", (0.001, 1.0)),
+)
+
+# srv response codes (identical in PredictFuture and CheckCollision)
+OK, INVALID_REQUEST, BUSY, DEADLINE_EXCEEDED, NOT_READY, INTERNAL_ERROR = range(6)
+
+
+def rgb_to_image_msg(frame: np.ndarray, stamp: Any, frame_id: str) -> Any:
+    """uint8 [H, W, 3] RGB -> sensor_msgs/Image rgb8."""
+    from sensor_msgs.msg import Image
+
+    msg = Image()
+    msg.header.stamp = stamp
+    msg.header.frame_id = frame_id
+    msg.height, msg.width = int(frame.shape[0]), int(frame.shape[1])
+    msg.encoding = "rgb8"
+    msg.is_bigendian = 0
+    msg.step = msg.width * 3
+    msg.data = np.ascontiguousarray(frame, dtype=np.uint8).tobytes()
+    return msg
+
+
+def action_fields(msg: Any) -> ActionFields:
+    """ActionSequence message -> plain fields for validation (no copy of the values beyond numpy's)."""
+    return ActionFields(
+        kind=int(msg.kind),
+        names=tuple(msg.names),
+        dim=int(msg.dim),
+        num_steps=int(msg.num_steps),
+        values=np.asarray(msg.values, dtype=np.float32),
+    )
+
+
+class _Rejected(Exception):
+    """A request answered without model work (code + message)."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _make_node_class() -> type:
+    from builtin_interfaces.msg import Time
+    from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+    from rclpy.node import Node
+    from rclpy.qos import QoSProfile, qos_profile_sensor_data
+    from sensor_msgs.msg import Image, JointState
+
+    from cosmos_ros.msg import ActionSequence, CollisionResult, PredictedFrames, StageLatency
+    from cosmos_ros.predict import worker as wk
+    from cosmos_ros.srv import CheckCollision, PredictFuture
+
+    class PredictorNode(Node):
+        """The predictor node; see the module docstring."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(NODE_NAME, **kwargs)
+            self.p = declare_parameters(self, PARAMETERS)
+            self.predictor: Any = None
+            self.checker: Any = None
+            self.limits: Any = None
+            self.defaults = SamplingParams(
+                num_steps=int(self.p["num_steps"]),
+                guidance=float(self.p["guidance"]),
+                seed=int(self.p["seed"]),
+                timeout=float(self.p["timeout"]),
+            )
+            self.worker: wk.ModelWorker | None = None
+            self._request_ids = itertools.count(1)
+            self._state_lock = threading.Lock()
+            self._camera_frames: dict[str, collections.deque] = {}
+            self._joint_state: tuple[Any, list[str], np.ndarray] | None = None
+            self._warned_resize: set[str] = set()
+            self._camera_frame_id = ""
+            self._stopping = threading.Event()
+            self._sensor_group = MutuallyExclusiveCallbackGroup()
+            self._request_group = ReentrantCallbackGroup()
+            self._pn_subs: list[Any] = []
+            self._pn_srvs: list[Any] = []
+            self.pub_frames = self.create_publisher(PredictedFrames, self.p["predicted_frames_topic"], 2)
+            self.pub_latency = self.create_publisher(StageLatency, self.p["latency_topic"], 10)
+
+        # ---------------------------------------------------------------- lifecycle
+        def activate(self) -> None:
+            """Start the worker (loads + warms the model on its thread) and the subscriptions/services."""
+            self._stopping.clear()
+            from cosmos_ros.predict.checkers import load_checker
+
+            self.checker = load_checker(self.p["collision_checker"], self._checker_options())
+            self.worker = wk.ModelWorker(queue_size=int(self.p["queue_size"]), warmup=self._load_and_warm_up)
+            self.worker.start()
+            for topic in self.p["camera_topics"]:
+                self._camera_frames[topic] = collections.deque(maxlen=8)
+                self._pn_subs.append(
+                    self.create_subscription(
+                        Image,
+                        topic,
+                        lambda m, t=topic: self._on_image(t, m),
+                        qos_profile_sensor_data,
+                        callback_group=self._sensor_group,
+                    )
+                )
+            self._pn_subs.append(
+                self.create_subscription(
+                    JointState,
+                    self.p["joint_states_topic"],
+                    self._on_joint_state,
+                    qos_profile_sensor_data,
+                    callback_group=self._sensor_group,
+                )
+            )
+            self._pn_subs.append(
+                self.create_subscription(
+                    ActionSequence,
+                    self.p["planned_actions_topic"],
+                    self._on_planned_actions,
+                    10,
+                    callback_group=self._request_group,
+                )
+            )
+            self._pn_srvs.append(
+                self.create_service(
+                    PredictFuture,
+                    "~/predict_future",
+                    self._on_predict,
+                    qos_profile=self._service_qos(),
+                    callback_group=self._request_group,
+                )
+            )
+            self._pn_srvs.append(
+                self.create_service(
+                    CheckCollision,
+                    "~/check_collision",
+                    self._on_check,
+                    qos_profile=self._service_qos(),
+                    callback_group=self._request_group,
+                )
+            )
+            self.get_logger().info(
+                f"serving ~/predict_future, ~/check_collision, {self.p['planned_actions_topic']}; "
+                f"loading {self.p['base_model']!r} + adapter {self.p['adapter']!r} on the model worker"
+            )
+
+        def _service_qos(self) -> Any:
+            """Services QoS with a deep request history: with the default depth (10) a burst of requests is
+            dropped silently by DDS before the node can answer BUSY; the queue bound is ours to enforce."""
+            from rclpy.qos import qos_profile_services_default
+
+            qos = QoSProfile(
+                **{
+                    k: getattr(qos_profile_services_default, k)
+                    for k in ("reliability", "durability", "history")
+                },
+                depth=256,
+            )
+            return qos
+
+        def deactivate(self, drain_s: float = 0.5) -> None:
+            """Stop taking requests, answer the waiting ones ("shutting down"), release the model.
+
+            Waiting service callbacks see the stop flag within 0.1 s and answer NOT_READY; `drain_s` gives
+            the executor time to send those answers before the services are destroyed.
+            """
+            self._stopping.set()
+            if self.worker is not None:
+                self.worker.stop(timeout=0.0)  # cancel queued jobs, ask the running one to stop
+            time.sleep(drain_s)
+            for s in self._pn_srvs:
+                self.destroy_service(s)
+            for s in self._pn_subs:
+                self.destroy_subscription(s)
+            self._pn_srvs.clear()
+            self._pn_subs.clear()
+            if self.worker is not None:
+                self.worker.stop()
+                self.worker = None
+            self.predictor = None
+
+        def _checker_options(self) -> dict[str, Any]:
+            if self.p["collision_checker"] == "keepout":
+                regions = [r for r in self.p["keepout_regions"] if r]
+                return {
+                    "regions": regions,
+                    "pixel_threshold": float(self.p["pixel_threshold"]),
+                    "area_threshold": float(self.p["area_threshold"]),
+                }
+            path = self.p["checker_params_file"]
+            if not path:
+                return {}
+            import yaml
+
+            data = yaml.safe_load(Path(path).read_text()) or {}
+            if not isinstance(data, dict):
+                raise ValueError(f"checker_params_file {path}: expected a YAML mapping of options")
+            return data
+
+        def _load_and_warm_up(self) -> None:
+            """Runs on the worker thread: all model work, including loading, stays there."""
+            from cosmos_ros.predict.core import OptimizeOptions, Predictor
+
+            t0 = time.perf_counter()
+            if not self.p["base_model"] and not self.p["adapter"]:
+                raise ValueError(
+                    "parameters base_model and adapter are empty: set base_model to the base model "
+                    "directory or hub id (and adapter to the trainer's adapter directory)"
+                )
+            predictor = Predictor.load(
+                self.p["base_model"] or None,
+                adapter=self.p["adapter"] or None,
+                revision=self.p["base_revision"] or None,
+                device=self.p["device"],
+                dtype=self.p["dtype"],
+                merge=bool(self.p["merge_adapter"]),
+                optimize=OptimizeOptions(compile=bool(self.p["compile"]), fp8=bool(self.p["fp8"])),
+                batch_size=int(self.p["batch_size"]),
+                action_dim=int(self.p["action_dim"]) or None,
+                height=int(self.p["height"]) or None,
+                width=int(self.p["width"]) or None,
+            )
+            self.limits = predictor.request_limits(
+                max_horizon=int(self.p["max_horizon"]),
+                max_candidates=int(self.p["max_candidates"]),
+                convert_absolute=True,
+            )
+            if self.p["prompt"] and self.p["prompt"] not in predictor.prompts:
+                raise ValueError(
+                    f"parameter prompt {self.p['prompt']!r} is not in the prompt cache "
+                    f"(cached: {list(predictor.prompts)[:5]})"
+                )
+            self.default_prompt = self.p["prompt"] or predictor.default_prompt
+            t1 = time.perf_counter()
+            if self.p["warmup"]:
+                predictor.warmup(num_steps=self.defaults.num_steps, guidance=self.defaults.guidance)
+            self.predictor = predictor
+            self.get_logger().info(
+                f"model ready on {predictor.device} ({predictor.height}x{predictor.width}, "
+                f"{predictor.num_frames} frames/chunk, action dim {predictor.action_dim}): "
+                f"load {t1 - t0:.1f} s, warm-up {time.perf_counter() - t1:.1f} s"
+            )
+
+        # ---------------------------------------------------------------- sensors
+        def _on_image(self, topic: str, msg: Image) -> None:
+            try:
+                rgb = image_to_rgb(msg.height, msg.width, msg.encoding, msg.step, msg.data, topic)
+            except RequestError as exc:
+                self.get_logger().warning(f"dropping frame: {exc}", throttle_duration_sec=5.0)
+                return
+            if self.predictor is not None:
+                rgb = self._fit(rgb, topic)
+            with self._state_lock:
+                self._camera_frames[topic].append((msg.header.stamp, rgb))
+                self._camera_frame_id = msg.header.frame_id
+
+        def _fit(self, rgb: np.ndarray, topic: str) -> np.ndarray:
+            """Resize a camera frame to the model's size (frames buffered before the model loaded, or a
+            camera that publishes another size); warns once per topic."""
+            pred = self.predictor
+            if rgb.shape[:2] == (pred.height, pred.width):
+                return rgb
+            import cv2
+
+            if topic not in self._warned_resize:
+                self._warned_resize.add(topic)
+                self.get_logger().warning(
+                    f"{topic} is {rgb.shape[1]}x{rgb.shape[0]}; resizing to the model's "
+                    f"{pred.width}x{pred.height}"
+                )
+            return cv2.resize(rgb, (pred.width, pred.height), interpolation=cv2.INTER_AREA)
+
+        def _on_joint_state(self, msg: JointState) -> None:
+            if len(msg.position) != len(msg.name):
+                return
+            with self._state_lock:
+                self._joint_state = (msg.header.stamp, list(msg.name), np.asarray(msg.position, np.float64))
+
+        # ---------------------------------------------------------------- request plumbing
+        def _require_ready(self) -> Any:
+            w = self.worker
+            if w is None:
+                raise _Rejected(NOT_READY, "the predictor is not active")
+            if w.warmup_error is not None:
+                raise _Rejected(
+                    NOT_READY,
+                    f"the model failed to load: {w.warmup_error}; fix the parameters and restart the node",
+                )
+            if self.predictor is None:
+                raise _Rejected(NOT_READY, "the model is still loading / warming up; retry in a moment")
+            return self.predictor
+
+        def _context_frames(self, images: list[Image], stamp_hint: Any) -> tuple[np.ndarray, Any]:
+            """Context frames [C, H, W, 3] + stamp: from the request, else the node's primary camera."""
+            pred = self.predictor
+            need = pred.num_context_frames
+            if images:
+                if len(images) != need:
+                    raise RequestError(
+                        "context_frames",
+                        f"{len(images)} frames given, the model uses {need}",
+                        f"send exactly {need} frame(s) or none (= the node's camera)",
+                    )
+                frames = [
+                    image_to_rgb(
+                        m.height,
+                        m.width,
+                        m.encoding,
+                        m.step,
+                        m.data,
+                        f"context_frames[{i}]",
+                        expect_hw=(pred.height, pred.width),
+                    )
+                    for i, m in enumerate(images)
+                ]
+                return np.stack(frames), images[-1].header.stamp
+            topic = self.p["camera_topics"][0]
+            with self._state_lock:
+                buf = list(self._camera_frames.get(topic, ()))
+            if len(buf) < need:
+                raise _Rejected(
+                    NOT_READY,
+                    f"no camera frames received yet on {topic}; check the camera topic "
+                    "or send context_frames",
+                )
+            wanted = stamp_hint.sec + stamp_hint.nanosec * 1e-9 if stamp_hint is not None else 0.0
+            end = len(buf)
+            if wanted > 0:  # the plan names its context frame: the latest frame not after that stamp
+                stamps = [s.sec + s.nanosec * 1e-9 for s, _ in buf]
+                end = sum(1 for t in stamps if t <= wanted + 1e-3)
+                if end < need:
+                    raise RequestError(
+                        "actions.header.stamp",
+                        f"stamp {wanted:.3f} is older than the buffered camera frames ({stamps[0]:.3f} .. "
+                        f"{stamps[-1]:.3f})",
+                        "send stamp 0 (= the latest frame), a recent frame's stamp, or context_frames",
+                    )
+            buf = buf[end - need : end]
+            return np.stack([self._fit(f, topic) for _, f in buf]), buf[-1][0]
+
+        def _actions(self, fields: list[ActionFields], single: str = "") -> np.ndarray:
+            """Validated plans [B, N, D] in the adapter's kind; `single` = field name of a lone sequence."""
+            if single:
+                f = fields[0]
+                plans = validate_action_sequence(
+                    f.kind, f.names, f.dim, f.num_steps, f.values, self.limits, single
+                )[None]
+            else:
+                plans = validate_candidates(fields, self.limits)
+            if fields[0].kind == KIND_JOINT_POSITION and self.limits.action_kind != KIND_JOINT_POSITION:
+                with self._state_lock:
+                    joint = self._joint_state
+                if joint is None:
+                    raise _Rejected(
+                        NOT_READY,
+                        "absolute joint plans need the current joint state; none received "
+                        f"on {self.p['joint_states_topic']} yet (or send kind "
+                        f"{self.limits.action_kind})",
+                    )
+                try:
+                    plans = self.predictor.absolute_to_actions(plans, joint[1], joint[2])
+                except KeyError as exc:
+                    raise RequestError("joint_states", str(exc), "publish all the adapter's joints") from exc
+            return plans
+
+        def _serve(
+            self,
+            service: str,
+            request_id: str,
+            context: np.ndarray,
+            plans: np.ndarray,
+            prompt: str,
+            params: SamplingParams,
+            check: bool,
+            arrival: float,
+        ) -> tuple[np.ndarray, list, dict[str, float]]:
+            """Queue the model (+ checker) work and wait for it (this thread only; the executor has more)."""
+            pred, checker = self.predictor, self.checker
+
+            def job(ctx: wk.JobContext) -> tuple[np.ndarray, list]:
+                frames = pred.predict(
+                    context,
+                    plans,
+                    prompt=prompt,
+                    num_steps=params.num_steps,
+                    guidance=params.guidance,
+                    seed=params.seed,
+                    ctx=ctx,
+                )
+                verdicts = []
+                if check:
+                    with ctx.stage("checker"):
+                        verdicts = checker.check(context[-1], frames)
+                    if len(verdicts) != len(frames):
+                        raise RuntimeError(
+                            f"checker returned {len(verdicts)} verdicts for {len(frames)} plans"
+                        )
+                return frames, verdicts
+
+            remaining = params.timeout - (time.monotonic() - arrival)
+            try:
+                handle = self.worker.submit(job, timeout=remaining)
+            except wk.Busy as exc:
+                raise _Rejected(BUSY, str(exc)) from None
+            except wk.NotReady as exc:
+                raise _Rejected(NOT_READY, str(exc)) from None
+            try:
+                # wait in short slices so that a shutdown never leaves this executor thread blocked
+                end = time.monotonic() + remaining + 1.0
+                while not handle.future.done():
+                    if self._stopping.is_set():
+                        handle.cancel()
+                        raise _Rejected(NOT_READY, "the predictor is shutting down")
+                    if time.monotonic() > end:
+                        raise FutureTimeout()
+                    futures_wait([handle.future], timeout=0.1)
+                frames, verdicts = handle.future.result()
+            except _Rejected:
+                raise
+            except FutureTimeout:
+                handle.cancel()
+                raise _Rejected(
+                    DEADLINE_EXCEEDED,
+                    f"not served within {params.timeout:.3g} s (queue depth "
+                    f"{self.worker.queue_depth}); raise timeout or send fewer candidates",
+                ) from None
+            except (wk.DeadlineExceeded, wk.Cancelled) as exc:
+                if self._stopping.is_set():
+                    raise _Rejected(NOT_READY, "the predictor is shutting down") from None
+                raise _Rejected(
+                    DEADLINE_EXCEEDED,
+                    f"{exc} ({params.timeout:.3g} s); raise timeout, lower "
+                    "num_steps or send fewer candidates",
+                ) from None
+            except Exception as exc:
+                self.get_logger().error(f"{service} {request_id}: model/checker failed: {exc!r}")
+                raise _Rejected(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}") from None
+            return frames, verdicts, dict(handle.timings)
+
+        def _latency(
+            self, service: str, request_id: str, batch: int, timings: dict[str, float], arrival: float
+        ) -> StageLatency:
+            lat = StageLatency()
+            lat.header.stamp = self.get_clock().now().to_msg()
+            lat.request_id = request_id
+            lat.service = service
+            lat.batch_size = batch
+            for key in ("queue_wait", "encode", "denoise", "decode", "checker"):
+                setattr(lat, key, float(timings.get(key, 0.0)))
+            lat.total = float(time.monotonic() - arrival)
+            if timings:
+                self.pub_latency.publish(lat)
+                self.get_logger().info(
+                    f"{service} {request_id}: batch {batch}, total {lat.total * 1e3:.1f} ms (queue "
+                    f"{lat.queue_wait * 1e3:.1f}, encode {lat.encode * 1e3:.1f}, "
+                    f"denoise {lat.denoise * 1e3:.1f}, "
+                    f"decode {lat.decode * 1e3:.1f}, checker {lat.checker * 1e3:.1f})"
+                )
+            return lat
+
+        def _stamps(self, start: Time, n: int, step_duration: float) -> list[Time]:
+            period = step_duration if step_duration > 0 else 1.0 / self.predictor.fps
+            t0 = start.sec + start.nanosec * 1e-9
+            out = []
+            for i in range(1, n + 1):
+                t = t0 + i * period
+                out.append(Time(sec=int(t), nanosec=round((t - int(t)) * 1e9) % 1_000_000_000))
+            return out
+
+        def _prediction_msg(
+            self, request_id: str, stamp: Time, frames: np.ndarray, actions: ActionSequence, arrival: float
+        ) -> PredictedFrames:
+            msg = PredictedFrames()
+            msg.header.stamp = stamp
+            msg.header.frame_id = self._camera_frame_id
+            msg.request_id = request_id
+            msg.camera_topic = self.p["camera_topics"][0]
+            msg.adapter = self.p["adapter"]
+            msg.stamps = self._stamps(stamp, len(frames), actions.step_duration)
+            msg.frames = [
+                rgb_to_image_msg(f, s, self._camera_frame_id) for f, s in zip(frames, msg.stamps, strict=True)
+            ]
+            msg.actions = actions
+            msg.inference_time = float(time.monotonic() - arrival)
+            return msg
+
+        # ---------------------------------------------------------------- callbacks
+        def _on_predict(
+            self, req: PredictFuture.Request, resp: PredictFuture.Response
+        ) -> PredictFuture.Response:
+            arrival = time.monotonic()
+            rid = req.request_id or f"predict-{next(self._request_ids)}"
+            resp.prediction.request_id = rid
+            try:
+                self._require_ready()
+                plans = self._actions([action_fields(req.actions)], "actions")
+                prompt = validate_prompt(req.prompt, self.default_prompt, self.limits)
+                params = resolve_sampling(
+                    req.num_steps, req.guidance_scale, req.seed, req.timeout, self.defaults, self.limits
+                )
+                context, stamp = self._context_frames(list(req.context_frames), req.actions.header.stamp)
+                frames, _, timings = self._serve(
+                    "predict_future", rid, context, plans, prompt, params, False, arrival
+                )
+                resp.prediction = self._prediction_msg(rid, stamp, frames[0], req.actions, arrival)
+                resp.latency = self._latency("predict_future", rid, 1, timings, arrival)
+                resp.success, resp.code, resp.message = True, OK, f"{len(frames[0])} frames predicted"
+            except RequestError as exc:
+                resp.success, resp.code, resp.message = False, INVALID_REQUEST, str(exc)
+            except _Rejected as exc:
+                resp.success, resp.code, resp.message = False, exc.code, str(exc)
+            except Exception as exc:  # keep serving whatever happens
+                self.get_logger().error(f"predict_future {rid}: {exc!r}")
+                resp.success, resp.code, resp.message = False, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+            if not resp.success:
+                self.get_logger().warning(
+                    f"predict_future {rid}: code {resp.code}: {resp.message}", throttle_duration_sec=1.0
+                )
+                resp.latency = self._latency("predict_future", rid, 1, {}, arrival)
+            return resp
+
+        def _on_check(
+            self, req: CheckCollision.Request, resp: CheckCollision.Response
+        ) -> CheckCollision.Response:
+            arrival = time.monotonic()
+            rid = req.request_id or f"check-{next(self._request_ids)}"
+            n = len(req.candidates)
+            try:
+                self._require_ready()
+                plans = self._actions([action_fields(c) for c in req.candidates])
+                prompt = validate_prompt(req.prompt, self.default_prompt, self.limits)
+                params = resolve_sampling(
+                    req.num_steps, req.guidance_scale, req.seed, req.timeout, self.defaults, self.limits
+                )
+                stamp = req.candidates[0].header.stamp
+                context, stamp = self._context_frames(list(req.context_frames), stamp)
+                frames, verdicts, timings = self._serve(
+                    "check_collision", rid, context, plans, prompt, params, True, arrival
+                )
+                stamps = self._stamps(stamp, frames.shape[1], req.candidates[0].step_duration)
+                for i, v in enumerate(verdicts):
+                    r = CollisionResult()
+                    r.candidate_index = i
+                    r.collision = bool(v.collision)
+                    r.first_collision_step = int(v.first_collision_step)
+                    r.score = float(v.score)
+                    r.step_scores = [float(s) for s in v.step_scores]
+                    r.reasons = list(v.reasons)
+                    if req.return_frames:
+                        r.frames = [
+                            rgb_to_image_msg(f, s, self._camera_frame_id)
+                            for f, s in zip(frames[i], stamps, strict=True)
+                        ]
+                    resp.results.append(r)
+                clear = [i for i, v in enumerate(verdicts) if not v.collision]
+                pool = clear or list(range(n))
+                resp.best_candidate = min(pool, key=lambda i: verdicts[i].score)
+                resp.latency = self._latency("check_collision", rid, n, timings, arrival)
+                resp.success, resp.code = True, OK
+                resp.message = f"{n} candidates checked, {n - len(clear)} colliding"
+            except RequestError as exc:
+                resp.success, resp.code, resp.message = False, INVALID_REQUEST, str(exc)
+            except _Rejected as exc:
+                resp.success, resp.code, resp.message = False, exc.code, str(exc)
+            except Exception as exc:
+                self.get_logger().error(f"check_collision {rid}: {exc!r}")
+                resp.success, resp.code, resp.message = False, INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"
+            if not resp.success:
+                resp.results = []
+                self.get_logger().warning(
+                    f"check_collision {rid}: code {resp.code}: {resp.message}", throttle_duration_sec=1.0
+                )
+                resp.latency = self._latency("check_collision", rid, n, {}, arrival)
+            return resp
+
+        def _on_planned_actions(self, msg: ActionSequence) -> None:
+            """Topic input: same path as predict_future, result published instead of returned."""
+            arrival = time.monotonic()
+            rid = f"planned-{next(self._request_ids)}"
+            try:
+                self._require_ready()
+                plans = self._actions([action_fields(msg)], "planned_actions")
+                context, stamp = self._context_frames([], msg.header.stamp)
+                frames, _, timings = self._serve(
+                    "planned_actions", rid, context, plans, self.default_prompt, self.defaults, False, arrival
+                )
+                self.pub_frames.publish(self._prediction_msg(rid, stamp, frames[0], msg, arrival))
+                self._latency("planned_actions", rid, 1, timings, arrival)
+            except (RequestError, _Rejected) as exc:
+                self.get_logger().warning(f"planned_actions {rid} dropped: {exc}", throttle_duration_sec=2.0)
+            except Exception as exc:
+                self.get_logger().error(f"planned_actions {rid}: {exc!r}")
+
+    return PredictorNode
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the predictor node until SIGINT / shutdown."""
+    import signal
+
+    import rclpy
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+
+    # Our own SIGINT/SIGTERM handling: rclpy's default handler shuts the context down at once, so requests
+    # in flight could not be answered. Here a signal first deactivates the node (waiting callbacks answer
+    # "shutting down"), then the context is shut down.
+    try:
+        from rclpy.signals import SignalHandlerOptions
+
+        rclpy.init(args=argv, signal_handler_options=SignalHandlerOptions.NO)
+    except ImportError:  # very old rclpy: default handling
+        rclpy.init(args=argv)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    code = 0
+    try:
+        node = _make_node_class()()
+    except Exception as exc:  # bad parameters: rclpy's message, exit 1
+        print(f"predictor: {exc}", file=sys.stderr, flush=True)
+        rclpy.shutdown()
+        return 1
+    # Threads: up to queue_size waiting requests + the running one + spare threads for BUSY answers, the
+    # sensors and the topic input.
+    executor = MultiThreadedExecutor(num_threads=int(node.p["queue_size"]) + 4)
+    executor.add_node(node)
+
+    def spin() -> None:
+        try:
+            executor.spin()
+        except ExternalShutdownException:
+            pass
+        finally:
+            stop.set()
+
+    spinner = threading.Thread(target=spin, name="predictor-executor", daemon=True)
+    try:
+        node.activate()
+        spinner.start()
+        while not stop.wait(0.2):
+            pass
+    except Exception as exc:
+        node.get_logger().fatal(f"predictor failed: {exc}")
+        code = 1
+    finally:
+        node.deactivate()
+        executor.shutdown(timeout_sec=5.0)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return code
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,704 @@
+"""The predictor core (ROS-free): context frames + candidate action sequences -> predicted future frames.
+
+`Predictor` loads a base world model plus an adapter (LoRA/DoRA weights, action MLPs and the adapter card
+with the action tokenizer's statistics and the clip geometry), then for a batch of candidate plans:
+
+1. converts raw actions to the model's normalised action space with the *same* tokenizer as training;
+2. encodes the context frame(s) once with the VAE (all candidates share it);
+3. denoises all candidates together (plus their unconditional twins when guidance > 0, in the same call),
+   starting from the same seeded noise for every candidate - common random numbers, so that differences
+   between candidates come from their actions and not from the noise draw;
+4. decodes, and for horizons longer than one clip repeats 2-4 autoregressively, chunk by chunk, with the
+   last predicted frame(s) as the next chunk's context (as NVIDIA's action-conditioned inference does).
+
+Two denoiser paths compute the same function: the reference `WorldModel.denoise_velocity`, and
+`FastDenoiser` (used on GPU and whenever `OptimizeOptions.fast` is on), which does per request once what the
+reference redoes every step and candidate: the 100352->1024 text projection and each block's cross-attention
+keys/values (constant across steps and candidates), the AdaLN modulation per latent frame rather than per
+token (the timestep is per frame), the rotary embedding. Optionally each block is compiled with
+`torch.compile` and the big linear layers run in FP8 (per-row scaled `torch._scaled_mm`, Hopper+).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosmos_ros.predict.validation import (
+    KIND_JOINT_POSITION,
+    KIND_JOINT_POSITION_DELTA,
+    KIND_JOINT_VELOCITY,
+    RequestLimits,
+)
+
+LOG = logging.getLogger(__name__)
+MODE_TO_KIND = {
+    "delta": KIND_JOINT_POSITION_DELTA,
+    "absolute": KIND_JOINT_POSITION,
+    "velocity": KIND_JOINT_VELOCITY,
+}
+
+
+@dataclass(frozen=True)
+class OptimizeOptions:
+    """Inference speed-ups; every one keeps the sampled function the same (fp8 up to its rounding)."""
+
+    fast: bool | None = None  # FastDenoiser (None = on for CUDA devices, off on CPU)
+    compile: bool = False  # torch.compile each transformer block (regional compilation)
+    fp8: bool = False  # FP8 linear layers in the blocks (CUDA, compute capability >= 8.9)
+
+
+class _NullCtx:
+    """Stand-in for worker.JobContext when the core is used directly (benchmarks, scripts)."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def check(self) -> None:
+        return None
+
+    def stage(self, name: str) -> Any:
+        import contextlib
+        import time
+
+        @contextlib.contextmanager
+        def _timed() -> Any:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+        return _timed()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------- FP8 linear
+class Fp8Linear(nn.Module):
+    """y = x W^T + b with W stored in float8_e4m3fn (per-output-row scales) and x quantised per token.
+
+    Why per-row/per-token scaling: one outlier channel then only costs precision in its own row, which is
+    what keeps FP8 inference of DiT blocks close to bf16. Needs `torch._scaled_mm` with row-wise scales
+    (CUDA, compute capability >= 8.9).
+    """
+
+    def __init__(self, linear: nn.Linear) -> None:
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = (w.abs().amax(dim=1, keepdim=True) / 448.0).clamp(min=1e-12)
+        self.register_buffer("weight_fp8", (w / scale).to(torch.float8_e4m3fn).contiguous())
+        self.register_buffer("weight_scale", scale.t().contiguous())  # [1, out]
+        self.bias = (
+            None
+            if linear.bias is None
+            else nn.Parameter(linear.bias.detach().to(torch.bfloat16), requires_grad=False)
+        )
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        amax = x2.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12)
+        xs = amax / 448.0
+        xq = (x2.float() / xs).to(torch.float8_e4m3fn)
+        y = torch._scaled_mm(
+            xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale, out_dtype=torch.bfloat16
+        )
+        if self.bias is not None:  # added outside: not every torch version fuses a bias with row-wise scales
+            y = y + self.bias
+        return y.reshape(*shape[:-1], self.out_features)
+
+
+def _fp8_supported(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 9)
+
+
+def convert_blocks_to_fp8(blocks: nn.ModuleList) -> int:
+    """Swap the big linear layers of every block (attention q/k/v/out, MLP) for Fp8Linear; return count.
+
+    The AdaLN modulation MLPs, norms and the embedding/output layers stay in bf16 (small, sensitive).
+    """
+    count = 0
+    for block in blocks:
+        for attn in (block.attn1, block.attn2):
+            for name in ("to_q", "to_k", "to_v"):
+                if isinstance(getattr(attn, name), nn.Linear):
+                    setattr(attn, name, Fp8Linear(getattr(attn, name)))
+                    count += 1
+            if isinstance(attn.to_out[0], nn.Linear):
+                attn.to_out[0] = Fp8Linear(attn.to_out[0])
+                count += 1
+        ff = block.ff.net
+        if isinstance(ff[0].proj, nn.Linear):
+            ff[0].proj = Fp8Linear(ff[0].proj)
+            count += 1
+        if isinstance(ff[2], nn.Linear):
+            ff[2] = Fp8Linear(ff[2])
+            count += 1
+    return count
+
+
+# ---------------------------------------------------------------------------------------------- fast path
+def _rope(x: torch.Tensor, freqs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotary embedding, real form, halves rotated (diffusers' apply_rotary_emb, use_real_unbind_dim=-2)."""
+    cos, sin = freqs  # [S, Dh]
+    x_real, x_imag = x.unflatten(-1, (2, -1)).unbind(-2)
+    x_rot = torch.cat([-x_imag, x_real], dim=-1)
+    return (x.float() * cos + x_rot.float() * sin).to(x.dtype)
+
+
+def _modulate(
+    norm: nn.Module, x: torch.Tensor, emb: torch.Tensor, temb: torch.Tensor, n_frames: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AdaLN-zero with one modulation row per latent frame: x [B, T*HW, D], emb [B, T, D], temb [B, T, 3D]."""
+    mod = norm.linear_2(norm.linear_1(norm.activation(emb))) + temb  # [B, T, 3D]
+    shift, scale, gate = mod.unsqueeze(2).chunk(3, dim=-1)  # [B, T, 1, D]
+    b, s, d = x.shape
+    xn = norm.norm(x).view(b, n_frames, s // n_frames, d)
+    return (xn * (1 + scale) + shift).view(b, s, d), gate
+
+
+def fast_block(
+    block: nn.Module,
+    x: torch.Tensor,
+    emb: torch.Tensor,
+    temb: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    text_k: torch.Tensor,
+    text_v: torch.Tensor,
+    n_frames: int,
+) -> torch.Tensor:
+    """One CosmosTransformerBlock forward with precomputed cross-attention K/V and per-frame modulation."""
+    b, s, d = x.shape
+    t = n_frames
+
+    def gated(y: torch.Tensor, gate: torch.Tensor) -> torch.Tensor:
+        return (y.view(b, t, s // t, d) * gate).view(b, s, d)
+
+    a1 = block.attn1
+    h, g = _modulate(block.norm1, x, emb, temb, t)
+    q = a1.norm_q(a1.to_q(h).unflatten(2, (a1.heads, -1)).transpose(1, 2))
+    k = a1.norm_k(a1.to_k(h).unflatten(2, (a1.heads, -1)).transpose(1, 2))
+    v = a1.to_v(h).unflatten(2, (a1.heads, -1)).transpose(1, 2)
+    q, k = _rope(q, (cos, sin)), _rope(k, (cos, sin))
+    o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).flatten(2).type_as(h)
+    x = x + gated(a1.to_out[0](o), g)
+
+    a2 = block.attn2
+    h, g = _modulate(block.norm2, x, emb, temb, t)
+    q = a2.norm_q(a2.to_q(h).unflatten(2, (a2.heads, -1)).transpose(1, 2))
+    p = text_k.shape[0]
+    if p == b:
+        o = F.scaled_dot_product_attention(q, text_k, text_v)
+    else:
+        # P prompts for B = P*G rows (row r uses prompt r // G): fold each prompt's G rows into the query
+        # sequence - attention is per query row, so this is exact - and K/V are never copied per candidate.
+        hd, sq, dh = q.shape[1:]
+        qf = q.view(p, b // p, hd, sq, dh).transpose(1, 2).reshape(p, hd, (b // p) * sq, dh)
+        of = F.scaled_dot_product_attention(qf, text_k, text_v)
+        o = of.view(p, hd, b // p, sq, dh).transpose(1, 2).reshape(b, hd, sq, dh)
+    o = o.transpose(1, 2).flatten(2).type_as(h)
+    x = x + gated(a2.to_out[0](o), g)
+
+    h, g = _modulate(block.norm3, x, emb, temb, t)
+    return x + gated(block.ff(h), g)
+
+
+class FastDenoiser:
+    """Velocities equal to `WorldModel.denoise_velocity`, with the per-request constant work hoisted.
+
+    Usage per request: `prepare_text(prompt_embeds [P, L, C])` once (text projection and every
+    block's cross-attention K/V for each of the P prompt rows, rotary tables), then `velocity(...)` per step.
+    Supports the DiT configuration of Cosmos Predict 2.5 (no image context, no learnable position embedding,
+    no ControlNet); anything else falls back to the reference path.
+    """
+
+    def __init__(self, model: Any, compile_blocks: bool = False, fp8: bool = False) -> None:
+        self.model = model
+        self.wrapper = model.transformer  # ActionConditionedTransformer
+        self.tr = self.wrapper.transformer  # diffusers CosmosTransformer3DModel
+        cfg = self.tr.config
+        if cfg.extra_pos_embed_type or cfg.img_context_dim_in or not cfg.concat_padding_mask:
+            raise ValueError("FastDenoiser supports the Cosmos Predict 2.5 DiT layout only")
+        self.fp8 = 0
+        if fp8:
+            if not _fp8_supported(model.device):
+                raise ValueError(
+                    "fp8 needs a CUDA GPU with compute capability >= 8.9 (Ada/Hopper); set fp8 off"
+                )
+            self.fp8 = convert_blocks_to_fp8(self.tr.transformer_blocks)
+        self.block_fn: Callable[..., torch.Tensor] = fast_block
+        if compile_blocks:
+            import torch._dynamo
+
+            torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+            self.block_fn = torch.compile(fast_block, dynamic=False, fullgraph=False)
+        self._text: dict[int, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+        self._rope: dict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @torch.no_grad()
+    def prepare_text(self, prompt_embeds: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """[P, L, C] raw prompt embeddings -> per block (K, V) [P, heads, L, Dh] (projection done once)."""
+        dtype = self.wrapper.dtype
+        text = prompt_embeds.to(self.model.device, dtype)
+        if self.tr.config.use_crossattn_projection:
+            text = self.tr.crossattn_proj(text)
+        ks, vs = [], []
+        for block in self.tr.transformer_blocks:
+            a2 = block.attn2
+            ks.append(a2.norm_k(a2.to_k(text).unflatten(2, (a2.heads, -1)).transpose(1, 2)).contiguous())
+            vs.append(a2.to_v(text).unflatten(2, (a2.heads, -1)).transpose(1, 2).contiguous())
+        return ks, vs
+
+    def _rope_tables(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        key = tuple(hidden.shape[2:])
+        if key not in self._rope:
+            cos, sin = self.tr.rope(hidden, fps=None)
+            self._rope[key] = (cos.to(hidden.device), sin.to(hidden.device))
+        return self._rope[key]
+
+    @torch.no_grad()
+    def velocity(
+        self,
+        latents: torch.Tensor,
+        sigma: torch.Tensor,
+        text_kv: tuple[list, list],
+        actions: torch.Tensor | None,
+        cond_latents: torch.Tensor,
+        num_cond_latent_frames: int,
+        conditional_frame_timestep: float,
+    ) -> torch.Tensor:
+        """As WorldModel.denoise_velocity; text = prepare_text output, P prompts (row r uses r // (B/P))."""
+        tr, model = self.tr, self.model
+        b, _c, t, h, w = latents.shape
+        dtype = self.wrapper.dtype
+        dev = model.device
+        ind = torch.zeros(1, 1, t, 1, 1, device=dev)
+        ind[:, :, :num_cond_latent_frames] = 1.0
+        x = latents.float()
+        x = ind * cond_latents.float() + (1 - ind) * x
+        timestep = ind * conditional_frame_timestep + (1 - ind) * sigma.float().reshape(-1, 1, 1, 1, 1)
+        timestep = timestep.expand(b, 1, t, 1, 1)
+        cmask = ind.expand(b, 1, t, h, w)
+        pad = torch.zeros(b, 1, t, h, w, device=dev)
+        hidden = torch.cat([x, cmask, pad], dim=1).to(dtype)
+        cos, sin = self._rope_tables(hidden)
+        p_t, p_h, p_w = tr.config.patch_size
+        hs = tr.patch_embed(hidden).flatten(1, 3)  # [B, T*H'*W', D]
+        temb, emb = tr.time_embed(
+            hs, timestep.to(dtype).flatten()
+        )  # [B*T, 3D], [B*T, D] (+ actions hook off)
+        emb_dim = emb.shape[-1]
+        temb, emb = temb.view(b, t, -1), emb.view(b, t, emb_dim)
+        if actions is not None and self.wrapper.action_embedder is not None:
+            from cosmos_ros.model.action_cond import group_actions
+
+            ae = self.wrapper.action_embedder
+            lat = group_actions(actions.to(dev), t, ae.actions_per_latent).to(next(ae.parameters()).dtype)
+            add_t, add_adaln = ae(lat)
+            keep = (1.0 - ind[0, 0, :, 0, 0]).to(add_t.dtype).view(1, t, 1)
+            emb = emb + (add_t * keep).to(emb.dtype)
+            temb = temb + (add_adaln * keep).to(temb.dtype)
+        ks, vs = text_kv
+        for i, block in enumerate(tr.transformer_blocks):
+            hs = self.block_fn(block, hs, emb, temb, cos, sin, ks[i], vs[i], t)
+        # output norm (per frame), projection, unpatchify exactly as diffusers does
+        no = tr.norm_out
+        mod = no.linear_2(no.linear_1(no.activation(emb))) + temb[..., : 2 * emb_dim]
+        shift, scale = mod.unsqueeze(2).chunk(2, dim=-1)
+        s = hs.shape[1]
+        hs = (no.norm(hs).view(b, t, s // t, -1) * (1 + scale) + shift).view(b, s, -1)
+        hs = tr.proj_out(hs)
+        hs = hs.unflatten(2, (p_h, p_w, p_t, -1))
+        hs = hs.unflatten(1, (t // p_t, h // p_h, w // p_w))
+        hs = hs.permute(0, 7, 1, 6, 2, 4, 3, 5)
+        return hs.flatten(6, 7).flatten(4, 5).flatten(2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- predictor
+class Predictor:
+    """Batched, autoregressive, seeded prediction of future camera frames for candidate action plans."""
+
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any | None,
+        prompt_cache: Any | None,
+        *,
+        height: int,
+        width: int,
+        num_frames: int = 13,
+        num_context_frames: int = 1,
+        fps: float = 10.0,
+        batch_size: int = 8,
+        optimize: OptimizeOptions | None = None,
+        action_dim: int | None = None,
+        card: dict[str, Any] | None = None,
+    ) -> None:
+        from cosmos_ros.model.world_model import latent_frames
+
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.prompt_cache = prompt_cache
+        self.card = dict(card or {})
+        self.height, self.width = int(height), int(width)
+        self.num_frames = int(num_frames)
+        self.num_context_frames = int(num_context_frames)
+        self.fps = float(fps)
+        self.batch_size = int(batch_size)
+        model.latent_shape(self.num_frames, self.height, self.width)  # geometry check, clear error
+        self.num_latent = latent_frames(self.num_frames)
+        self.num_cond_latent = latent_frames(self.num_context_frames)
+        if self.num_context_frames >= self.num_frames:
+            raise ValueError(f"num_context_frames {num_context_frames} must be < num_frames {num_frames}")
+        self.chunk_actions = self.num_frames - self.num_context_frames
+        model_dim = model.action_dim
+        tok_dim = None if tokenizer is None else tokenizer.dim
+        if model_dim is not None and tok_dim is not None and model_dim != tok_dim:
+            raise ValueError(
+                f"adapter action MLPs take {model_dim} dims but its tokenizer has {tok_dim}; "
+                "the adapter card does not belong to these weights"
+            )
+        self.action_dim = int(model_dim or tok_dim or action_dim or 0)
+        if self.action_dim == 0:
+            raise ValueError(
+                "cannot tell the action dimension: load an adapter with action MLPs or pass action_dim"
+            )
+        if model_dim is None:
+            LOG.warning("the model has no action conditioning: predictions will not depend on the actions")
+        self.optimize = optimize or OptimizeOptions()
+        use_fast = self.optimize.fast if self.optimize.fast is not None else model.device.type == "cuda"
+        use_fast = use_fast or self.optimize.compile or self.optimize.fp8
+        self.fast = FastDenoiser(model, self.optimize.compile, self.optimize.fp8) if use_fast else None
+        self._zero_embeds: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        base: str | None,
+        adapter: str | None = None,
+        revision: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        merge: bool = True,
+        optimize: OptimizeOptions | None = None,
+        batch_size: int = 8,
+        prompt_cache: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_frames: int | None = None,
+        action_dim: int | None = None,
+    ) -> Predictor:
+        """Base model (+ adapter and its card: tokenizer stats, clip geometry, prompt cache)."""
+        from cosmos_ros.model.text_cache import PromptCache
+        from cosmos_ros.model.world_model import TINY_FRAME_SIZE, WorldModel
+
+        dev = torch.device(
+            "cuda"
+            if device == "auto" and torch.cuda.is_available()
+            else ("cpu" if device == "auto" else device)
+        )
+        tdtype = {
+            "auto": torch.bfloat16 if dev.type == "cuda" else torch.float32,
+            "float32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "float16": torch.float16,
+        }.get(dtype)
+        if tdtype is None:
+            raise ValueError(f"dtype {dtype!r}: use auto, float32, bfloat16 or float16")
+        card: dict[str, Any] = {}
+        tokenizer = None
+        if adapter:
+            from cosmos_ros.model.adapters import load_world_model, read_card
+
+            card = read_card(adapter)  # AdapterError naming the problem for a missing/corrupt directory
+            model = load_world_model(
+                base or None, adapter, merge=merge, device=dev, dtype=tdtype, revision=revision
+            )
+            base = base or str(card.get("base_model", ""))
+            if card.get("tokenizer"):
+                from cosmos_ros.tokens import ActionTokenizer
+
+                tokenizer = ActionTokenizer.from_dict(card["tokenizer"])
+        else:
+            model = WorldModel.from_pretrained(
+                base, revision=revision, action_dim=action_dim, device=dev, dtype=tdtype
+            )
+        geo = card.get("geometry") or {}
+        is_tiny = (Path(base) / "model_index.json").is_file() and json.loads(
+            (Path(base) / "model_index.json").read_text()
+        ).get("cosmos_ros_tiny", False)
+        default_hw = TINY_FRAME_SIZE if is_tiny else (256, 320)
+        h = int(height or geo.get("height") or default_hw[0])
+        w = int(width or geo.get("width") or default_hw[1])
+        nf = int(num_frames or geo.get("num_frames") or 13)
+        ncf = 4 * (int(geo.get("num_cond_latent_frames") or 1) - 1) + 1  # causal VAE: 1 + 4k pixel frames
+        fps = float(tokenizer.fps if tokenizer is not None else 10.0)
+        cache = None
+        for cand in (prompt_cache, card.get("prompt_cache"), str(Path(base) / "prompt_cache.safetensors")):
+            if cand and Path(cand).is_file():
+                cache = PromptCache.load(cand)
+                break
+            if cand and adapter and (Path(adapter) / cand).is_file():
+                cache = PromptCache.load(Path(adapter) / cand)
+                break
+        return cls(
+            model,
+            tokenizer,
+            cache,
+            height=h,
+            width=w,
+            num_frames=nf,
+            num_context_frames=ncf,
+            fps=fps,
+            batch_size=batch_size,
+            optimize=optimize,
+            action_dim=action_dim,
+            card=card,
+        )
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def prompts(self) -> list[str]:
+        return [] if self.prompt_cache is None else list(self.prompt_cache.prompts)
+
+    @property
+    def default_prompt(self) -> str:
+        card_prompts = [p for p in (self.card.get("dataset") or {}).get("prompts") or [] if p in self.prompts]
+        if card_prompts:
+            return str(card_prompts[0])
+        return self.prompts[0] if self.prompts else ""
+
+    @property
+    def action_kind(self) -> int:
+        return MODE_TO_KIND[self.tokenizer.mode] if self.tokenizer is not None else KIND_JOINT_POSITION_DELTA
+
+    def request_limits(
+        self, max_horizon: int = 48, max_candidates: int = 16, convert_absolute: bool = True
+    ) -> RequestLimits:
+        """The validation limits of this model (geometry, action layout, prompts) for the node."""
+        tok = self.tokenizer
+        convertible = ()
+        if convert_absolute and tok is not None and self.action_kind != KIND_JOINT_POSITION:
+            convertible = (KIND_JOINT_POSITION,)
+        return RequestLimits(
+            height=self.height,
+            width=self.width,
+            action_dim=self.action_dim,
+            action_kind=self.action_kind,
+            convertible_kinds=convertible,
+            action_names=tuple(tok.joint_names) if tok is not None else (),
+            alt_action_names=tuple(tok.action_names) if tok is not None else (),
+            num_context_frames=self.num_context_frames,
+            max_horizon=max_horizon,
+            max_candidates=max_candidates,
+            known_prompts=tuple(self.prompts),
+        )
+
+    # ------------------------------------------------------------------ actions
+    def absolute_to_actions(
+        self, plans: np.ndarray, joint_names: list[str], positions: np.ndarray
+    ) -> np.ndarray:
+        """Absolute joint targets [B, N, D] (tokenizer joint order) + current joint state -> raw actions."""
+        tok = self.tokenizer
+        q0 = tok.reorder(joint_names, np.asarray(positions, np.float64)[None])[0]
+        out = []
+        for plan in plans:
+            traj = np.concatenate([q0[None], plan.astype(np.float64)], axis=0)
+            out.append(np.asarray(tok.from_joint_positions(traj), np.float32))
+        return np.stack(out)
+
+    def _hold_actions(self, last: np.ndarray, n: int) -> np.ndarray:
+        """Raw actions that keep the arm still (pads the last chunk): zero motion, grippers/targets held."""
+        hold = np.zeros((last.shape[0], n, last.shape[-1]), np.float32)
+        tok = self.tokenizer
+        if tok is not None:
+            keep = np.array([tok.mode == "absolute" or j in tok.gripper_joints for j in tok.joint_names])
+            hold[:, :, keep] = last[:, None, keep]
+        return hold
+
+    def _normalize(self, raw: np.ndarray) -> torch.Tensor:
+        norm = self.tokenizer.normalize(raw) if self.tokenizer is not None and self.tokenizer.fitted else raw
+        return torch.as_tensor(np.asarray(norm, np.float32), device=self.device)
+
+    # ------------------------------------------------------------------ prediction
+    def _embeds(self, prompt: str) -> torch.Tensor:
+        if self.prompt_cache is None:
+            raise ValueError(
+                "no prompt cache: the adapter card names none and the base model has no "
+                "prompt_cache.safetensors; create one with `embed_prompts`"
+            )
+        return self.prompt_cache.get(prompt or self.default_prompt)[None].to(self.device)
+
+    @torch.no_grad()
+    def predict(
+        self,
+        context: np.ndarray,
+        actions: np.ndarray,
+        prompt: str = "",
+        num_steps: int = 10,
+        guidance: float = 0.0,
+        seed: int = 0,
+        ctx: Any = None,
+    ) -> np.ndarray:
+        """context uint8 [C, H, W, 3] (or [H, W, 3]); actions raw float [B, N, D] -> uint8 [B, N, H, W, 3].
+
+        N may exceed one clip's `chunk_actions`: the plan is run in chunks, each conditioned on the previous
+        chunk's last frame(s); the last chunk is padded with hold-still actions and cut back to N frames.
+        """
+        ctx = ctx or _NullCtx()
+        context = np.asarray(context)
+        if context.ndim == 3:
+            context = context[None]
+        if context.shape[1:] != (self.height, self.width, 3) or context.dtype != np.uint8:
+            raise ValueError(
+                f"context must be uint8 [{self.num_context_frames}, {self.height}, {self.width}, 3], "
+                f"got {context.dtype} {context.shape}"
+            )
+        if context.shape[0] != self.num_context_frames:
+            raise ValueError(
+                f"context has {context.shape[0]} frames, the model uses {self.num_context_frames}"
+            )
+        actions = np.asarray(actions, np.float32)
+        if actions.ndim != 3 or actions.shape[-1] != self.action_dim or actions.shape[1] == 0:
+            raise ValueError(f"actions must be [B, N>0, {self.action_dim}], got {actions.shape}")
+        text = self._embeds(prompt)
+        outs = []
+        for start in range(0, actions.shape[0], self.batch_size):
+            outs.append(
+                self._predict_batch(
+                    context, actions[start : start + self.batch_size], text, num_steps, guidance, seed, ctx
+                )
+            )
+        return np.concatenate(outs, axis=0)
+
+    def _predict_batch(
+        self,
+        context: np.ndarray,
+        actions: np.ndarray,
+        text: torch.Tensor,
+        num_steps: int,
+        guidance: float,
+        seed: int,
+        ctx: Any,
+    ) -> np.ndarray:
+        _b, n, _ = actions.shape
+        a = self.chunk_actions
+        n_chunks = math.ceil(n / a)
+        if n_chunks * a > n:
+            actions = np.concatenate([actions, self._hold_actions(actions[:, -1], n_chunks * a - n)], axis=1)
+        # row 0 cond, row 1 uncond (zero embeddings: what CFG dropout trains)
+        embeds = torch.cat([text, torch.zeros_like(text)]) if guidance > 0 else text
+        text_kv = None
+        if self.fast is not None:
+            with ctx.stage("encode"):
+                text_kv = self.fast.prepare_text(embeds)
+        frames_out = []
+        cur_context = torch.as_tensor(context, device=self.device)[None]  # [1, C, H, W, 3] shared at chunk 0
+        for k in range(n_chunks):
+            with ctx.stage("encode"):
+                cond = self.model.encode_frames(cur_context)  # [1 or B, C, n_cond, h, w]
+                _sync(self.device)
+            chunk = self._normalize(actions[:, k * a : (k + 1) * a])
+            with ctx.stage("denoise"):
+                latents = self._denoise(cond, chunk, embeds, text_kv, num_steps, guidance, seed + k, ctx)
+                _sync(self.device)
+            with ctx.stage("decode"):
+                video = self.model.decode_latents(latents)  # [B, num_frames, H, W, 3] uint8
+                _sync(self.device)
+            ctx.check()
+            frames_out.append(video[:, self.num_context_frames :])
+            cur_context = video[:, -self.num_context_frames :]
+        frames = torch.cat(frames_out, dim=1)[:, :n]
+        return frames.cpu().numpy()
+
+    def _denoise(
+        self,
+        cond: torch.Tensor,
+        actions: torch.Tensor,
+        embeds: torch.Tensor,
+        text_kv: tuple[list, list] | None,
+        num_steps: int,
+        guidance: float,
+        seed: int,
+        ctx: Any,
+    ) -> torch.Tensor:
+        """Seeded flow-matching sampling of B candidates (+ B unconditional twins in the same call if CFG)."""
+        from cosmos_ros.model.world_model import CONDITIONAL_FRAME_TIMESTEP
+
+        model = self.model
+        b = actions.shape[0]
+        c, _, h, w = cond.shape[1:]
+        shape = (b, c, self.num_latent, h, w)
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        noise = torch.randn((1, *shape[1:]), generator=gen, dtype=torch.float32).to(self.device).expand(shape)
+        cond_full = torch.zeros(shape, device=self.device)
+        cond_full[:, :, : self.num_cond_latent] = cond[:, :, : self.num_cond_latent].float()
+        cmask = torch.zeros(1, 1, self.num_latent, 1, 1, device=self.device)
+        cmask[:, :, : self.num_cond_latent] = 1.0
+        gt_velocity = (noise - cond_full) * cmask
+        cfg = guidance > 0
+        reps = 2 if cfg else 1
+        act_in = actions.repeat(reps, 1, 1)
+        cond_in = cond_full.repeat(reps, 1, 1, 1, 1)
+        if text_kv is not None:
+            # rows are [cond]*B (+ [uncond]*B): K/V stay one row per prompt (fast_block folds the rows)
+            kv = text_kv
+        else:
+            emb_in = (
+                torch.cat([embeds[:1].expand(b, -1, -1), embeds[1:2].expand(b, -1, -1)])
+                if cfg
+                else embeds.expand(b, -1, -1)
+            )
+        sched = model.make_scheduler()
+        sched.set_timesteps(num_steps, device=self.device)
+        latents = noise.clone()
+        for i, t in enumerate(sched.timesteps):
+            ctx.check()
+            sigma = sched.sigmas[i].to(self.device, torch.float32)
+            x_in = latents.repeat(reps, 1, 1, 1, 1)
+            if text_kv is not None:
+                v = self.fast.velocity(
+                    x_in,
+                    sigma.expand(x_in.shape[0]),
+                    kv,
+                    act_in,
+                    cond_in,
+                    self.num_cond_latent,
+                    CONDITIONAL_FRAME_TIMESTEP,
+                )
+            else:
+                v = model.denoise_velocity(x_in, sigma, emb_in, act_in, cond_in, self.num_cond_latent)
+            v = v.float()
+            if cfg:
+                vc, vu = v[:b], v[b:]
+                v = vc + guidance * (vc - vu)
+            v = gt_velocity + v * (1 - cmask)  # (linear, so applying it after the guidance mix is the same)
+            latents = sched.step(v, t, latents, return_dict=False)[0]
+        return cmask * cond_full + (1 - cmask) * latents
+
+    def warmup(self, num_steps: int = 2, guidance: float = 0.0, batch: int | None = None) -> None:
+        """One full prediction (compiles kernels, allocates memory) so the first request pays no extra."""
+        ctx = np.zeros((self.num_context_frames, self.height, self.width, 3), np.uint8)
+        acts = np.zeros((batch or 1, self.chunk_actions, self.action_dim), np.float32)
+        self.predict(ctx, acts, num_steps=max(1, num_steps), guidance=guidance, seed=0)

@@ -1,0 +1,78 @@
+"""Serve the world model: the predictor node, plus the simulated arm unless a real robot is used.
+
+    ros2 launch cosmos_ros predict.launch.py adapter:=/path/to/run/adapter
+    ros2 launch cosmos_ros predict.launch.py use_sim:=false adapter:=... \
+        camera_topic:=/my_cam/color/image_raw joint_state_topic:=/my_robot/joint_states
+    ros2 service call /predictor/check_collision cosmos_ros/srv/CheckCollision "{candidates: [...]}"
+
+The predictor subscribes to /camera/image_raw and /joint_states; the launch arguments remap those names to
+the robot's topics, so config/predictor.yaml stays the same for every robot. `base_model` and `adapter`
+override the YAML (an empty base_model takes the base recorded in the adapter card).
+"""
+
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
+
+
+def generate_launch_description() -> LaunchDescription:
+    use_sim = LaunchConfiguration("use_sim")
+    camera_topic = LaunchConfiguration("camera_topic")
+    joint_state_topic = LaunchConfiguration("joint_state_topic")
+    base_model = LaunchConfiguration("base_model")
+    adapter = LaunchConfiguration("adapter")
+    device = LaunchConfiguration("device")
+    predictor_params = LaunchConfiguration("predictor_params")
+    sim_params = LaunchConfiguration("sim_params")
+    config_dir = PathJoinSubstitution([FindPackageShare("cosmos_ros"), "config"])
+
+    return LaunchDescription(
+        [
+            DeclareLaunchArgument("use_sim", default_value="true", description="Start the simulated arm"),
+            DeclareLaunchArgument(
+                "camera_topic", default_value="/camera/image_raw", description="Camera the model predicts"
+            ),
+            DeclareLaunchArgument(
+                "joint_state_topic", default_value="/joint_states", description="Joint states of the robot"
+            ),
+            DeclareLaunchArgument(
+                "base_model", default_value="", description="Base model dir or hub id (empty = from the card)"
+            ),
+            DeclareLaunchArgument("adapter", default_value="", description="Adapter directory from `train`"),
+            DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
+            DeclareLaunchArgument(
+                "predictor_params",
+                default_value=PathJoinSubstitution([config_dir, "predictor.yaml"]),
+                description="Predictor parameter file",
+            ),
+            DeclareLaunchArgument(
+                "sim_params",
+                default_value=PathJoinSubstitution([config_dir, "sim_arm.yaml"]),
+                description="Simulated arm parameter file",
+            ),
+            Node(
+                package="cosmos_ros",
+                executable="sim_arm",
+                name="sim_arm",
+                parameters=[sim_params],
+                remappings=[("/camera/image_raw", camera_topic), ("/joint_states", joint_state_topic)],
+                condition=IfCondition(use_sim),
+                output="screen",
+            ),
+            Node(
+                package="cosmos_ros",
+                executable="predictor",
+                name="predictor",
+                parameters=[
+                    predictor_params,
+                    {"base_model": base_model, "adapter": adapter, "device": device},
+                ],
+                remappings=[("/camera/image_raw", camera_topic), ("/joint_states", joint_state_topic)],
+                output="screen",
+            ),
+        ]
+    )

@@ -1,0 +1,392 @@
+"""The predictor node as a real process next to the simulated arm: a planner-like client process calls both
+services and subscribes to predicted frames; malformed requests (a table) each get a clean error while the
+node keeps serving; a burst beyond the queue gets BUSY answers without memory growth; launch file checks.
+
+One sim_arm + predictor pair (tiny model, adapter trained by the real trainer in a session fixture) serves
+the whole module, so the model is loaded and warmed up once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from conftest import REPO, NodeProcess, installed_executable, requires_ros
+from helpers_predict import (  # noqa: F401 - predict_assets is a session fixture
+    HEIGHT,
+    JOINTS,
+    WIDTH,
+    action_msg,
+    image_msg,
+    plan,
+    predict_assets,
+    predictor_params,
+)
+
+pytestmark = requires_ros
+
+OK, INVALID_REQUEST, BUSY, DEADLINE_EXCEEDED, NOT_READY, INTERNAL_ERROR = range(6)
+
+
+@pytest.fixture(scope="module")
+def served(predict_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # noqa: F811
+    """sim_arm + predictor processes on a domain of their own, and an rclpy probe in this process."""
+    import rclpy
+    from helpers_record import RosProbe
+    from rclpy.context import Context
+
+    tmp = tmp_path_factory.mktemp("predictor_node")
+    domain = random.SystemRandom().randint(1, 101)
+    env = dict(
+        os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1"
+    )
+    params = predictor_params(tmp / "predictor.yaml", predict_assets)
+    procs = [
+        NodeProcess([str(installed_executable("sim_arm"))], env, tmp / "sim_arm.log"),
+        NodeProcess(
+            [str(installed_executable("predictor")), "--ros-args", "--params-file", str(params)],
+            env,
+            tmp / "predictor.log",
+        ),
+    ]
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=domain)
+    probe = RosProbe(ctx, "predictor_test_probe")
+    try:
+        yield {"env": env, "sim": procs[0], "predictor": procs[1], "probe": probe, "tmp": tmp}
+    finally:
+        probe.close()
+        rclpy.shutdown(context=ctx)
+        codes = [p.stop() for p in reversed(procs)]
+        # SIGINT is a clean stop: exit code 0 (deactivate, destroy, shutdown) - not a traceback
+        assert codes[0] == 0, f"predictor exited with {codes[0]}:\n{procs[1].output()[-3000:]}"
+
+
+def _wait_ready(served: dict[str, Any], timeout: float = 240.0) -> None:
+    """Until a small request succeeds (model loaded, warmed up, camera frames arrived); once per module."""
+    from cosmos_ros.srv import PredictFuture
+
+    if served.get("ready"):
+        return
+    deadline = time.monotonic() + timeout
+    while True:
+        req = PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1)
+        resp = served["probe"].call(PredictFuture, "/predictor/predict_future", req, timeout=timeout)
+        if resp.success:
+            served["ready"] = True
+            return
+        assert resp.code == NOT_READY, resp.message
+        assert served["predictor"].alive(), served["predictor"].output()[-3000:]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"predictor not ready after {timeout} s: {resp.message}")
+        time.sleep(0.5)
+
+
+def test_planner_client_process_uses_both_services_and_the_topic(served: dict[str, Any]) -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "test" / "helpers_predict.py"), "client", "150"],
+        env=served["env"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+    assert lines, (
+        f"client failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}\n{served['predictor'].output()[-3000:]}"
+    )
+    res = json.loads(lines[-1][len("RESULT ") :])
+
+    check = res["check"]
+    assert check["success"] and check["code"] == OK, check["message"]
+    assert check["request_id"] == "client-check"
+    assert [r["index"] for r in check["results"]] == [0, 1, 2]
+    for r in check["results"]:
+        assert r["n_step_scores"] == 12
+        assert (r["first"] >= 0) == r["collision"]
+        assert 0.0 <= r["score"] <= 1.0
+        assert (len(r["reasons"]) > 0) == r["collision"]
+        # return_frames: 12 predicted rgb8 frames of the model's size per candidate
+        assert r["frames"] == [[HEIGHT, WIDTH, "rgb8", HEIGHT * WIDTH * 3]] * 12
+    scores = {r["index"]: (r["collision"], r["score"]) for r in check["results"]}
+    clear = [i for i, (c, _) in scores.items() if not c]
+    pool = clear or list(scores)
+    assert check["best"] in pool and scores[check["best"]][1] == min(scores[i][1] for i in pool)
+    lat = check["latency"]
+    assert lat["batch_size"] == 3 and lat["denoise"] > 0 and lat["decode"] > 0 and lat["checker"] > 0
+    assert lat["total"] >= lat["encode"] + lat["denoise"] + lat["decode"]
+
+    pred = res["predict"]
+    assert pred["success"], pred["message"]
+    # 16 actions = two autoregressive chunks of 12, cut back to 16 frames, one stamp per frame at 0.1 s
+    assert pred["n_frames"] == 16 and pred["n_stamps"] == 16 and pred["action_steps"] == 16
+    assert all(abs(d - 0.1) < 1e-3 for d in pred["stamp_steps"]), pred["stamp_steps"]
+    assert pred["frame_shape"] == [[HEIGHT, WIDTH, "rgb8"]]
+    assert pred["camera_topic"] == "/camera/image_raw" and pred["adapter"].endswith("adapter")
+
+    assert res["topic"]["received"] >= 1 and res["topic"]["n_frames"] == 12
+    assert res["topic"]["request_id"].startswith("planned-")
+    assert set(res["latency_msgs"]) >= {"check_collision", "predict_future", "planned_actions"}
+    log = served["predictor"].output()
+    assert "check_collision client-check: batch 3" in log and "denoise" in log
+    served["ready"] = True
+
+
+def _malformed_cases() -> list[tuple[str, str, Any, str]]:
+    """(case id, service, request builder, field the message must name)."""
+    from cosmos_ros.srv import CheckCollision, PredictFuture
+
+    def pf(**kw: Any) -> Any:
+        def build() -> Any:
+            req = PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1)
+            for k, v in kw.items():
+                if k.startswith("a_"):
+                    setattr(req.actions, k[2:], v)
+                else:
+                    setattr(req, k, v)
+            return req
+
+        return build
+
+    def cc(cands: list[Any]) -> Any:
+        return lambda: CheckCollision.Request(candidates=cands, num_steps=1)
+
+    good = plan(4)
+    nan = good.copy()
+    nan[2, 1] = math.nan
+    inf = good.copy()
+    inf[0, 0] = math.inf
+    frame = np.zeros((HEIGHT, WIDTH, 3), np.uint8)
+    bad_len = image_msg(frame)
+    bad_len.data = bad_len.data[:-7]
+    return [
+        ("unknown_kind", "pf", pf(a_kind=7), "actions.kind"),
+        ("velocity_kind_not_convertible", "pf", pf(a_kind=2), "actions.kind"),
+        ("dim_zero", "pf", pf(a_dim=0), "actions.dim"),
+        (
+            "dim_mismatch",
+            "pf",
+            lambda: PredictFuture.Request(actions=action_msg(plan(4)[:, :2], names=())),
+            "actions.dim",
+        ),
+        (
+            "empty_plan",
+            "pf",
+            lambda: PredictFuture.Request(actions=action_msg(np.zeros((0, 3)))),
+            "actions.num_steps",
+        ),
+        ("values_length", "pf", pf(a_num_steps=5), "actions.values"),
+        ("nan_action", "pf", lambda: PredictFuture.Request(actions=action_msg(nan)), "actions.values"),
+        ("inf_action", "pf", lambda: PredictFuture.Request(actions=action_msg(inf)), "actions.values"),
+        (
+            "absurd_action",
+            "pf",
+            lambda: PredictFuture.Request(actions=action_msg(good * 1e9)),
+            "actions.values",
+        ),
+        ("names_count", "pf", pf(a_names=["joint1", "joint2"]), "actions.names"),
+        ("unknown_names", "pf", pf(a_names=["shoulder", "elbow", "wrist"]), "actions.names"),
+        (
+            "horizon_too_long",
+            "pf",
+            lambda: PredictFuture.Request(actions=action_msg(plan(25))),
+            "actions.num_steps",
+        ),
+        (
+            "context_wrong_size",
+            "pf",
+            pf(context_frames=[image_msg(np.zeros((32, 40, 3), np.uint8))]),
+            "context_frames[0]",
+        ),
+        (
+            "context_bad_encoding",
+            "pf",
+            pf(context_frames=[image_msg(frame, "32FC1")]),
+            "context_frames[0].encoding",
+        ),
+        ("context_truncated", "pf", pf(context_frames=[bad_len]), "context_frames[0].data"),
+        ("context_count", "pf", pf(context_frames=[image_msg(frame), image_msg(frame)]), "context_frames"),
+        ("denoise_steps", "pf", pf(num_steps=1000), "num_steps"),
+        ("guidance_nan", "pf", pf(guidance_scale=math.nan), "guidance_scale"),
+        ("guidance_huge", "pf", pf(guidance_scale=1e6), "guidance_scale"),
+        ("timeout_negative", "pf", pf(timeout=-1.0), "timeout"),
+        ("unknown_prompt", "pf", pf(prompt="juggle three balls"), "prompt"),
+        ("no_candidates", "cc", cc([]), "candidates"),
+        ("too_many_candidates", "cc", cc([action_msg(good) for _ in range(5)]), "candidates"),
+        (
+            "candidates_inconsistent_steps",
+            "cc",
+            cc([action_msg(good), action_msg(plan(5))]),
+            "candidates[1].num_steps",
+        ),
+        (
+            "candidates_inconsistent_names",
+            "cc",
+            cc([action_msg(good), action_msg(good, names=("joint2", "joint1", "joint3"))]),
+            "candidates[1].names",
+        ),
+        ("candidate_nan", "cc", cc([action_msg(good), action_msg(nan)]), "candidates[1].values"),
+    ]
+
+
+def test_malformed_requests_get_clean_errors_and_the_node_keeps_serving(served: dict[str, Any]) -> None:
+    from cosmos_ros.srv import CheckCollision, PredictFuture
+
+    _wait_ready(served)
+    probe = served["probe"]
+    cases = _malformed_cases()
+    assert len(cases) >= 15
+    failures = []
+    for case_id, kind, build, field in cases:
+        srv, name = (
+            (PredictFuture, "/predictor/predict_future")
+            if kind == "pf"
+            else (CheckCollision, "/predictor/check_collision")
+        )
+        resp = probe.call(srv, name, build(), timeout=30.0)
+        if resp.success or resp.code != INVALID_REQUEST or not resp.message.startswith(field):
+            failures.append(f"{case_id}: success={resp.success} code={resp.code} message={resp.message!r}")
+        if kind == "cc" and resp.results:
+            failures.append(f"{case_id}: results returned on failure")
+    assert not failures, "\n".join(failures)
+    assert served["predictor"].alive()
+
+    # still serving: a good request, with absolute joint targets (converted with the latest joint state)
+    # and the dimensions named in another order (reordered to the adapter's)
+    absolute = np.tile(np.array([[0.1, 0.4, 0.5]], np.float32), (4, 1))
+    req = PredictFuture.Request(
+        actions=action_msg(absolute[:, [2, 0, 1]], kind=1, names=(JOINTS[2], JOINTS[0], JOINTS[1])),
+        num_steps=1,
+    )
+    resp = probe.call(PredictFuture, "/predictor/predict_future", req, timeout=120.0)
+    assert resp.success and len(resp.prediction.frames) == 4, resp.message
+
+
+def _rss(pid: int) -> int:
+    import psutil
+
+    proc = psutil.Process(pid)
+    return proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True))
+
+
+def test_burst_beyond_the_queue_gets_busy_without_memory_growth(served: dict[str, Any]) -> None:
+    from cosmos_ros.srv import PredictFuture
+
+    _wait_ready(served)
+    probe = served["probe"]
+    from rclpy.qos import QoSProfile
+
+    # deep response history: a 12-request burst answered at once must not overflow the default depth of 10
+    client = probe.node.create_client(
+        PredictFuture, "/predictor/predict_future", qos_profile=QoSProfile(depth=64)
+    )
+    assert client.wait_for_service(timeout_sec=10)
+    pid = served["predictor"].proc.pid
+
+    def burst(n: int) -> list[int]:
+        # a short deadline keeps this cheap on CPU: the running request is cut at its next check, the
+        # queued ones expire when the worker reaches them - each answered, none served late
+        futs = [
+            client.call_async(PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, timeout=0.5))
+            for _ in range(n)
+        ]
+        deadline = time.monotonic() + 180
+        while not all(f.done() for f in futs):
+            assert time.monotonic() < deadline, "burst not answered in 180 s"
+            time.sleep(0.05)
+        return [f.result().code for f in futs]
+
+    codes1 = burst(12)
+    rss1 = _rss(pid)
+    codes2 = burst(12)
+    rss2 = _rss(pid)
+    for codes in (codes1, codes2):
+        assert set(codes) <= {OK, BUSY, DEADLINE_EXCEEDED}, codes
+        # queue_size 2 (+1 running): at least 9 of a 12-request burst are turned away at once
+        assert codes.count(BUSY) >= 9, codes
+    assert rss2 - rss1 < 64 * 2**20, f"RSS grew by {(rss2 - rss1) / 2**20:.1f} MiB over a second burst"
+
+    # a deadline that cannot be met: DEADLINE_EXCEEDED, and the node still answers afterwards
+    resp = probe.call(
+        PredictFuture,
+        "/predictor/predict_future",
+        PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, timeout=1e-6),
+    )
+    assert not resp.success and resp.code == DEADLINE_EXCEEDED, (resp.code, resp.message)
+    assert "timeout" in resp.message
+    resp = probe.call(
+        PredictFuture,
+        "/predictor/predict_future",
+        PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1),
+        timeout=120,
+    )
+    assert resp.success, resp.message
+    probe.node.destroy_client(client)
+    assert "Traceback" not in served["predictor"].output()
+
+
+def test_launch_file_is_consistent_with_the_installed_nodes() -> None:
+    """Static check (no `launch` here): executables installed, YAML keys declared, arguments declared."""
+    from launch_static import check_launch_file
+
+    assert check_launch_file(REPO / "launch" / "predict.launch.py") == []
+
+
+def test_sigint_answers_requests_in_flight_and_exits_cleanly(
+    predict_assets: Any,  # noqa: F811
+    start_node: Any,
+    rclpy_context: Any,
+    tmp_path: Path,
+) -> None:
+    """Stop while the model is busy: waiting callers get NOT_READY ("shutting down"), exit code 0."""
+    import signal
+
+    from cosmos_ros.srv import CheckCollision, PredictFuture
+    from helpers_record import RosProbe
+
+    params = predictor_params(tmp_path / "predictor.yaml", predict_assets, warmup=False)
+    proc = start_node("predictor", "--ros-args", "--params-file", str(params))
+    probe = RosProbe(rclpy_context, "predictor_sigint_probe")
+    try:
+        context = [image_msg(np.full((HEIGHT, WIDTH, 3), 90, np.uint8))]  # no camera in this test
+        deadline = time.monotonic() + 120
+        while True:
+            req = PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, context_frames=context)
+            resp = probe.call(PredictFuture, "/predictor/predict_future", req, timeout=120)
+            if resp.success:
+                break
+            assert resp.code == NOT_READY and time.monotonic() < deadline, resp.message
+            time.sleep(0.5)
+        heavy = probe.node.create_client(CheckCollision, "/predictor/check_collision")
+        light = probe.node.create_client(PredictFuture, "/predictor/predict_future")
+        futs = [
+            heavy.call_async(
+                CheckCollision.Request(
+                    candidates=[action_msg(plan(24))] * 4, num_steps=30, context_frames=context
+                )
+            ),
+            light.call_async(
+                PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, context_frames=context)
+            ),
+        ]
+        time.sleep(1.0)
+        proc.signal(signal.SIGINT)
+        assert proc.wait(timeout=30) == 0, proc.output()[-3000:]
+        end = time.monotonic() + 10
+        while not all(f.done() for f in futs) and time.monotonic() < end:
+            time.sleep(0.05)
+        codes = [f.result().code if f.done() else None for f in futs]
+        # answered, not dropped: served before the signal, or told that the node is shutting down
+        assert all(c in (OK, NOT_READY) for c in codes), (codes, proc.output()[-2000:])
+        assert "Traceback" not in proc.output()
+    finally:
+        probe.close()
