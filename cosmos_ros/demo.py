@@ -470,6 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         print("demo: rclpy is not importable: run it through `make demo` or after `source tools/env.sh`",
               file=sys.stderr)
         return 2
+    # Raw camera frames are large messages: Fast DDS needs bigger shared-memory segments to carry them
+    # without loss (config/fastdds_large_data.xml). A profile the user already set wins.
+    profile = share("config", "fastdds_large_data.xml")
+    if profile.exists():
+        demo.env.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
+        os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
     print(f"cosmos_ros demo -> {demo.out} (ROS_DOMAIN_ID={demo.domain_id}, {demo.adapter_mode}, CPU)",
           flush=True)
     t0 = time.monotonic()

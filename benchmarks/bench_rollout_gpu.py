@@ -1,0 +1,402 @@
+"""Collision-check throughput on the real-size 2B config (random weights): our predictor core vs the baseline.
+
+Same process, same GPU, 13 frames 256x320 (4x32x40 latents, 1280 tokens), 10 sampling steps, with CFG
+(guidance 7: cond + uncond) and without (guidance 0):
+
+- baseline: `shared/bench/cosmos_rollout_baseline.py`'s own `call()` (plain diffusers, transformer only):
+  the naive loop (one candidate at a time, cond and uncond as separate calls) and plain batching;
+- ours: `cosmos_ros.predict.core.Predictor.predict` for a batch of candidates (VAE encode of the context,
+  action conditioning, denoising, VAE decode) followed by the keep-out `CollisionChecker`: candidates per
+  second end to end, with the stage split (encode / denoise / decode / check), for OptimizeOptions variants,
+  and the `cosmos_ros.predict.fast` hooks on the unmodified diffusers forward.
+
+One JSON line per measurement, a table last; also written to --out (default $OUT) as rollout_results.jsonl.
+
+    python benchmarks/bench_rollout_gpu.py --baseline .bench_shared/cosmos_rollout_baseline.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import importlib.util
+import json
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+T, H, W = 4, 32, 40  # latents of 13 frames 256x320
+ACTION_DIM = 7
+RESULTS: list[dict[str, Any]] = []
+OUT = Path(".")
+T0 = time.perf_counter()
+
+
+def emit(r: dict[str, Any]) -> None:
+    r = dict(r, t=round(time.perf_counter() - T0, 1))
+    RESULTS.append(r)
+    print(json.dumps(r), flush=True)
+    with open(OUT / "rollout_results.jsonl", "a") as f:
+        f.write(json.dumps(r) + "\n")
+
+
+def sync() -> None:
+    torch.cuda.synchronize()
+
+
+def env_check() -> None:
+    """Versions, fp8, SDPA backends and compile on this machine (the device's software is not ours)."""
+    info: dict[str, Any] = dict(
+        kind="env",
+        gpu=torch.cuda.get_device_name(),
+        torch=torch.__version__,
+        capability=list(torch.cuda.get_device_capability()),
+    )
+    for name in ("diffusers", "peft", "transformers", "accelerate", "torchao", "triton"):
+        try:
+            info[name] = importlib.import_module(name).__version__
+        except Exception as e:
+            info[name] = f"missing ({type(e).__name__})"
+    info["scaled_mm"] = hasattr(torch, "_scaled_mm")
+    try:
+        a = torch.randn(256, 256, device="cuda").to(torch.float8_e4m3fn)
+        b = torch.randn(256, 256, device="cuda").to(torch.float8_e4m3fn).t()
+        one = torch.ones(256, 1, device="cuda")
+        torch._scaled_mm(a, b, scale_a=one, scale_b=one.t(), out_dtype=torch.bfloat16)
+        info["fp8_rowwise_mm"] = True
+    except Exception as e:
+        info["fp8_rowwise_mm"] = f"no: {e}"[:200]
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    q = torch.randn(1, 16, 1280, 128, device="cuda", dtype=torch.bfloat16)
+    for be in ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION"):
+        try:
+            with sdpa_kernel(getattr(SDPBackend, be)):
+                torch.nn.functional.scaled_dot_product_attention(q, q, q)
+            info[be] = True
+        except Exception as e:
+            info[be] = f"no: {e}"[:120]
+    try:
+        f = torch.compile(lambda x: torch.nn.functional.gelu(x) * 2)
+        f(q)
+        info["compile"] = True
+    except Exception as e:
+        info["compile"] = f"no: {e}"[:200]
+    emit(info)
+
+
+def load_module(path: str, name: str) -> Any:
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"baseline script {path} not found")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run_baseline(base: Any, steps: int, batch: int) -> None:
+    """The baseline script's own forward (`call`) in its naive loop and plain batching, CFG on and off."""
+    from diffusers import CosmosTransformer3DModel
+
+    with torch.device("cuda"):
+        m = CosmosTransformer3DModel(**base.CFG).to(torch.bfloat16).eval()
+    text = torch.randn(1, 512, 100352, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        for _ in range(3):
+            base.call(m, 1, T, H, W, text)
+        for cfg in (True, False):
+            n, calls = 4, 2 if cfg else 1
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                for _ in range(steps):
+                    for _ in range(calls):
+                        base.call(m, 1, T, H, W, text)
+            sync()
+            emit(
+                dict(
+                    who="baseline",
+                    mode="naive",
+                    cfg=cfg,
+                    batch=1,
+                    steps=steps,
+                    candidates_per_s=round(n / (time.perf_counter() - t0), 3),
+                )
+            )
+        for cfg in (True, False):
+            rows = batch * (2 if cfg else 1)
+            tb = text.expand(rows, -1, -1)
+            base.call(m, rows, T, H, W, tb)
+            sync()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                base.call(m, rows, T, H, W, tb)
+            sync()
+            emit(
+                dict(
+                    who="baseline",
+                    mode="batched",
+                    cfg=cfg,
+                    batch=batch,
+                    steps=steps,
+                    candidates_per_s=round(batch / (time.perf_counter() - t0), 3),
+                    peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+                )
+            )
+    del m, text
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+class _Prompts:
+    """In-memory stand-in for PromptCache (the real one is read from a safetensors file)."""
+
+    def __init__(self, emb: torch.Tensor) -> None:
+        self.emb = emb
+        self.prompts = ["pick up the cube"]
+
+    def get(self, prompt: str) -> torch.Tensor:
+        return self.emb
+
+
+class _Timer:
+    """Same interface as worker.JobContext: collects the predictor's stage timings."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    def check(self) -> None:
+        return None
+
+    def stage(self, name: str) -> Any:
+        import contextlib
+
+        @contextlib.contextmanager
+        def timed() -> Any:
+            t0 = time.perf_counter()
+            try:
+                yield
+            finally:
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+        return timed()
+
+
+def build_world_model() -> Any:
+    from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
+
+    from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
+    from cosmos_ros.model.world_model import COSMOS_2B_CONFIG, SCHEDULER_CONFIG, ModelSource, WorldModel
+
+    torch.manual_seed(0)
+    with torch.device("cuda"):
+        tr = CosmosTransformer3DModel(**COSMOS_2B_CONFIG).to(torch.bfloat16)
+        emb = ActionEmbedder(ACTION_DIM, 2048).to(torch.bfloat16)
+        with torch.no_grad():  # non-zero action output layers: the candidates then differ
+            emb.to_timestep.fc2.weight.normal_(0, 0.02)
+            emb.to_adaln.fc2.weight.normal_(0, 0.02)
+        vae = AutoencoderKLWan().to(torch.bfloat16).eval()
+    cfg = vae.config
+    return (
+        WorldModel(
+            ActionConditionedTransformer(tr, emb),
+            vae,
+            dict(SCHEDULER_CONFIG),
+            torch.tensor(cfg.latents_mean),
+            torch.tensor(cfg.latents_std),
+            ModelSource("random-2B", None, {}),
+        )
+        .to("cuda")
+        .eval()
+    )
+
+
+def run_ours(
+    name: str,
+    wm0: Any,
+    opt: dict[str, Any],
+    hooks: dict[str, Any] | None,
+    cfgs: list[bool],
+    batch: int,
+    steps: int,
+    repeats: int,
+    ref: dict[bool, np.ndarray],
+) -> None:
+    from cosmos_ros.predict import fast
+    from cosmos_ros.predict.checkers import KeepOutRegionChecker
+    from cosmos_ros.predict.core import OptimizeOptions, Predictor
+
+    torch._dynamo.reset()
+    wm = copy.deepcopy(wm0)
+    handle = fast.accelerate_for_inference(wm.transformer, **hooks) if hooks is not None else None
+    prompts = _Prompts(
+        torch.randn(
+            512, 100352, device="cuda", generator=torch.Generator("cuda").manual_seed(1), dtype=torch.bfloat16
+        )
+    )
+    pred = Predictor(
+        wm,
+        None,
+        prompts,
+        height=256,
+        width=320,
+        num_frames=13,
+        batch_size=batch,
+        optimize=OptimizeOptions(**opt),
+        action_dim=ACTION_DIM,
+    )
+    checker = KeepOutRegionChecker(regions=["table_edge:0.0,0.8,1.0,1.0", "person:0.7,0.0,1.0,0.6"])
+    rng = np.random.default_rng(0)
+    context = rng.integers(0, 255, (1, 256, 320, 3), dtype=np.uint8)
+    actions = rng.normal(0, 1, (batch, 12, ACTION_DIM)).astype(np.float32)
+    for cfg in cfgs:
+        g = 7.0 if cfg else 0.0
+        scope = handle.request() if handle is not None else torch.no_grad()
+        t_warm = time.perf_counter()
+        with scope:
+            frames = pred.predict(context[0], actions, num_steps=steps, guidance=g, seed=0)
+        sync()
+        t_warm = time.perf_counter() - t_warm
+        best = None
+        for _ in range(repeats):
+            ctx = _Timer()
+            sync()
+            t0 = time.perf_counter()
+            with scope if handle is None else handle.request():
+                frames = pred.predict(context[0], actions, num_steps=steps, guidance=g, seed=0, ctx=ctx)
+            t1 = time.perf_counter()
+            res = checker.check(context[0], frames)
+            t2 = time.perf_counter()
+            ctx.timings["check"] = t2 - t1
+            if best is None or t2 - t0 < best[0]:
+                best = (t2 - t0, dict(ctx.timings))
+        assert best is not None and len(res) == batch
+        r = dict(
+            who="ours",
+            variant=name,
+            cfg=cfg,
+            batch=batch,
+            steps=steps,
+            candidates_per_s=round(batch / best[0], 3),
+            wall_s=round(best[0], 3),
+            stages={k: round(v, 3) for k, v in best[1].items()},
+            first_call_s=round(t_warm, 1),
+            peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        )
+        f = frames.astype(np.float64)
+        if cfg in ref:
+            r["frames_rel_err_vs_first_variant"] = round(
+                float(np.linalg.norm(f - ref[cfg]) / max(np.linalg.norm(ref[cfg]), 1e-9)), 5
+            )
+        else:
+            ref[cfg] = f
+        emit(r)
+    del pred, wm
+    gc.collect()
+    torch.cuda.empty_cache()
+
+
+def fp8_layer_error(wm: Any) -> None:
+    from cosmos_ros.predict import fast
+
+    blk = wm.transformer.transformer.transformer_blocks[0]
+    errs = {
+        n: round(fast.fp8_relative_error(m), 5)
+        for n, m in (
+            ("attn1.to_q", blk.attn1.to_q),
+            ("ff.net.0.proj", blk.ff.net[0].proj),
+            ("ff.net.2", blk.ff.net[2]),
+        )
+    }
+    emit(dict(kind="fp8_error", rel_err_vs_fp64=errs))
+
+
+VARIANTS = {
+    "core_bf16": (dict(fast=True), None),
+    "core_compile": (dict(fast=True, compile=True), None),
+    "core_compile_fp8": (dict(fast=True, compile=True, fp8=True), None),
+    "hooks_compile_fp8": (dict(fast=False), dict(compile=True, fp8=True)),
+    "hooks_bf16": (dict(fast=False), dict()),
+}
+
+
+def table() -> None:
+    base = {(r["mode"], r["cfg"]): r["candidates_per_s"] for r in RESULTS if r.get("who") == "baseline"}
+    print(
+        "\n== candidates/s, 13 frames 256x320, 10 steps (ours: VAE + checker included; baseline: transformer "
+        "only); x = ours / baseline naive loop, same CFG setting"
+    )
+    print(
+        f"{'who':9} {'variant':20} {'cfg':>4} {'batch':>5} {'cand/s':>8} {'x naive':>8} {'x batched':>9}"
+        "  stages s"
+    )
+    for r in RESULTS:
+        if "candidates_per_s" not in r:
+            continue
+        nv, bt = base.get(("naive", r["cfg"])), base.get(("batched", r["cfg"]))
+        xn = f"{r['candidates_per_s'] / nv:.2f}" if nv else "-"
+        xb = f"{r['candidates_per_s'] / bt:.2f}" if bt else "-"
+        print(
+            f"{r['who']:9} {r.get('variant', r.get('mode')):20} {r['cfg']!s:>4} {r['batch']:5d} "
+            f"{r['candidates_per_s']:8.3f} {xn:>8} {xb:>9}  {r.get('stages', '')}"
+        )
+
+
+def main(argv: list[str] | None = None) -> int:
+    global OUT
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", required=True, help="path to cosmos_rollout_baseline.py")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--variants", default="core_bf16,core_compile_fp8,hooks_compile_fp8,core_compile")
+    ap.add_argument("--budget-s", type=float, default=480.0, help="skip remaining variants after this")
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument(
+        "--cudnn-benchmark",
+        action="store_true",
+        help="let cuDNN pick the fastest conv algorithms (the Wan VAE's 3-D convolutions)",
+    )
+    a = ap.parse_args(argv)
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
+    OUT = Path(a.out)
+    OUT.mkdir(parents=True, exist_ok=True)
+    env_check()
+    emit(dict(kind="settings", cudnn_benchmark=a.cudnn_benchmark, batch=a.batch, steps=a.steps))
+    base = load_module(a.baseline, "cosmos_rollout_baseline")
+    run_baseline(base, a.steps, a.batch)
+    wm0 = build_world_model()
+    try:
+        fp8_layer_error(wm0)
+    except Exception as e:
+        emit(dict(kind="fp8_error", error=f"{type(e).__name__}: {e}"[:300]))
+    ref: dict[bool, np.ndarray] = {}
+    for name in [v for v in a.variants.split(",") if v]:
+        if time.perf_counter() - T0 > a.budget_s:
+            emit(dict(kind="skipped", variant=name, reason="time budget"))
+            continue
+        opt, hooks = VARIANTS[name]
+        try:
+            run_ours(name, wm0, opt, hooks, [True, False], a.batch, a.steps, a.repeats, ref)
+        except Exception as e:
+            traceback.print_exc()
+            emit(dict(who="ours", variant=name, error=f"{type(e).__name__}: {e}"[:500]))
+            gc.collect()
+            torch.cuda.empty_cache()
+    table()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

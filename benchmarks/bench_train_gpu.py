@@ -1,0 +1,341 @@
+"""Training step time and peak memory, real-size 2B config (random weights): ours vs the baseline script.
+
+Same process, same GPU: the baseline (`shared/bench/cosmos_peft_baseline.py`, plain diffusers + peft, LoRA on
+q/k/v/out, its `run()`), then our trainer step (the trainer's loss through `WorldModel.denoise_velocity`,
+action conditioning on, adapters from `cosmos_ros.model.adapters` on the DESIGN targets incl. the MLP, AdamW)
+with `cosmos_ros.model.perf.optimize_for_training` variants. One JSON line per measurement, a table last,
+everything also written to --out (default $OUT or ./bench_out) as train_results.jsonl.
+
+    python benchmarks/bench_train_gpu.py --baseline .bench_shared/cosmos_peft_baseline.py --case robot
+    python benchmarks/bench_train_gpu.py --baseline ... --case full --ours lora:attention:1:cudnn
+
+Variant syntax: mode:policy:compile(0/1)[:attention] (see perf.optimize_for_training), e.g.
+`lora:budget:0.5:1`. `auto` picks, after the LoRA variants ran, the fastest LoRA variant within --mem-gib
+and runs DoRA and full fine-tuning with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CASES = {"robot": (8, 60, 80), "full": (24, 88, 160)}  # 29 frames 480x640 / 93 frames 704x1280 (latents)
+ACTION_DIM = 7
+RESULTS: list[dict[str, Any]] = []
+OUT: Path = Path(".")
+SMOKE = False  # --smoke: tiny model on CPU, no baseline (checks this script, not speed)
+
+
+def emit(r: dict[str, Any]) -> None:
+    RESULTS.append(r)
+    print(json.dumps(r), flush=True)
+    with open(OUT / "train_results.jsonl", "a") as f:
+        f.write(json.dumps(r) + "\n")
+
+
+def load_baseline(path: str) -> Any:
+    spec = importlib.util.spec_from_file_location("cosmos_peft_baseline", path)
+    if spec is None or spec.loader is None:
+        raise FileNotFoundError(f"baseline script {path} not found")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def cleanup() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    torch._dynamo.reset()
+
+
+def parse_variant(spec: str) -> tuple[str, str, bool, str]:
+    parts = spec.split(":")
+    mode = parts[0]
+    if parts[1] in ("blocks", "budget"):
+        policy, rest = f"{parts[1]}:{parts[2]}", parts[3:]
+    else:
+        policy, rest = parts[1], parts[2:]
+    comp = bool(int(rest[0])) if rest else True
+    attn = rest[1] if len(rest) > 1 else "default"
+    return mode, policy, comp, attn
+
+
+def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> dict[str, Any]:
+    from diffusers import CosmosTransformer3DModel
+
+    from cosmos_ros.model import perf
+    from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
+    from cosmos_ros.model.adapters import AdapterConfig, apply_adapters
+    from cosmos_ros.model.world_model import (
+        COSMOS_2B_CONFIG,
+        TINY_TRANSFORMER_CONFIG,
+        ModelSource,
+        WorldModel,
+    )
+
+    mode, policy, comp, attn = parse_variant(spec)
+    cleanup()
+    cfg = TINY_TRANSFORMER_CONFIG if SMOKE else COSMOS_2B_CONFIG
+    dev, dtype = ("cpu", torch.float32) if SMOKE else ("cuda", torch.bfloat16)
+    if not SMOKE:
+        torch.cuda.reset_peak_memory_stats()
+    t, h, w = latent
+    hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
+    with torch.device(dev):  # random init on the GPU: seconds instead of a minute on the CPU
+        tr = CosmosTransformer3DModel(**cfg).to(dtype)
+        emb = ActionEmbedder(ACTION_DIM, hidden).to(dtype)
+    wm = WorldModel(
+        ActionConditionedTransformer(tr, emb),
+        None,
+        {},
+        torch.zeros(16),
+        torch.ones(16),
+        ModelSource("random-2B", None, {}),
+    ).to(dev)
+    if mode == "loraqkvo":  # the baseline's own LoRA targets (q/k/v/out only), for an equal-work comparison
+        acfg = AdapterConfig(mode="lora", target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    else:
+        acfg = AdapterConfig(mode=mode)
+    params = apply_adapters(wm, acfg)
+    t0 = time.perf_counter()
+    rep = perf.optimize_for_training(wm.transformer, policy=policy, compile=comp, attention=attn)
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3, fused=not SMOKE)
+    g = torch.Generator(device=dev).manual_seed(0)
+    x0 = torch.randn(1, 16, t, h, w, device=dev, generator=g)
+    noise = torch.randn(1, 16, t, h, w, device=dev, generator=g)
+    sigma = torch.rand(1, device=dev, generator=g)
+    text = torch.randn(1, 512, cfg["crossattn_proj_in_channels"], device=dev, dtype=dtype, generator=g)
+    actions = torch.randn(1, 4 * (t - 1), ACTION_DIM, device=dev, generator=g)
+    times, losses = [], []
+    first = None
+    sync = (lambda: None) if SMOKE else torch.cuda.synchronize
+    for i in range(warm + steps):
+        sync()
+        s0 = time.perf_counter()
+        s = sigma.view(-1, 1, 1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        with torch.autocast(dev, dtype=torch.bfloat16, enabled=not SMOKE):
+            v = wm.denoise_velocity(xt, sigma, text, actions, cond_latents=x0, num_cond_latent_frames=1)
+        loss = ((v.float() - (noise - x0)) ** 2)[:, :, 1:].mean()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        dt = time.perf_counter() - s0
+        if i == 0:
+            first = time.perf_counter() - t0
+        times.append(dt)
+        losses.append(float(loss.detach()))
+    r = dict(
+        kind="train",
+        who="ours",
+        variant=spec,
+        mode=mode,
+        policy=rep.policy,
+        compile=comp,
+        attention=attn,
+        latent=list(latent),
+        tokens=t * h * w // 4,
+        trainable=sum(p.numel() for p in params),
+        step_s=round(statistics.median(times[warm:]), 4),
+        peak_gib=0.0 if SMOKE else round(torch.cuda.max_memory_allocated() / 2**30, 2),
+        first_step_s=round(first or 0.0, 1),
+        loss=round(losses[-1], 4),
+        summary=rep.summary(),
+    )
+    del wm, tr, emb, opt, params, x0, noise, text, v, loss
+    return r
+
+
+def attention_probe(tokens_list: list[int]) -> None:
+    """SDPA forward+backward time per kernel at the training sequence lengths (16 heads x 128, bf16)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    for n in tokens_list:
+        flop = 4 * n * n * 2048 * 3.5  # forward (4 N^2 D) + backward (~2.5x)
+        for name, be, layout in (
+            ("flash", "FLASH_ATTENTION", "permuted"),
+            ("cudnn", "CUDNN_ATTENTION", "permuted"),
+            ("cudnn", "CUDNN_ATTENTION", "contiguous"),
+        ):
+            x = torch.randn(3, 1, n, 16, 128, device="cuda", dtype=torch.bfloat16)
+            q, k, v = (
+                t.permute(0, 2, 1, 3) for t in x
+            )  # diffusers hands SDPA [B, H, S, D] views of [B, S, H, D]
+            if layout == "contiguous":
+                q, k, v = (t.contiguous() for t in (q, k, v))
+            q, k, v = (t.detach().requires_grad_() for t in (q, k, v))
+            try:
+                with sdpa_kernel(getattr(SDPBackend, be)):
+                    ts = []
+                    for _ in range(4):
+                        torch.cuda.synchronize()
+                        t0 = time.perf_counter()
+                        sdpa(q, k, v).sum().backward()
+                        torch.cuda.synchronize()
+                        ts.append(time.perf_counter() - t0)
+                dt = statistics.median(ts[1:])
+                emit(
+                    dict(
+                        kind="attn_probe",
+                        tokens=n,
+                        kernel=name,
+                        layout=layout,
+                        fwd_bwd_ms=round(dt * 1e3, 2),
+                        tflops=round(flop / dt / 1e12, 1),
+                    )
+                )
+            except Exception as e:
+                emit(dict(kind="attn_probe", tokens=n, kernel=name, layout=layout, error=f"{e}"[:200]))
+            del x, q, k, v
+    cleanup()
+
+
+def run_baseline(
+    base: Any, mode: str, latent: tuple[int, int, int], ckpt: bool, steps: int, warm: int
+) -> None:
+    cleanup()
+    try:
+        r = base.run(mode, *latent, ckpt, steps=steps, warm=warm)
+        r = dict(r, who="baseline")
+    except torch.OutOfMemoryError:
+        r = dict(kind="train", who="baseline", mode=mode, ckpt=ckpt, latent=list(latent), oom=True)
+    emit(r)
+
+
+def safe_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> dict[str, Any] | None:
+    try:
+        r = run_ours(spec, latent, steps, warm)
+    except torch.OutOfMemoryError:
+        r = dict(kind="train", who="ours", variant=spec, latent=list(latent), oom=True)
+    except Exception as e:  # a variant that fails must not cost the rest of the run
+        traceback.print_exc()
+        r = dict(
+            kind="train",
+            who="ours",
+            variant=spec,
+            latent=list(latent),
+            error=f"{type(e).__name__}: {e}"[:500],
+        )
+    emit(r)
+    cleanup()
+    return r if "step_s" in r else None
+
+
+def table(case: str) -> None:
+    base = {r["mode"]: r for r in RESULTS if r.get("who") == "baseline" and "step_s" in r}
+    print(
+        f"\n== {case}: step time and peak memory (ratio = baseline {'' if case == 'full' else 'no-ckpt '}"
+        "LoRA step / ours; same mode baseline in brackets)"
+    )
+    print(
+        f"{'who':9} {'variant':34} {'step s':>8} {'peak GiB':>9} {'x vs base LoRA':>15}"
+        f" {'x vs same mode':>15}"
+    )
+    lora = base.get("lora")
+    for r in RESULTS:
+        if r.get("kind") != "train":
+            continue
+        if "step_s" not in r:
+            print(
+                f"{r.get('who', ''):9} {r.get('variant', r.get('mode'))!s:34} "
+                f"{'OOM' if r.get('oom') else 'ERROR':>8}"
+            )
+            continue
+        name = r.get("variant") or f"{r['mode']} ckpt={r.get('ckpt')}"
+        x_l = f"{lora['step_s'] / r['step_s']:.2f}" if lora else "-"
+        same = base.get(r["mode"])
+        x_s = f"{same['step_s'] / r['step_s']:.2f}" if same else "-"
+        print(f"{r['who']:9} {name:34} {r['step_s']:8.3f} {r['peak_gib']:9.2f} {x_l:>15} {x_s:>15}")
+    ours = [r for r in RESULTS if r.get("who") == "ours" and "step_s" in r]
+    lo = {r["variant"].split(":", 1)[1]: r for r in ours if r["mode"] == "lora"}
+    for r in ours:
+        if r["mode"] == "dora" and r["variant"].split(":", 1)[1] in lo:
+            print(
+                f"DoRA/LoRA step ratio ({r['variant']}): "
+                f"{r['step_s'] / lo[r['variant'].split(':', 1)[1]]['step_s']:.3f}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    global OUT, SMOKE
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--baseline", required=True, help="path to cosmos_peft_baseline.py")
+    ap.add_argument("--case", choices=sorted(CASES), default="robot")
+    ap.add_argument("--baseline-modes", default="lora,dora,full")
+    ap.add_argument("--baseline-ckpt", type=int, default=None, help="0/1; default: 0 for robot, 1 for full")
+    ap.add_argument("--ours", default="lora:none:0,lora:none:1,lora:budget:0.5:1,lora:selective:1,auto")
+    ap.add_argument("--mem-gib", type=float, default=24.0, help="memory target for `auto`")
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--warm", type=int, default=2)
+    ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
+    ap.add_argument("--attn-probe", action="store_true", help="time SDPA kernels at this case's length first")
+    ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, no baseline: checks the script")
+    a = ap.parse_args(argv)
+
+    SMOKE = a.smoke
+    OUT = Path(a.out)
+    OUT.mkdir(parents=True, exist_ok=True)
+    latent = (4, 8, 10) if SMOKE else CASES[a.case]
+    emit(
+        dict(
+            kind="env",
+            gpu=torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+            torch=torch.__version__,
+            case=a.case,
+            latent=list(latent),
+        )
+    )
+    if SMOKE:
+        a.baseline_modes = ""
+    elif a.attn_probe:
+        attention_probe([latent[0] * latent[1] * latent[2] // 4])
+    base = load_baseline(a.baseline)
+    ckpt = bool(a.baseline_ckpt) if a.baseline_ckpt is not None else a.case == "full"
+    bsteps, bwarm = (a.steps, a.warm) if a.case == "robot" else (1, 1)
+    for mode in [m for m in a.baseline_modes.split(",") if m]:
+        run_baseline(base, mode, latent, ckpt, bsteps, bwarm)
+    osteps, owarm = (a.steps, a.warm) if a.case == "robot" else (1, 1)
+    for spec in [s for s in a.ours.split(",") if s]:
+        if spec == "auto":
+            ok = [
+                r
+                for r in RESULTS
+                if r.get("who") == "ours"
+                and r.get("mode") == "lora"
+                and "step_s" in r
+                and r["peak_gib"] <= a.mem_gib
+            ]
+            if not ok:
+                print("auto: no LoRA variant within the memory target", flush=True)
+                continue
+            best = min(ok, key=lambda r: r["step_s"])["variant"].split(":", 1)[1]
+            emit(dict(kind="auto_choice", variant=best, mem_gib=a.mem_gib))
+            for mode in ("dora", "full"):
+                safe_ours(f"{mode}:{best}", latent, osteps, owarm)
+        else:
+            safe_ours(spec, latent, osteps, owarm)
+    table(a.case)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

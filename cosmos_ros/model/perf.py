@@ -1,0 +1,450 @@
+"""Training-speed tools for the diffusers `CosmosTransformer3DModel` (with or without peft adapters/actions).
+
+One entry point, `optimize_for_training(transformer, policy=..., compile=...)`, applies up to four things,
+each of which keeps the computed function the same (up to float rounding):
+
+1. **Per-frame AdaLN modulation** (`frame_modulation=True`). With a 5-D timestep `[B, 1, T, 1, 1]` (what
+   Cosmos 2.5 uses: clean conditioning frames get their own timestep) diffusers expands the timestep
+   embedding to one row per *token* before the blocks, so every block's three AdaLN MLPs (2048->256->6144)
+   run on all T*H*W rows although only T of them differ: about 10% extra matmul work, plus 6144-wide
+   per-token modulation tensors kept for the backward pass. We switch the class of each AdaLN module to a
+   subclass whose forward takes one row per frame (`tokens_per_frame` is read from the input shape by a
+   forward pre-hook on the transformer), and broadcasts the result. Same parameters, same state-dict keys.
+2. **Regional compilation** (`compile=True`): `torch.compile` per transformer block (28 identical blocks:
+   one compile, reused), which fuses the norms, modulation, RoPE, GELU and residual ops and lets the
+   partitioner recompute cheap elementwise results instead of saving them.
+3. **A memory policy** (`policy`):
+   - `none`: save every activation (fastest, most memory);
+   - `full`: recompute every block in the backward pass (diffusers' gradient checkpointing);
+   - `blocks:K`: checkpoint only K of the blocks (spread evenly), the rest saved: memory and time both
+     scale linearly between `none` and `full`;
+   - `selective`: selective activation checkpointing (`torch.utils.checkpoint` policy API) in every block:
+     the outputs of attention kernels and of matmuls no wider than the model are saved, the 4x-wide MLP
+     hidden matmul and every elementwise op (norms, modulation, GELU, RoPE) are recomputed;
+   - `attention`: save only attention outputs (the costly op at long sequences), recompute the rest;
+   - `budget:F` (needs `compile`): AOTAutograd's memory-budget partitioner keeps about F (0..1) of the
+     activations a block would save and chooses what to recompute by estimated runtime;
+   - `auto`: `budget:0.5` with compile on CUDA, `selective` on CUDA without compile, `none` on CPU.
+     Measured on one H100, 480x640 (9600 tokens), LoRA r32 on the six DESIGN targets + action MLPs:
+     `budget:0.5` + compile 0.366 s/step at 23.3 GiB; `none` + compile 0.362 s at 35.5 GiB;
+     `selective` + compile 0.386 s at 24.9 GiB (benchmarks/NOTES_gpu.md). The budget is relative to what
+     the block would save, so with fewer LoRA targets 0.5 recomputes more than needed: raise it there.
+4. **Attention backend** (`attention`): `cudnn` selects diffusers' `_native_cudnn` backend and puts cuDNN
+   first in PyTorch's SDPA priority (process-wide), `flash` / `efficient` that SDPA kernel, `default` leaves
+   both as they are; `cudnn_eager` runs the self-attention eagerly on cuDNN outside the compiled graph
+   (`EagerCudnnSelfAttnProcessor`; not with the selective policies).
+
+The function is safe on CPU: it validates arguments, applies the frame modulation and checkpointing policy
+(both pure PyTorch) and skips compile there unless asked explicitly.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+LOG = logging.getLogger(__name__)
+
+POLICIES = ("auto", "none", "full", "selective", "attention", "blocks:K", "budget:F")
+ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "cudnn_eager")
+
+# ----------------------------------------------------------------------------------------------- helpers
+
+
+def find_cosmos_transformer(module: nn.Module) -> nn.Module:
+    """The diffusers `CosmosTransformer3DModel` inside `module` (itself, a wrapper, or a peft model)."""
+    for m in module.modules():
+        if type(m).__name__ == "CosmosTransformer3DModel" and hasattr(m, "transformer_blocks"):
+            return m
+    raise TypeError(
+        f"{type(module).__name__} holds no diffusers CosmosTransformer3DModel; pass the "
+        "transformer (WorldModel.transformer or the diffusers model itself)"
+    )
+
+
+@dataclass
+class _FrameContext:
+    """Tokens per latent frame of the current forward, set by the transformer's pre-hook."""
+
+    tokens_per_frame: int = 0
+
+
+def _frame_rows(x: torch.Tensor, ctx: _FrameContext) -> int:
+    """Tokens per frame if `x` [B, S, C] holds one row per token that is constant within a frame, else 0."""
+    tpf = ctx.tokens_per_frame
+    if x.ndim != 3 or tpf <= 1 or x.shape[1] % tpf:
+        return 0
+    return tpf
+
+
+def _broadcast_frames(v: torch.Tensor, tpf: int) -> torch.Tensor:
+    """[B, T, C] per-frame values -> [B, T*tpf, C] per-token (an expand; fused away under compile)."""
+    b, t, c = v.shape
+    return v.unsqueeze(2).expand(b, t, tpf, c).reshape(b, t * tpf, c)
+
+
+def _modulated_norm(
+    norm: nn.Module, x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor, tpf: int
+) -> torch.Tensor:
+    b, s, c = x.shape
+    xn = norm(x).view(b, s // tpf, tpf, c)
+    return (xn * (1 + scale.unsqueeze(2)) + shift.unsqueeze(2)).view(b, s, c)
+
+
+def _make_frame_classes() -> tuple[type, type]:
+    from diffusers.models.transformers.transformer_cosmos import CosmosAdaLayerNorm, CosmosAdaLayerNormZero
+
+    class FrameAdaLayerNormZero(CosmosAdaLayerNormZero):
+        """`CosmosAdaLayerNormZero` computing its modulation once per latent frame (see module docstring)."""
+
+        _frame_ctx: _FrameContext
+
+        def forward(
+            self,
+            hidden_states: torch.Tensor,
+            embedded_timestep: torch.Tensor,
+            temb: torch.Tensor | None = None,
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            tpf = _frame_rows(embedded_timestep, self._frame_ctx)
+            if not tpf or hidden_states.shape[1] != embedded_timestep.shape[1]:
+                return super().forward(hidden_states, embedded_timestep, temb)
+            e = embedded_timestep[:, ::tpf]
+            e = self.linear_2(self.linear_1(self.activation(e)))
+            if temb is not None:
+                e = e + temb[:, ::tpf]
+            shift, scale, gate = e.chunk(3, dim=-1)
+            return _modulated_norm(self.norm, hidden_states, shift, scale, tpf), _broadcast_frames(gate, tpf)
+
+    class FrameAdaLayerNorm(CosmosAdaLayerNorm):
+        """`CosmosAdaLayerNorm` (output norm) computing its modulation once per latent frame."""
+
+        _frame_ctx: _FrameContext
+
+        def forward(
+            self,
+            hidden_states: torch.Tensor,
+            embedded_timestep: torch.Tensor,
+            temb: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            tpf = _frame_rows(embedded_timestep, self._frame_ctx)
+            if not tpf or hidden_states.shape[1] != embedded_timestep.shape[1]:
+                return super().forward(hidden_states, embedded_timestep, temb)
+            e = self.linear_2(self.linear_1(self.activation(embedded_timestep[:, ::tpf])))
+            if temb is not None:
+                e = e + temb[:, ::tpf, : 2 * self.embedding_dim]
+            shift, scale = e.chunk(2, dim=-1)
+            return _modulated_norm(self.norm, hidden_states, shift, scale, tpf)
+
+    return FrameAdaLayerNormZero, FrameAdaLayerNorm
+
+
+@functools.cache
+def _frame_classes() -> tuple[type, type]:
+    return _make_frame_classes()
+
+
+def enable_frame_modulation(transformer: nn.Module) -> int:
+    """Switch every AdaLN module of the Cosmos transformer to its per-frame subclass; return how many.
+
+    Idempotent. A forward pre-hook on the transformer records tokens per frame (H/p_h * W/p_w) from the
+    input; with a 1-D timestep the modules fall back to diffusers' own forward.
+    """
+    tr = find_cosmos_transformer(transformer)
+    zero_cls, out_cls = _frame_classes()
+    if getattr(tr, "_cosmos_frame_ctx", None) is not None:
+        return 0
+    ctx = _FrameContext()
+    p_t, p_h, p_w = tr.config.patch_size
+
+    def pre_hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        hs = kwargs.get("hidden_states", args[0] if args else None)
+        ctx.tokens_per_frame = 0 if hs is None or p_t != 1 else (hs.shape[-2] // p_h) * (hs.shape[-1] // p_w)
+
+    tr._cosmos_frame_ctx = ctx
+    tr._cosmos_frame_hook = tr.register_forward_pre_hook(pre_hook, with_kwargs=True)
+    n = 0
+    for m in tr.modules():
+        base = type(m)
+        if base.__name__ == "CosmosAdaLayerNormZero" and base is not zero_cls:
+            m.__class__ = zero_cls
+        elif base.__name__ == "CosmosAdaLayerNorm" and base is not out_cls:
+            m.__class__ = out_cls
+        else:
+            continue
+        m._frame_ctx = ctx
+        n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------------ attention backend
+_BACKEND_ORDER = {
+    "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "flash": ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+    "efficient": ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH"),
+}
+
+
+_DEFAULT_SDP_ORDER: list[int] | None = None
+
+
+def _set_diffusers_backend(name: str) -> None:
+    """diffusers' process-wide attention backend (what `dispatch_attention_fn` uses when none is passed)."""
+    try:
+        from diffusers.models.attention_dispatch import AttentionBackendName, _AttentionBackendRegistry
+    except ImportError:  # older diffusers: no dispatcher, plain SDPA
+        return
+    _AttentionBackendRegistry.set_active_backend(AttentionBackendName(name))
+
+
+def set_attention_backend(name: str) -> bool:
+    """Choose the attention kernel process-wide; False where this PyTorch cannot reorder SDPA backends.
+
+    `cudnn`: diffusers' `_native_cudnn` backend (contiguous [B, H, S, D] inputs under
+    `sdpa_kernel(CUDNN_ATTENTION)`; reordering PyTorch's priority alone changed nothing measurable, see
+    NOTES_gpu.md) and cuDNN first in PyTorch's SDPA priority. `flash` / `efficient`: that kernel first.
+    `default`: diffusers' native backend and PyTorch's own order.
+    """
+    global _DEFAULT_SDP_ORDER
+    if name not in ATTENTION_BACKENDS or name == "cudnn_eager":
+        raise ValueError(
+            f"attention backend {name!r} unknown; use one of {', '.join(ATTENTION_BACKENDS[:-1])} "
+            "(cudnn_eager is an optimize_for_training option: it replaces processors)"
+        )
+    from torch.nn.attention import SDPBackend
+
+    setter = getattr(torch._C, "_set_sdp_priority_order", None)
+    getter = getattr(torch._C, "_get_sdp_priority_order", None)
+    if setter is None or getter is None:
+        if name != "default":
+            LOG.warning("this PyTorch cannot reorder SDPA backends; keeping its default order")
+        return name == "default"
+    if _DEFAULT_SDP_ORDER is None:
+        _DEFAULT_SDP_ORDER = list(getter())
+    _set_diffusers_backend("_native_cudnn" if name == "cudnn" else "native")
+    if name == "default":
+        setter(_DEFAULT_SDP_ORDER)
+        return True
+    order = [int(getattr(SDPBackend, n)) for n in _BACKEND_ORDER[name]]
+    order += [b for b in _DEFAULT_SDP_ORDER if b not in order]
+    setter(order)
+    return True
+
+
+@torch.compiler.disable  # run eagerly even inside a compiled block: the kernel choice is then PyTorch's own
+def _eager_cudnn_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    if not q.is_cuda:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+class EagerCudnnSelfAttnProcessor:
+    """Self-attention processor with the math of `CosmosAttnProcessor2_0`, SDPA run eagerly on cuDNN.
+
+    Why: measured on Hopper (H200), cuDNN's fused attention runs forward+backward about 1.9x faster than
+    FlashAttention-2 at 9600 and 84480 tokens in eager mode, while choosing it through SDPA's priority inside
+    compiled blocks changed nothing measurable. Here the attention call is kept out of the compiled graph (a
+    graph break per block) and dispatched eagerly. Measured (H200, 9600 tokens, budget:0.5): LoRA 5% slower
+    than the default, DoRA 6% faster; so it is an option, not the default.
+    """
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        image_rotary_emb: Any = None,
+    ) -> torch.Tensor:
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("EagerCudnnSelfAttnProcessor is for unmasked self-attention (attn1) only")
+        q = attn.norm_q(attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2))
+        k = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2))
+        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
+        if image_rotary_emb is not None:
+            q = apply_rotary_emb(q, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+            k = apply_rotary_emb(k, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
+        o = _eager_cudnn_sdpa(q, k, v).transpose(1, 2).flatten(2, 3).type_as(q)
+        return attn.to_out[1](attn.to_out[0](o))
+
+
+# ------------------------------------------------------------------------------ checkpointing policies
+def _is_attention_op(op: Any) -> bool:
+    name = str(op)
+    return (
+        "scaled_dot_product" in name
+        or "flash_attention" in name
+        or "cudnn_attention" in name
+        or "efficient_attention" in name
+    )
+
+
+def _matmul_ops() -> set[Any]:
+    a = torch.ops.aten
+    return {a.mm.default, a.addmm.default, a.bmm.default, a.baddbmm.default}
+
+
+def _selective_policy(model_dim: int, attention_only: bool) -> Callable[..., Any]:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    mm = _matmul_ops()
+
+    def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> Any:
+        if _is_attention_op(op):
+            return CheckpointPolicy.MUST_SAVE
+        if not attention_only and op in mm:
+            # output width = last dim of the weight operand; the 4x MLP hidden is cheap to recompute
+            # relative to its size, the model-width projections are not.
+            w = args[-1] if op in (torch.ops.aten.mm.default, torch.ops.aten.bmm.default) else args[2]
+            if getattr(w, "shape", None) is not None and w.shape[-1] <= model_dim:
+                return CheckpointPolicy.MUST_SAVE
+        return CheckpointPolicy.PREFER_RECOMPUTE
+
+    return policy
+
+
+def _parse_policy(policy: str, num_blocks: int, cuda: bool, compile_: bool) -> tuple[str, float]:
+    p = policy.strip().lower()
+    if p == "auto":
+        p = ("budget:0.5" if compile_ else "selective") if cuda else "none"
+    if p in ("none", "full", "selective", "attention"):
+        return p, 0.0
+    kind, _, val = p.partition(":")
+    if kind in ("blocks", "budget") and val:
+        try:
+            x = float(val)
+        except ValueError:
+            x = -1.0
+        if kind == "blocks" and x.is_integer() and 0 <= x <= num_blocks:
+            return kind, x
+        if kind == "budget" and 0.0 <= x <= 1.0:
+            if not compile_:
+                raise ValueError(
+                    f"policy {policy!r} uses the compiler's memory-budget partitioner: set "
+                    "compile=True, or use selective / blocks:K without compile"
+                )
+            return kind, x
+    raise ValueError(
+        f"memory policy {policy!r} unknown; use one of {', '.join(POLICIES)} "
+        f"(K an integer 0..{num_blocks}, F a fraction 0..1)"
+    )
+
+
+@dataclass
+class PerfReport:
+    """What `optimize_for_training` did (logged by the trainer, printed by the benchmark)."""
+
+    policy: str
+    compiled: bool
+    frame_modulation: int
+    attention: str
+    checkpointed_blocks: list[int] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"policy={self.policy} compile={self.compiled} frame_modulation={self.frame_modulation} "
+            f"attention={self.attention} checkpointed={len(self.checkpointed_blocks)} blocks"
+        )
+
+
+def _spread(k: int, n: int) -> list[int]:
+    """k block indices spread evenly over n blocks."""
+    if k <= 0:
+        return []
+    return sorted({round(i * n / k) for i in range(k)} if k < n else set(range(n)))
+
+
+def optimize_for_training(
+    transformer: nn.Module,
+    policy: str = "auto",
+    compile: bool | None = None,
+    attention: str = "default",
+    frame_modulation: bool = True,
+    compile_mode: str | None = None,
+) -> PerfReport:
+    """Apply the training speed/memory tools (module docstring) in place; returns what was done.
+
+    Call after adapters are injected (peft wraps the Linear layers the compiler must see) and before the
+    optimizer's first step. `compile=None` compiles on CUDA only. Safe to call on CPU.
+    """
+    tr = find_cosmos_transformer(transformer)
+    cuda = next(tr.parameters()).device.type == "cuda"
+    do_compile = cuda if compile is None else bool(compile)
+    blocks = list(tr.transformer_blocks)
+    kind, val = _parse_policy(policy, len(blocks), cuda, do_compile)
+    if attention == "cudnn_eager":
+        if kind in ("selective", "attention"):
+            raise ValueError(
+                "attention='cudnn_eager' breaks the compiled graph at each attention call, which "
+                "selective checkpointing cannot span; use policy budget:F, none, full or blocks:K"
+            )
+        set_attention_backend("default")
+        for b in blocks:
+            b.attn1.set_processor(EagerCudnnSelfAttnProcessor())
+    else:
+        set_attention_backend(attention)
+    n_frame = enable_frame_modulation(tr) if frame_modulation else 0
+    report = PerfReport(
+        policy=kind if kind in ("none", "full", "selective", "attention") else f"{kind}:{val:g}",
+        compiled=do_compile,
+        frame_modulation=n_frame,
+        attention=attention,
+    )
+    if kind == "budget":
+        import torch._functorch.config as fconfig
+
+        # read when the backward graph is partitioned (first step); process-wide, like the compile cache
+        fconfig.activation_memory_budget = val
+    elif do_compile:
+        import torch._functorch.config as fconfig
+
+        fconfig.activation_memory_budget = 1.0
+
+    if kind in ("none", "budget"):
+        if do_compile:
+            for b in blocks:
+                b.compile(dynamic=False, mode=compile_mode)
+        tr.gradient_checkpointing = False
+        return report
+
+    from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
+
+    model_dim = int(tr.config.num_attention_heads * tr.config.attention_head_dim)
+    if kind in ("selective", "attention"):
+        ctx_fn: Callable[[], Any] | None = functools.partial(
+            create_selective_checkpoint_contexts, _selective_policy(model_dim, kind == "attention")
+        )
+        chosen = set(range(len(blocks)))
+    else:
+        ctx_fn = None
+        chosen = set(range(len(blocks))) if kind == "full" else set(_spread(int(val), len(blocks)))
+    report.checkpointed_blocks = sorted(chosen)
+    chosen_ids = {id(blocks[i]) for i in chosen}
+
+    def run_ckpt(block: nn.Module, *args: Any) -> Any:
+        if ctx_fn is None:
+            return checkpoint(block, *args, use_reentrant=False)
+        return checkpoint(block, *args, use_reentrant=False, context_fn=ctx_fn)
+
+    def run_plain(block: nn.Module, *args: Any) -> Any:
+        return block(*args)
+
+    if do_compile:
+        run_ckpt = torch.compile(run_ckpt, dynamic=False, mode=compile_mode)
+        run_plain = torch.compile(run_plain, dynamic=False, mode=compile_mode)
+
+    def ckpt_func(block: nn.Module, *args: Any) -> Any:
+        return run_ckpt(block, *args) if id(block) in chosen_ids else run_plain(block, *args)
+
+    tr.enable_gradient_checkpointing(gradient_checkpointing_func=ckpt_func)
+    return report

@@ -1,0 +1,161 @@
+"""cosmos_ros.model.perf on CPU: every memory policy and the per-frame modulation keep loss and gradients.
+
+A tiny random Cosmos transformer (same diffusers class as the 2B model) with action MLPs and LoRA adapters
+(peft, the trainer's `apply_adapters`) runs one training step unoptimised and once per policy; loss and every
+trainable gradient must match within float32 rounding. Compile is not exercised here (CPU CI).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cosmos_ros.model import perf
+from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
+from cosmos_ros.model.adapters import AdapterConfig, apply_adapters
+from cosmos_ros.model.world_model import TINY_TRANSFORMER_CONFIG, ModelSource, WorldModel
+
+ACTION_DIM = 3
+
+
+def _tiny_wm(mode: str) -> WorldModel:
+    from diffusers import CosmosTransformer3DModel
+
+    torch.manual_seed(0)
+    tr = CosmosTransformer3DModel(**TINY_TRANSFORMER_CONFIG)
+    with torch.no_grad():  # diffusers zero-inits some layers; random everywhere makes every path matter
+        for p in tr.parameters():
+            if p.ndim >= 2 and float(p.abs().sum()) == 0.0:
+                p.normal_(0.0, 0.05)
+    hidden = tr.config.num_attention_heads * tr.config.attention_head_dim
+    emb = ActionEmbedder(ACTION_DIM, hidden, hidden_dim=16)
+    with torch.no_grad():  # non-zero output layers, so actions change the result
+        emb.to_timestep.fc2.weight.normal_(0.0, 0.1)
+        emb.to_adaln.fc2.weight.normal_(0.0, 0.1)
+    wm = WorldModel(
+        ActionConditionedTransformer(tr, emb),
+        None,
+        {},
+        torch.zeros(16),
+        torch.ones(16),
+        ModelSource("tiny", None, {}),
+    )
+    apply_adapters(wm, AdapterConfig(mode=mode, rank=4, alpha=4.0))
+    with torch.no_grad():  # peft zero-inits lora_B; non-zero so the adapter path is exercised
+        for n, p in wm.transformer.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0.0, 0.05)
+    return wm
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    t, h, w = 4, 8, 10
+    cfg = TINY_TRANSFORMER_CONFIG
+    return {
+        "x0": torch.randn(2, 16, t, h, w, generator=g),
+        "noise": torch.randn(2, 16, t, h, w, generator=g),
+        "sigma": torch.tensor([0.3, 0.8]),
+        "emb": torch.randn(2, 6, cfg["crossattn_proj_in_channels"], generator=g),
+        "actions": torch.randn(2, 4 * (t - 1), ACTION_DIM, generator=g),
+    }
+
+
+def _step(wm: WorldModel, b: dict[str, torch.Tensor]) -> tuple[float, dict[str, torch.Tensor]]:
+    """The trainer's loss (Trainer._loss) and the gradients of every trainable parameter."""
+    s = b["sigma"].view(-1, 1, 1, 1, 1)
+    xt = (1 - s) * b["x0"] + s * b["noise"]
+    v = wm.denoise_velocity(
+        xt, b["sigma"], b["emb"], b["actions"], cond_latents=b["x0"], num_cond_latent_frames=1
+    )
+    loss = ((v.float() - (b["noise"] - b["x0"])) ** 2)[:, :, 1:].mean()
+    loss.backward()
+    grads = {n: p.grad.detach().clone() for n, p in wm.transformer.named_parameters() if p.requires_grad}
+    return float(loss.detach()), grads
+
+
+@pytest.fixture(scope="module", params=["lora", "dora", "full"])
+def reference(
+    request: pytest.FixtureRequest, batch: dict[str, torch.Tensor]
+) -> tuple[str, WorldModel, tuple]:
+    wm = _tiny_wm(request.param)
+    pristine = copy.deepcopy(wm)
+    return request.param, pristine, _step(wm, batch)
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for n in a:
+        err = (a[n] - b[n]).norm() / b[n].norm().clamp(min=1e-12)
+        assert err < 1e-4, f"gradient of {n} differs: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("policy", ["none", "full", "selective", "attention", "blocks:1"])
+def test_policy_keeps_loss_and_gradients(
+    reference: tuple, batch: dict[str, torch.Tensor], policy: str
+) -> None:
+    mode, pristine, (ref_loss, ref_grads) = reference
+    wm = copy.deepcopy(pristine)
+    rep = perf.optimize_for_training(wm.transformer, policy=policy, compile=False)
+    assert rep.frame_modulation == 3 * TINY_TRANSFORMER_CONFIG["num_layers"] + 1  # 3 per block + output norm
+    assert not rep.compiled
+    loss, grads = _step(wm, batch)
+    assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss)), (mode, policy, loss, ref_loss)
+    assert any(g.abs().sum() > 0 for n, g in grads.items() if "lora_B" in n or mode == "full")
+    _close(grads, ref_grads)
+
+
+def test_eager_cudnn_attention_processor_keeps_gradients(
+    reference: tuple, batch: dict[str, torch.Tensor]
+) -> None:
+    """attention='cudnn_eager' swaps the self-attention processors; on CPU plain SDPA: same results."""
+    _mode, pristine, (ref_loss, ref_grads) = reference
+    wm = copy.deepcopy(pristine)
+    perf.optimize_for_training(wm.transformer, policy="blocks:1", compile=False, attention="cudnn_eager")
+    tr = perf.find_cosmos_transformer(wm.transformer)
+    assert all(isinstance(b.attn1.processor, perf.EagerCudnnSelfAttnProcessor) for b in tr.transformer_blocks)
+    loss, grads = _step(wm, batch)
+    assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
+    _close(grads, ref_grads)
+    with pytest.raises(ValueError, match="selective"):
+        perf.optimize_for_training(
+            copy.deepcopy(pristine).transformer, policy="selective", compile=False, attention="cudnn_eager"
+        )
+
+
+def test_frame_modulation_state_dict_and_fallback(batch: dict[str, torch.Tensor]) -> None:
+    wm = _tiny_wm("lora")
+    keys = set(wm.state_dict())
+    perf.enable_frame_modulation(wm.transformer)
+    assert perf.enable_frame_modulation(wm.transformer) == 0  # idempotent
+    assert set(wm.state_dict()) == keys  # same parameters, same names: adapters/checkpoints unaffected
+    # a 1-D timestep (one per sample) takes diffusers' own path and still runs
+    tr = perf.find_cosmos_transformer(wm.transformer)
+    x = torch.randn(1, 16, 2, 8, 10)
+    with torch.no_grad():
+        out = tr(
+            hidden_states=x,
+            timestep=torch.tensor([0.5]),
+            encoder_hidden_states=batch["emb"][:1],
+            condition_mask=torch.zeros(1, 1, 2, 8, 10),
+            padding_mask=torch.zeros(1, 1, 64, 80),
+            return_dict=False,
+        )[0]
+    assert out.shape == (1, 16, 2, 8, 10) and torch.isfinite(out).all()
+
+
+def test_bad_arguments_are_clear_errors() -> None:
+    wm = _tiny_wm("lora")
+    with pytest.raises(ValueError, match="unknown"):
+        perf.optimize_for_training(wm.transformer, policy="some")
+    with pytest.raises(ValueError, match="compile=True"):
+        perf.optimize_for_training(wm.transformer, policy="budget:0.5", compile=False)
+    with pytest.raises(ValueError, match="unknown"):
+        perf.optimize_for_training(wm.transformer, policy="blocks:99", compile=False)
+    with pytest.raises(ValueError, match="attention backend"):
+        perf.set_attention_backend("fastest")
+    with pytest.raises(TypeError, match="CosmosTransformer3DModel"):
+        perf.optimize_for_training(torch.nn.Linear(2, 2))
