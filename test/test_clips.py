@@ -357,3 +357,21 @@ def test_small_shards_give_the_same_clips(tmp_path: Path, stride: int) -> None:
         for key in ("frames", "stamps_ns", "positions", "actions", "tokens"):
             np.testing.assert_array_equal(x[key], y[key], err_msg=f"{key} of {x['clip_id']}")
         assert np.all(np.diff(x["stamps_ns"]) > 0)
+
+
+def test_clip_ids_stay_unique_when_a_gap_splits_an_episode(tmp_path: Path) -> None:
+    """Runs restart their clip grid after a gap; the clip ids must not restart with them."""
+    from cosmos_ros.clips.storage import ShardWriter
+    from cosmos_ros.tokens import ActionTokenizer
+
+    (tmp_path / "shards").mkdir()
+    w = ShardWriter(tmp_path, "train", "/cam", None, ActionTokenizer(["a", "b"]), 5, 5, 16, 16)
+    w.begin_episode("ep0", "p")
+    frame = np.zeros((16, 16, 3), np.uint8)
+    for run in range(2):
+        if run:
+            w.break_run()
+        for i in range(6):
+            w.add_frame(frame, (run * 100 + i) * NS, np.zeros(2), None)
+    ids = [c.clip_id for c in w._ep_clips]
+    assert len(ids) == 2 and len(set(ids)) == 2, ids

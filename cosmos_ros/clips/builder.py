@@ -368,7 +368,10 @@ class ClipBuilder:
                 if use_log:
                     t = logt
                 else:
-                    t = parse_header_stamp(raw)
+                    try:
+                        t = parse_header_stamp(raw)
+                    except ValueError as err:  # a truncated message fails this episode, not the run
+                        raise BagError(f"{label}: corrupt message on {conn.topic}: {err}") from None
                     if t == 0:  # e.g. published with use_sim_time before the first /clock: unusable
                         zero_stamps[conn.topic] = zero_stamps.get(conn.topic, 0) + 1
                         continue

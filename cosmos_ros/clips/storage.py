@@ -118,6 +118,7 @@ class ShardWriter:
         self._ep_clips: list[ClipRecord] = []  # clips of the current episode, all shards
         self._ep_stats = ActionStats(tokenizer.dim)
         self._ep_start_row = 0
+        self._ep_frames = 0  # frames added in the current episode (clip ids count in these)
         self._next_run = 0
         self._run_len = 0  # frames in the current run so far
         self._run_row0 = 0  # buffer row of the current run's first frame still in the buffer
@@ -131,6 +132,7 @@ class ShardWriter:
         self._ep_clips = []
         self._ep_stats = ActionStats(self.tok.dim)
         self._ep_start_row = self.n
+        self._ep_frames = 0
         self.break_run()
 
     def break_run(self) -> None:
@@ -155,13 +157,17 @@ class ShardWriter:
         self.run_ids[row] = self._next_run
         self.n += 1
         self._run_len += 1
+        self._ep_frames += 1
         # a clip ends at this frame when its start (run-relative) is a multiple of stride
         start_rel = self._run_len - self.T
         if start_rel >= 0 and start_rel % self.stride == 0:
             start_row = row - self.T + 1
             eid, prompt = self._episode
+            # episode-relative index of the clip's first frame: unique within the episode even when
+            # gaps break it into several runs (run-relative starts repeat: 0, stride, ... in each run)
+            ep_start = self._ep_frames - self.T
             clip = ClipRecord(
-                clip_id=f"{eid}/{self.camera_tag}{start_rel:06d}",
+                clip_id=f"{eid}/{self.camera_tag}{ep_start:06d}",
                 episode_id=eid,
                 prompt=prompt,
                 camera=self.camera,

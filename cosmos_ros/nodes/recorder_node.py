@@ -210,8 +210,11 @@ def _build_node(args: list[str] | None) -> Any:
                 return (
                     f"encoding {info.encoding!r}, expected {enc!r} (set expected_encoding or fix the camera)"
                 )
+            # each of expected_width/expected_height that is 0 is set by the episode's first frame
             if chk.width == 0:
-                chk.width, chk.height = info.width, info.height
+                chk.width = info.width
+            if chk.height == 0:
+                chk.height = info.height
             if (info.width, info.height) != (chk.width, chk.height):
                 return f"frame size {info.width}x{info.height}, expected {chk.width}x{chk.height}"
             if info.step * info.height != info.data_len:
