@@ -57,5 +57,10 @@ setup(
             "cosmos-train = cosmos_ros.train.cli:main",
             "cosmos-embed-prompts = cosmos_ros.model.text_cache:main",
         ],
+        # Collision checkers the predictor can load by name (`collision_checker` parameter); users'
+        # packages register theirs in the same group.
+        "cosmos_ros.collision_checkers": [
+            "keepout = cosmos_ros.predict.checkers:KeepOutRegionChecker",
+        ],
     },
 )

@@ -257,6 +257,11 @@ def make_model(demo: Demo, clips: Path) -> Path:
     model = demo.out / "tiny_model"
     if model.exists():
         shutil.rmtree(model)
+    from diffusers.utils import logging as dlogging
+    from transformers.utils import logging as tlogging
+
+    dlogging.disable_progress_bar()  # library bars of a few-ms save/load only clutter the stage output
+    tlogging.disable_progress_bar()
     make_tiny_world_model(model, seed=demo.seed, prompts=list(TASKS))
     demo.run_tool("model", "embed_prompts", "--base", str(model), "--clips", str(clips),
                   "--out", str(model / "prompt_cache.safetensors"))
@@ -285,7 +290,8 @@ def train(demo: Demo, model: Path, clips: Path) -> Path:
 
 
 def serve(demo: Demo, node: Any, executor: Any, model: Path, adapter: Path) -> None:
-    from cosmos_ros.srv import PredictFuture
+    """Start the predictor and wait until it has loaded and warmed up (it answers NOT_READY until then)."""
+    from cosmos_ros.srv import CheckCollision, PredictFuture
 
     demo.start("predictor", "predictor", "--ros-args",
                "--params-file", str(share("config", "predictor.yaml")),
@@ -298,6 +304,16 @@ def serve(demo: Demo, node: Any, executor: Any, model: Path, adapter: Path) -> N
         if time.monotonic() > deadline:
             raise StageError("the predictor's services did not appear within 180 s")
     node.destroy_client(client)
+    # An empty request is refused as invalid once the model is ready; before that it is NOT_READY.
+    while True:
+        res = call_service(node, executor, CheckCollision, "/predictor/check_collision",
+                           CheckCollision.Request(), timeout=60)
+        if res.code != CheckCollision.Response.NOT_READY:
+            break
+        demo.check_alive()
+        if time.monotonic() > deadline:
+            raise StageError(f"the predictor was not ready within 180 s: {res.message}")
+        time.sleep(0.5)
 
 
 def plan(demo: Demo) -> dict[str, Any]:
@@ -358,8 +374,10 @@ def predict_val_clip(demo: Demo, node: Any, executor: Any, clips: Path, adapter:
     from cosmos_ros.train.preview import write_preview
 
     preview = demo.out / "preview.gif"
-    write_preview(preview, ground_truth=frames[: ncond + len(pred)],
-                  predicted=np.concatenate([frames[:ncond], pred]), num_context=ncond)
+    import torch
+
+    write_preview(preview, ground_truth=torch.from_numpy(frames[: ncond + len(pred)]),
+                  predicted=torch.from_numpy(np.concatenate([frames[:ncond], pred])), num_context=ncond)
     lat = res.latency
     print(f"    clip {item['clip_id']} ({split}): {len(pred)} frames predicted in {lat.total:.2f} s "
           f"(denoise {lat.denoise:.2f} s), mean abs error {mae:.1f}/255 -> {preview.name}", flush=True)

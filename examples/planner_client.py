@@ -65,11 +65,15 @@ def main() -> int:
         for _, values in plans:
             seq = ActionSequence(kind=ActionSequence.KIND_JOINT_POSITION_DELTA, names=names, dim=len(names),
                                  num_steps=len(values), values=[v for step in values for v in step])
-            seq.header.stamp = joints[-1].header.stamp
+            # header.stamp names the camera frame the plan starts from; 0 = the latest one the node has.
             req.candidates.append(seq)
-        future = check.call_async(req)
-        rclpy.spin_until_future_complete(node, future, timeout_sec=args.timeout)
-        res = future.result()
+        while True:  # a predictor that is still warming up answers NOT_READY: retry until the timeout
+            future = check.call_async(req)
+            rclpy.spin_until_future_complete(node, future, timeout_sec=args.timeout)
+            res = future.result()
+            if res is None or res.code != CheckCollision.Response.NOT_READY or time.monotonic() > deadline:
+                break
+            time.sleep(1.0)
         if res is None or not res.success:
             print(f"planner: check_collision failed: {res.message if res else 'no answer'}")
             return 1

@@ -19,7 +19,11 @@ class ModelSection:
     dtype: str = "bfloat16"  # storage dtype of the frozen base weights
     action_conditioning: bool = True  # False: action-free (text/video only) training
     action_hidden_dim: int | None = None  # default 4 x model width (NVIDIA's)
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool = True  # False: keep every activation (policy "none")
+    # Activation memory policy (cosmos_ros.model.perf): auto | none | full | selective | attention |
+    # blocks:K | budget:F. auto = budget:0.5 with compile on CUDA (LoRA r32, 480x640: 23 GiB), none on CPU.
+    memory_policy: str = "auto"
+    compile: bool | None = None  # torch.compile each transformer block; None = on CUDA without FSDP
 
 
 @dataclass

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from cosmos_ros.model.adapters import AdapterConfig, apply_adapters, count_parameters, save_adapter
+from cosmos_ros.model.perf import optimize_for_training
 from cosmos_ros.model.text_cache import PromptCache
 from cosmos_ros.model.world_model import WorldModel, _revision_for
 from cosmos_ros.train.config import TrainConfig
@@ -127,6 +128,8 @@ class Trainer:
             val = ClipDataset(root, split=self.cfg.data.val_split)
         except (FileNotFoundError, ValueError, KeyError):
             val = None
+        if val is not None and len(val) == 0:
+            val = None  # no val episodes (one episode, val_fraction 0): train without validation
         tok = root / "tokenizer.json"
         if self.tokenizer_dict is None and tok.is_file():
             self.tokenizer_dict = json.loads(tok.read_text())
@@ -167,7 +170,10 @@ class Trainer:
                     build_latents(wm, ds, path, fp, progress=self.cfg.run.progress)
             del wm
         self.accel.wait_for_everyone()
-        for name, _ in splits:
+        for name, ds in splits:
+            if name == "val" and ds is None and train_ds is not None:
+                sets[name] = None  # the data has no val split: a val cache left by another run is stale
+                continue
             sets[name] = load_latents(ldir / f"{name}.safetensors")
         if sets["train"] is None:
             raise RuntimeError(f"latent cache {ldir / 'train.safetensors'} could not be read")
@@ -227,11 +233,20 @@ class Trainer:
             # FSDP flattens each wrapped block into one tensor: one dtype per block (adapters in the base
             # dtype; accelerate's mixed precision still computes in bf16 and reduces in float32).
             self.wm.transformer.to(dtype)
-        if cfg.model.gradient_checkpointing:
-            self.wm.transformer.transformer.enable_gradient_checkpointing()
+        # Speed and memory (benchmarks/NOTES_gpu.md): per-frame AdaLN, per-block compile and an activation
+        # memory policy instead of all-or-nothing checkpointing. Adapters must already be injected.
+        cuda = self.accel.device.type == "cuda"
+        compile_blocks = cfg.model.compile if cfg.model.compile is not None else (cuda and not self._fsdp())
+        policy = cfg.model.memory_policy if cfg.model.gradient_checkpointing else "none"
+        if policy == "auto" and cuda and not compile_blocks:
+            policy = "selective"
+        self.perf_report = optimize_for_training(self.wm.transformer, policy=policy, compile=compile_blocks)
+        if self.is_main:
+            print(f"train: {self.perf_report.summary()}", flush=True)
         self.n_trainable, self.n_total = count_parameters(self.wm.transformer)
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay
+            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+            fused=cuda,
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps)
