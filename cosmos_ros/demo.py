@@ -443,7 +443,11 @@ def write_report(demo: Demo, facts: dict[str, Any]) -> Path:
     for v in facts["verdicts"]["results"]:
         lines.append(f"| {v['name']} | {'yes' if v['collision'] else 'no'} | {v['first_collision_step']} | "
                      f"{v['score']:.3f} |")
-    lines += ["", f"Best candidate: {facts['verdicts'].get('best')}", ""]
+    lines += ["", f"Best candidate: {facts['verdicts'].get('best')}", "",
+              "Note: the embedded default is a tiny random-weight model trained for a few minutes on a CPU. "
+              "Its predictions are far from the real frames, so these verdicts show the plumbing (record, "
+              "clips, adapter, services, checker), not a model a planner should trust. A real cell uses "
+              "nvidia/Cosmos-Predict2.5-2B on a GPU (README, 'On a real robot and a GPU workstation').", ""]
     path = demo.out / "report.md"
     path.write_text("\n".join(lines))
     return path

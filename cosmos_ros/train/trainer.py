@@ -96,6 +96,7 @@ class Trainer:
         )
         set_seed(cfg.run.seed)
         self.is_main = self.accel.is_main_process
+        self._emb_cache: dict[str, torch.Tensor] = {}
         self.world = self.accel.num_processes
         self.rank = self.accel.process_index
         self.tokenizer_dict = tokenizer_dict
@@ -286,12 +287,21 @@ class Trainer:
             u = torch.randn((), generator=g) * o.sigma_logit_std + o.sigma_logit_mean
             sigmas.append(torch.sigmoid(u))
             drops.append(bool(torch.rand((), generator=g) < o.cfg_dropout) if train else False)
-        emb = torch.stack([self.prompts.get(lset.prompts[i]).float() for i in idx])
-        keep = torch.tensor([0.0 if d else 1.0 for d in drops]).view(-1, 1, 1)
-        batch = {"x0": x0, "noise": torch.stack(noises), "sigma": torch.stack(sigmas), "emb": emb * keep}
+        emb = torch.stack([self._prompt_on_device(lset.prompts[i]) for i in idx])
+        keep = torch.tensor([0.0 if d else 1.0 for d in drops], device=dev).view(-1, 1, 1)
+        batch = {"x0": x0, "noise": torch.stack(noises), "sigma": torch.stack(sigmas)}
         if lset.actions is not None and self.wm.action_dim is not None:
             batch["actions"] = lset.actions[idx].float()
-        return {k: v.to(dev) for k, v in batch.items()}
+        out = {k: v.to(dev) for k, v in batch.items()}
+        out["emb"] = emb * keep
+        return out
+
+    def _prompt_on_device(self, prompt: str) -> torch.Tensor:
+        """A prompt's embedding, moved to the device once: the real one is 512 x 100352 floats (205 MB),
+        too much to rebuild and copy every step; a robot cell has only a handful of prompts."""
+        if prompt not in self._emb_cache:
+            self._emb_cache[prompt] = self.prompts.get(prompt).float().to(self.accel.device)
+        return self._emb_cache[prompt]
 
     def _loss(self, batch: dict[str, torch.Tensor], module: Any) -> torch.Tensor:
         x0, eps, sigma = batch["x0"], batch["noise"], batch["sigma"]
