@@ -125,7 +125,9 @@ def test_unwritable_or_existing_directory_gives_clear_errors(tmp_path: Path) -> 
     blocker.write_text("x")
     with pytest.raises(EpisodeIOError, match=r"cannot create episode directory .*set output_dir"):
         EpisodeWriter(blocker / "ep", "ep", TOPICS).open()
-    EpisodeWriter(tmp_path / "ep", "ep", TOPICS).open()
+    first = EpisodeWriter(tmp_path / "ep", "ep", TOPICS)
+    first.open()
+    first.close()
     with pytest.raises(EpisodeIOError, match="exists already"):
         EpisodeWriter(tmp_path / "ep", "ep", TOPICS).open()
     with pytest.raises(ValueError, match="storage 'rosbag1' is not supported"):
