@@ -170,29 +170,6 @@ class _Prompts:
         return self.emb
 
 
-class _Timer:
-    """Same interface as worker.JobContext: collects the predictor's stage timings."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-
-    def check(self) -> None:
-        return None
-
-    def stage(self, name: str) -> Any:
-        import contextlib
-
-        @contextlib.contextmanager
-        def timed() -> Any:
-            t0 = time.perf_counter()
-            try:
-                yield
-            finally:
-                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
-
-        return timed()
-
-
 def build_world_model() -> Any:
     from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
 
@@ -235,7 +212,7 @@ def run_ours(
 ) -> None:
     from cosmos_ros.predict import fast
     from cosmos_ros.predict.checkers import KeepOutRegionChecker
-    from cosmos_ros.predict.core import OptimizeOptions, Predictor
+    from cosmos_ros.predict.core import OptimizeOptions, Predictor, StageTimer
 
     torch._dynamo.reset()
     wm = copy.deepcopy(wm0)
@@ -270,7 +247,7 @@ def run_ours(
         t_warm = time.perf_counter() - t_warm
         best = None
         for _ in range(repeats):
-            ctx = _Timer()
+            ctx = StageTimer()
             sync()
             t0 = time.perf_counter()
             with scope if handle is None else handle.request():

@@ -7,6 +7,7 @@ process it starts.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -168,3 +169,22 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
             return
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1.5 MiB tmpfs (disk-full tests); skipped where mounting is not allowed."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)],
+        capture_output=True, text=True, check=False,
+    )
+    if res.returncode != 0:
+        why = res.stderr.strip() or res.returncode
+        pytest.skip(f"cannot mount a small tmpfs for the disk-full test: {why}")
+    try:
+        yield mnt
+    finally:
+        with contextlib.suppress(Exception):
+            subprocess.run(["umount", "-l", str(mnt)], check=False)

@@ -414,13 +414,13 @@ def test_fast_path_matches_reference_and_is_seeded(predictor: Any) -> None:
 
 
 def test_predict_batched_autoregressive_seeded_and_action_dependent(predictor: Any) -> None:
-    from cosmos_ros.predict.core import _NullCtx
+    from cosmos_ros.predict.core import StageTimer
 
     p = predictor
     rng = np.random.default_rng(0)
     context = rng.integers(0, 255, (1, 64, 80, 3), dtype=np.uint8)
     plans = np.stack([np.full((14, 3), 0.05, np.float32), np.full((14, 3), -0.05, np.float32)])
-    ctx = _NullCtx()
+    ctx = StageTimer()
     out = p.predict(context, plans, num_steps=2, guidance=1.5, seed=3, ctx=ctx)
     # 14 actions -> two chunks of 12, cut back to 14 frames; one row per candidate
     assert out.shape == (2, 14, 64, 80, 3) and out.dtype == np.uint8
@@ -436,7 +436,7 @@ def test_predict_batched_autoregressive_seeded_and_action_dependent(predictor: A
     assert np.abs(single[0].astype(int) - out[1].astype(int)).max() <= 1
 
     # deadline / cancellation are polled inside the denoising loop
-    class Stop(_NullCtx):
+    class Stop(StageTimer):
         def check(self) -> None:
             raise wk.DeadlineExceeded("late")
 

@@ -4,10 +4,8 @@ directory and a full disk."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -295,27 +293,6 @@ def test_sigkill_loses_at_most_the_open_segment_and_the_index_says_so(start_node
     for topic in (CAM, JS):
         assert len(bag["msgs"][topic]) == sum(s["counts"].get(topic, 0) for s in closed)
         assert is_sorted(bag["log_ns"][topic])
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(
-            f"cannot mount a small tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}"
-        )
-    try:
-        yield mnt
-    finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_disk_full_during_an_episode(start_node, probe, small_tmpfs, tmp_path) -> None:

@@ -3,11 +3,8 @@ segment rotation, bounded queue drops, unwritable directory, disk full (tmpfs), 
 
 from __future__ import annotations
 
-import contextlib
 import json
-import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -134,28 +131,6 @@ def test_unwritable_or_existing_directory_gives_clear_errors(tmp_path: Path) -> 
         EpisodeWriter(tmp_path / "x", "x", TOPICS, WriterConfig(storage="rosbag1"))
     with pytest.raises(ValueError, match="unknown to the rosbags"):
         EpisodeWriter(tmp_path / "y", "y", [TopicSpec("/a", "my_msgs/msg/Nope")]).open()
-
-
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1.5 MiB tmpfs (disk-full tests); skipped where mounting is not allowed."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(
-            f"cannot mount a small tmpfs for the disk-full test: {res.stderr.strip() or res.returncode}"
-        )
-    try:
-        yield mnt
-    finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.mark.parametrize("storage", ["mcap", "sqlite3"])

@@ -58,8 +58,9 @@ class OptimizeOptions:
     fp8: bool = False  # FP8 linear layers in the blocks (CUDA, compute capability >= 8.9)
 
 
-class _NullCtx:
-    """Stand-in for worker.JobContext when the core is used directly (benchmarks, scripts)."""
+class StageTimer:
+    """Stand-in for worker.JobContext when the core is used directly (benchmarks, scripts): collects
+    the per-stage timings, never cancels."""
 
     def __init__(self) -> None:
         self.timings: dict[str, float] = {}
@@ -570,7 +571,7 @@ class Predictor:
         N may exceed one clip's `chunk_actions`: the plan is run in chunks, each conditioned on the previous
         chunk's last frame(s); the last chunk is padded with hold-still actions and cut back to N frames.
         """
-        ctx = ctx or _NullCtx()
+        ctx = ctx or StageTimer()
         context = np.asarray(context)
         if context.ndim == 3:
             context = context[None]
