@@ -10,11 +10,19 @@ the episode window, received by the recorder (entered its write queue), written,
 write error, from the stop reply), transport loss (published - received, DDS best-effort), recorder CPU
 (% of one core, from /proc over the window), peak RSS (VmHWM), MB/s written. Target: 0 drops and
 recorder CPU < 100 % at 30 Hz. The sweep reports the largest camera rate with no drop and no loss.
+
+The recorder never outlives this process: it runs in its own process group (so one signal reaches it and
+anything a --recorder-prefix starts), which is stopped in a ``finally``, at exit and on SIGTERM/SIGHUP/SIGINT;
+and on Linux the kernel kills it when this process dies without cleaning up (SIGKILL, OOM killer):
+PR_SET_PDEATHSIG, set in the child before exec and chained through a --recorder-prefix process.
 """
 
 from __future__ import annotations
 
 import argparse
+import atexit
+import contextlib
+import ctypes
 import json
 import os
 import random
@@ -37,6 +45,88 @@ ROOT = Path(__file__).resolve().parents[1]
 # happen to use the same ROS_DOMAIN_ID (tests run in parallel) can neither feed nor read it.
 NS = f"/bench{os.getpid()}"
 sys.path.insert(0, str(ROOT / "test"))
+
+
+# PR_SET_PDEATHSIG from <linux/prctl.h>: the signal the kernel sends this process when its parent dies.
+_PR_SET_PDEATHSIG = 1
+# Run between a --recorder-prefix process (a profiler) and the recorder: the recorder gets SIGKILL when the
+# prefix process dies (its own death signal, set by _die_with, covers the prefix process itself), then
+# becomes the recorder by exec (same pid: what the prefix sees and measures).
+_PDEATHSIG_EXEC = (
+    "import ctypes, os, signal, sys; "
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, int(signal.SIGKILL)); "
+    "os.execv(sys.argv[1], sys.argv[1:])"
+)
+
+
+def _die_with(parent_pid: int) -> Any:
+    """A ``preexec_fn`` (Linux): the child gets SIGKILL when ``parent_pid`` dies, however it dies.
+
+    Why SIGKILL: it is the one signal a stuck recorder cannot ignore, and a benchmark episode is scratch.
+    The death signal fires when the *thread* that forked exits, so Popen must run on the main thread.
+    libc is loaded here, before the fork: the child runs only async-signal-safe work.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        if libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL)) != 0:
+            os._exit(126)  # no guarantee that the recorder dies with us: do not start it at all
+        if os.getppid() != parent_pid:  # the parent died before prctl: the signal will never come
+            os._exit(126)
+
+    return preexec
+
+
+class RecorderProcess:
+    """The recorder (and any --recorder-prefix) in its own process group, stopped however this process ends.
+
+    Own group (``start_new_session``): Ctrl-C in the terminal reaches only this process, which then stops
+    the episode in order, and one ``killpg`` reaches every process of the group. :meth:`stop` is
+    idempotent and registered with ``atexit``; main() also calls it in a ``finally``; SIGTERM/SIGHUP are
+    turned into SystemExit so those run (the default action would kill this process and leave the
+    recorder running); SIGKILL is covered by the death signal (see :func:`_die_with`).
+    """
+
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Any) -> None:
+        self.popen = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=_die_with(os.getpid()),  # before any thread starts: fork-safe
+        )
+        self.pid = self.popen.pid
+        self._stopped = False
+        atexit.register(self.stop)
+
+    def stop(self, grace: float = 30.0) -> None:
+        """SIGINT to the group (the recorder closes its episode), SIGKILL after ``grace`` seconds."""
+        if self._stopped:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGINT)
+        try:
+            self.popen.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+            self.popen.wait(10)
+        # The leader is gone; whatever a --recorder-prefix started may still be in the group.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.pid, signal.SIGKILL)
+        self._stopped = True
+
+
+def _exit_on_signal(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)
+
+
+def exit_cleanly_on_signals() -> None:
+    """SIGTERM/SIGHUP -> SystemExit, so that ``finally`` blocks and ``atexit`` stop the recorder (their
+    default action ends the process without either). SIGINT already raises KeyboardInterrupt."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit_on_signal)
 
 
 def _installed(name: str) -> Path:
@@ -171,6 +261,54 @@ def run_once(
     return result
 
 
+def _run_all(
+    args: argparse.Namespace, probe: Any, rec_pid: int, out_dir: Path, results: dict[str, Any]
+) -> None:
+    """The main run and the sweep; fills ``results`` as it goes (``main`` first)."""
+    main_run = run_once(
+        probe,
+        rec_pid,
+        out_dir,
+        args.seconds,
+        args.camera_hz,
+        args.joint_hz,
+        args.width,
+        args.height,
+        "main",
+    )
+    results["main"] = main_run
+    print(json.dumps(main_run, indent=1), flush=True)
+    sweep = []
+    for hz in args.sweep:
+        r = run_once(
+            probe,
+            rec_pid,
+            out_dir,
+            args.sweep_seconds,
+            hz,
+            args.joint_hz,
+            args.width,
+            args.height,
+            f"sweep_{int(hz)}",
+        )
+        sweep.append(r)
+        keys = (
+            "camera_hz",
+            "frames_published",
+            "frames_received",
+            "frames_written",
+            "dropped",
+            "transport_loss",
+            "recorder_cpu_pct",
+            "mb_per_s",
+        )
+        print(json.dumps({k: r[k] for k in keys}), flush=True)
+    results["sweep"] = sweep
+    clean = [r["camera_hz"] for r in [main_run, *sweep] if r["dropped"] == 0 and r["transport_loss"] == 0]
+    results["max_clean_camera_hz"] = max(clean) if clean else None
+    results["machine"]["loadavg_end"] = os.getloadavg()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0, help="length of the main run [s]")
@@ -196,6 +334,7 @@ def main() -> int:
     )
     ap.add_argument("--recorder-prefix", default="", help="command prefix for the recorder (e.g. a profiler)")
     args = ap.parse_args()
+    exit_cleanly_on_signals()
     rec_env_extra = {}
     if args.fastdds_profile:
         profile = str(Path(args.fastdds_profile).resolve())
@@ -206,6 +345,7 @@ def main() -> int:
     import rclpy
     from helpers_record import RosProbe, write_params
     from rclpy.context import Context
+    from rclpy.signals import SignalHandlerOptions
 
     domain = random.SystemRandom().randint(1, 101)
     env = dict(
@@ -229,9 +369,11 @@ def main() -> int:
         values[key] = yaml.safe_load(val)
     params = write_params(out_dir / "rec.yaml", "/**", **values)
     log = open(out_dir / "recorder.log", "wb")  # noqa: SIM115
-    rec = subprocess.Popen(
+    prefix = args.recorder_prefix.split()
+    rec = RecorderProcess(
         [
-            *args.recorder_prefix.split(),
+            *prefix,
+            *([sys.executable, "-c", _PDEATHSIG_EXEC] if prefix else []),
             str(_installed("recorder")),
             "--ros-args",
             "--params-file",
@@ -239,14 +381,9 @@ def main() -> int:
             "-r",
             f"__ns:={NS}",
         ],
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+        env,
+        log,
     )
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain)
-    probe = RosProbe(ctx, "bench_recorder", recorder=f"{NS}/recorder")
     results: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "loadavg_start": os.getloadavg()},
         "fastdds_profile": args.fastdds_profile,
@@ -254,64 +391,19 @@ def main() -> int:
         "storage": args.storage,
     }
     try:
-        main_run = run_once(
-            probe,
-            rec.pid,
-            out_dir,
-            args.seconds,
-            args.camera_hz,
-            args.joint_hz,
-            args.width,
-            args.height,
-            "main",
-        )
-        results["main"] = main_run
-        print(json.dumps(main_run, indent=1), flush=True)
-        sweep = []
-        for hz in args.sweep:
-            r = run_once(
-                probe,
-                rec.pid,
-                out_dir,
-                args.sweep_seconds,
-                hz,
-                args.joint_hz,
-                args.width,
-                args.height,
-                f"sweep_{int(hz)}",
-            )
-            sweep.append(r)
-            print(
-                json.dumps(
-                    {
-                        k: r[k]
-                        for k in (
-                            "camera_hz",
-                            "frames_published",
-                            "frames_received",
-                            "frames_written",
-                            "dropped",
-                            "transport_loss",
-                            "recorder_cpu_pct",
-                            "mb_per_s",
-                        )
-                    }
-                ),
-                flush=True,
-            )
-        results["sweep"] = sweep
-        clean = [r["camera_hz"] for r in [main_run, *sweep] if r["dropped"] == 0 and r["transport_loss"] == 0]
-        results["max_clean_camera_hz"] = max(clean) if clean else None
-        results["machine"]["loadavg_end"] = os.getloadavg()
-    finally:
-        probe.close()
-        rclpy.shutdown(context=ctx)
-        os.killpg(rec.pid, signal.SIGINT)
+        ctx = Context()
+        # This process handles its signals itself (above); rclpy's handlers would only shut the context.
+        rclpy.init(context=ctx, domain_id=domain, signal_handler_options=SignalHandlerOptions.NO)
         try:
-            rec.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(rec.pid, signal.SIGKILL)
-            rec.wait(10)
+            probe = RosProbe(ctx, "bench_recorder", recorder=f"{NS}/recorder")
+            try:
+                _run_all(args, probe, rec.pid, out_dir, results)
+            finally:
+                probe.close()
+        finally:
+            rclpy.shutdown(context=ctx)
+    finally:
+        rec.stop()
         log.close()
         if not args.dir and "main" not in results:  # failed: keep nothing but the log's last words
             print((out_dir / "recorder.log").read_text(errors="replace")[-2000:], file=sys.stderr)

@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_ros.atomic_io import write_json_atomic
+
 MODES = ("delta", "absolute", "velocity")
 FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6
@@ -402,10 +404,7 @@ class ActionTokenizer:
 
     def save(self, path: str | Path) -> None:
         """Write JSON (atomically: a crash never leaves half a tokenizer next to finished clips)."""
-        path = Path(path)
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2))
-        tmp.replace(path)
+        write_json_atomic(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> ActionTokenizer:

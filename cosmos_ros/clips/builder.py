@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from cosmos_ros.atomic_io import write_json_atomic
 from cosmos_ros.clips.bags import (
     IMAGE_TYPES,
     JOINT_TYPE,
@@ -37,7 +38,7 @@ from cosmos_ros.clips.bags import (
 )
 from cosmos_ros.clips.config import DEFAULT_PROMPT, ClipsConfig
 from cosmos_ros.clips.images import ImageError, decode_image, fit_image
-from cosmos_ros.clips.storage import FORMAT_VERSION, ShardWriter, atomic_write_json, write_labels
+from cosmos_ros.clips.storage import FORMAT_VERSION, ShardWriter, write_labels
 from cosmos_ros.clips.sync import NS, ClockJumpError, GridSelector, JointBuffer, TopicStats
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
@@ -117,17 +118,22 @@ class _Worker:
     cores. The queue is short, so memory stays bounded; every writer operation of an episode runs on this
     thread, and the main thread touches writers only after :meth:`drain`. An exception in a task is kept
     and re-raised in the main thread at the next ``submit``/``drain``; later tasks are skipped until then.
+    The owner must :meth:`close` it on every path (``ClipBuilder.run`` does so in a ``finally``): the thread
+    blocks on its queue forever otherwise, and tasks queued by a failed build would still run against a
+    bag reader that is already closed.
     """
 
     def __init__(self, depth: int = 8) -> None:
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.err: BaseException | None = None
         self.thread: threading.Thread | None = None
+        self._cancel = False
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
         """Queue ``fn(*args)``; raises a pending error from an earlier task."""
         self._raise()
         if self.thread is None:
+            self._cancel = False
             self.thread = threading.Thread(target=self._run, name="clips-frames", daemon=True)
             self.thread.start()
         self.q.put((fn, args))
@@ -141,12 +147,19 @@ class _Worker:
         else:
             self._raise()
 
-    def close(self) -> None:
-        """Finish queued work and stop the thread."""
+    def close(self, cancel: bool = False) -> None:
+        """Stop the thread and wait for it; ``cancel`` skips queued tasks instead of running them.
+
+        Cancel is for the error path: the tasks belong to an episode that failed, whose reader and shard
+        writers are being abandoned, so running them would only raise or write into a rolled-back episode.
+        A task already running is finished (it cannot be interrupted), so the join is bounded by one frame.
+        """
         if self.thread is not None:
+            self._cancel = cancel
             self.q.put(None)
             self.thread.join()
             self.thread = None
+        self._cancel = False
         self.err = None
 
     def _raise(self) -> None:
@@ -160,7 +173,7 @@ class _Worker:
             try:
                 if item is None:
                     return
-                if self.err is None:
+                if self.err is None and not self._cancel:
                     fn, args = item
                     fn(*args)
             except BaseException as err:  # handed to the main thread
@@ -507,25 +520,35 @@ class ClipBuilder:
         topics = {*cfg.camera_topics, cfg.joint_topic}
         if on_total is not None:
             on_total(sum(_bag_message_count(ep, topics) for ep in episodes))
-        for ep in episodes:
-            rep = EpisodeReport(ep.episode_id, ep.label, splits[ep.episode_id], warnings=list(ep.warnings))
-            e0 = time.perf_counter()
-            try:
-                self.process_episode(ep, rep.split, rep)
-                rep.ok = True
-            except BagError as err:
-                rep.error = str(err)
-                self._rollback(rep.split)
-            except (OSError, MemoryError) as err:  # disk full etc.: this bag fails, say what happened
-                rep.error = f"{ep.label}: {type(err).__name__}: {err}"
-                self._rollback(rep.split)
-            rep.seconds = time.perf_counter() - e0
-            result.reports.append(rep)
-            result.messages += rep.messages
-            result.bytes_read += sum(p.stat().st_size for s in ep.segments if s.is_dir() for p in s.iterdir())
-            if on_episode is not None:
-                on_episode(rep)
-        self.worker.close()
+        finished = False
+        try:
+            for ep in episodes:
+                rep = EpisodeReport(
+                    ep.episode_id, ep.label, splits[ep.episode_id], warnings=list(ep.warnings)
+                )
+                e0 = time.perf_counter()
+                try:
+                    self.process_episode(ep, rep.split, rep)
+                    rep.ok = True
+                except BagError as err:
+                    rep.error = str(err)
+                    self._rollback(rep.split)
+                except (OSError, MemoryError) as err:  # disk full etc.: this bag fails, say what happened
+                    rep.error = f"{ep.label}: {type(err).__name__}: {err}"
+                    self._rollback(rep.split)
+                rep.seconds = time.perf_counter() - e0
+                result.reports.append(rep)
+                result.messages += rep.messages
+                result.bytes_read += sum(
+                    p.stat().st_size for s in ep.segments if s.is_dir() for p in s.iterdir()
+                )
+                if on_episode is not None:
+                    on_episode(rep)
+            finished = True
+        finally:
+            # Any other exception (a bug, KeyboardInterrupt, a raising callback) aborts the run: stop the
+            # frame thread here, or it outlives the build blocked on its queue, still holding frames.
+            self.worker.close(cancel=not finished)
         self._finish(result)
         result.seconds = time.perf_counter() - t0
         self._write_stats(result)
@@ -586,10 +609,10 @@ class ClipBuilder:
             ],
             "config": self.cfg.to_dict(),
         }
-        atomic_write_json(self.out / "clips.json", index)
+        write_json_atomic(self.out / "clips.json", index)
 
     def _write_stats(self, result: BuildResult) -> None:
-        atomic_write_json(
+        write_json_atomic(
             self.out / "stats.json",
             {
                 "ok": result.ok,

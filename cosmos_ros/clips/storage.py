@@ -17,8 +17,6 @@ written by :func:`write_labels`. ``clips.json`` lists every clip with its shard 
 
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,13 +28,6 @@ from safetensors.numpy import save_file
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
 FORMAT_VERSION = 1
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON via a temp file + rename, so readers never see half a file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 @dataclass

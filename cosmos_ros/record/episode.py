@@ -21,6 +21,14 @@ messages and in bytes); when the queue is full the message is dropped and counte
 is in the status, the index and the stop reply. Write errors (disk full, I/O error) stop the episode's
 writing, abort the open segment (its partial file is kept as is), free a small space reserve so the index
 can still be written, and mark the episode ``failed`` with the error.
+
+Threads: the writer thread owns the open bag from the first segment to the last: only it opens, writes,
+closes or aborts segments and, when asked to close, writes the final index (or deletes a discarded
+episode). :meth:`EpisodeWriter.close` only asks and waits; if the thread does not finish in time (a stalled
+disk), close() reports that as an error naming the episode and leaves the thread to finish the episode on
+its own, rather than closing the bag or deleting the directory under a thread that is still writing it.
+Every counter is changed under one lock, because producers (one or more executor threads) and the writer
+thread both count drops; status snapshots take the same lock so their numbers add up.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ import contextlib
 import datetime as _dt
 import errno
 import json
+import logging
 import os
 import queue
 import shutil
@@ -39,12 +48,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cosmos_ros.atomic_io import fsync_path as _fsync_path
+from cosmos_ros.atomic_io import write_json_atomic
+
 INDEX_NAME = "episode.json"
 INDEX_FORMAT = "cosmos_ros.episode/1"
 STORAGES = ("mcap", "sqlite3")
 _RESERVE_NAME = ".index_reserve"
 _RESERVE_BYTES = 256 * 1024
 _STOP = object()
+_log = logging.getLogger(__name__)
 
 
 class EpisodeIOError(OSError):
@@ -125,27 +138,6 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _fsync_path(path: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON so that readers see the old or the new file, never a torn one (temp + fsync + rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    text = json.dumps(data, indent=1, sort_keys=False)
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_path(path.parent)
-
-
 def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     """Read an episode index and say what is usable.
 
@@ -172,14 +164,14 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
 
 
 class EpisodeWriter:
-    """Writes one episode. Thread-safe ``put`` (producer) and one writer thread (consumer).
+    """Writes one episode. Thread-safe ``put`` (producers) and one writer thread (consumer) that owns the bag.
 
     Typical use (the recorder node does exactly this)::
 
         w = EpisodeWriter(out / "ep1", "ep1", topics, WriterConfig(), task="pick the cube")
         w.open()                        # raises EpisodeIOError with a clear message
         w.put("/camera/image_raw", t_ns, cdr_bytes)   # never blocks; False = dropped (counted)
-        summary = w.close(notes="ok")   # drains the queue, closes the segment, final index
+        summary = w.close(notes="ok")   # the writer drains the queue, closes the segment, final index
     """
 
     def __init__(
@@ -208,12 +200,18 @@ class EpisodeWriter:
         self._topic_index = {t.name: i for i, t in enumerate(self.topics)}
         self.counts = {t.name: TopicCounts() for t in self.topics}
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=self.config.queue_capacity)
+        # One lock for the counters (per topic and totals), the queued bytes, the state, the segment list
+        # and the errors. Producers and the writer thread both count drops, and ``x += 1`` is not atomic
+        # (a switch between its read and its write loses a count); stats() and the index read all of them
+        # together, so under the lock their numbers add up. Held for bookkeeping only, never across disk
+        # I/O, so put() never waits for the disk.
+        self._lock = threading.Lock()
         self._qbytes = 0
-        self._qlock = threading.Lock()
-        self._state = "new"  # new -> recording -> closed | failed
+        self._state = "new"  # new -> recording -> closing -> closed | failed (failed also while recording)
         self._error = ""
         self._errors: list[str] = []
         self._segments: list[dict[str, Any]] = []
+        # Owned by the writer thread (after open()): only it opens, writes, closes or aborts segments.
         self._bag: Any = None
         self._conns: list[Any] = []
         self._seg_bytes = 0
@@ -223,6 +221,9 @@ class EpisodeWriter:
         self._dropped_queue = 0
         self._dropped_write = 0
         self._thread: threading.Thread | None = None
+        self._stop = threading.Event()  # close() was called: write what is queued, then finalise
+        self._close_args: tuple[str, bool] | None = None  # (notes, discard) of the first close()
+        self._final_index: dict[str, Any] | None = None  # set once the episode is finalised
         self._index_lock = threading.Lock()
         self._last_index = 0.0
         self._started_wall = 0.0
@@ -245,26 +246,28 @@ class EpisodeWriter:
             raise KeyError(f"topic {topic!r} is not part of this episode ({', '.join(self._topic_index)})")
         if problem is not None:
             self.note_invalid(topic, problem)
-        if self._state != "recording" or self._error:
-            counts.dropped += 1
-            self._dropped_write += 1
-            return False
         size = len(data)
-        with self._qlock:
+        item = (self._topic_index[topic], int(timestamp_ns), data)
+        # The state check and the enqueue happen under the lock that close() takes to leave "recording":
+        # so every accepted message is queued before close()'s stop marker and gets written, and every
+        # later one is dropped here and counted, none is queued behind the end and silently lost.
+        with self._lock:
+            if self._state != "recording" or self._error:
+                counts.dropped += 1
+                self._dropped_write += 1
+                return False
             if self._qbytes + size > self.config.queue_max_bytes:
                 counts.dropped += 1
                 self._dropped_queue += 1
                 return False
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                counts.dropped += 1
+                self._dropped_queue += 1
+                return False
             self._qbytes += size
-        try:
-            self._queue.put_nowait((self._topic_index[topic], int(timestamp_ns), data))
-        except queue.Full:
-            with self._qlock:
-                self._qbytes -= size
-            counts.dropped += 1
-            self._dropped_queue += 1
-            return False
-        counts.received += 1
+            counts.received += 1
         return True
 
     def note_invalid(self, topic: str, problem: str, rejected: bool = False) -> None:
@@ -273,11 +276,12 @@ class EpisodeWriter:
         Keeps the first five distinct problems per topic for the index.
         """
         counts = self.counts[topic]
-        counts.invalid += 1
-        if rejected:
-            counts.rejected += 1
-        if len(counts.problems) < 5 and problem not in counts.problems:
-            counts.problems.append(problem)
+        with self._lock:
+            counts.invalid += 1
+            if rejected:
+                counts.rejected += 1
+            if len(counts.problems) < 5 and problem not in counts.problems:
+                counts.problems.append(problem)
 
     # ------------------------------------------------------------------ lifecycle
     def open(self) -> None:
@@ -351,44 +355,50 @@ class EpisodeWriter:
             ) from exc
 
     def close(self, notes: str = "", discard: bool = False, timeout: float | None = 60.0) -> dict[str, Any]:
-        """Drain the queue, close the open segment and write the final index; returns the index dict.
+        """Stop accepting messages and have the writer thread write what is queued, close the open segment
+        and write the final index (``discard``: delete the episode directory instead); returns the index.
 
-        ``discard`` deletes the episode directory afterwards. Safe to call after a write failure (the index
-        then says ``failed`` and which segments are complete).
+        Messages put() once close() has begun are dropped and counted. If the writer thread is still busy
+        after ``timeout`` seconds (``None``: wait as long as it takes), nothing is closed or deleted from
+        this thread: the error, naming the episode, is logged and returned (status ``failed``), and the
+        writer thread finishes the episode itself (closes the segment, writes the final index or deletes
+        the discarded episode) as soon as the disk lets it; a second close() waits for that and returns
+        the final index. Safe after a write failure (the index then says ``failed`` and which segments
+        are complete). The ``notes`` and ``discard`` of the first call count.
         """
-        self.notes = notes
-        if self._thread is not None:
-            deadline = None if timeout is None else time.monotonic() + timeout
-            while True:
-                try:
-                    self._queue.put(_STOP, timeout=0.5)
-                    break
-                except queue.Full:
-                    if deadline is not None and time.monotonic() > deadline:
-                        break
-                    if not self._thread.is_alive():
-                        break
-            self._thread.join(timeout)
-        self._closed_wall = time.time()
-        if self._thread is not None and self._thread.is_alive():
-            msg = "writer thread did not finish in time; the open segment may be incomplete"
-            self._error = self._error or msg
+        with self._lock:
+            if self._close_args is None:
+                self._close_args = (notes, discard)
+                self.notes = notes
+                if self._state == "recording":
+                    self._state = "closing"
+        thread = self._thread
+        if thread is not None:
+            self._stop.set()
+            # Wakes the writer at once; with a full queue it finds _stop set once it has drained the queue.
+            with contextlib.suppress(queue.Full):
+                self._queue.put_nowait(_STOP)
+            thread.join(timeout)
+            if thread.is_alive():
+                return self._report_stuck(timeout)
+        if self._final_index is None:
+            # No writer thread ran, or it died on an unexpected error before finalising: no other thread
+            # touches the episode any more, so finalise it here.
+            self._finalize()
+        assert self._final_index is not None
+        return self._final_index
+
+    def _report_stuck(self, timeout: float | None) -> dict[str, Any]:
+        msg = (
+            f"episode {self.episode_id}: the writer thread is still writing {self.dir} after the "
+            f"{timeout:g} s close timeout ({self._queue.qsize()} messages queued; stalled disk?); it was "
+            f"left running and will close the open segment and write the final {INDEX_NAME} (or delete "
+            "the discarded episode) itself when it finishes; close() again waits for it"
+        )
+        _log.error(msg)
+        with self._lock:
             self._errors.append(msg)
-        if not self._error:
-            self._state = "closed"
-            self._final_status = "complete"
-        else:
-            self._state = "failed"
-            self._final_status = "failed"
-        if discard:
-            self._final_status = "discarded"
-            index = self._index_dict()
-            shutil.rmtree(self.dir, ignore_errors=True)
-            return index
-        with contextlib.suppress(OSError):
-            (self.dir / _RESERVE_NAME).unlink()
-        self._write_index()
-        return self._index_dict()
+        return self._index_dict(status="failed")
 
     # ------------------------------------------------------------------ status
     @property
@@ -399,24 +409,27 @@ class EpisodeWriter:
     @property
     def segment_paths(self) -> list[Path]:
         """Bag directories of all segments so far (the last may still be open)."""
-        return [self.dir / s["path"] for s in self._segments]
+        with self._lock:
+            return [self.dir / s["path"] for s in self._segments]
 
     def stats(self) -> WriterStats:
-        """Counters for a status message (cheap; callable from any thread)."""
-        cur = self._segments[-1] if self._segments and self._segments[-1]["status"] == "open" else None
-        return WriterStats(
-            state=self._state,
-            received=sum(c.received for c in self.counts.values()),
-            written=sum(c.written for c in self.counts.values()),
-            frames_written=self._frames_written,
-            dropped=self._dropped_queue + self._dropped_write,
-            queue_depth=self._queue.qsize(),
-            queue_capacity=self.config.queue_capacity,
-            bytes_written=self._bytes_written,
-            current_file=str(self.dir / cur["path"]) if cur else "",
-            segment_index=len(self._segments) - 1 if self._segments else 0,
-            error=self._error,
-        )
+        """Counters for a status message (cheap; callable from any thread; one consistent snapshot)."""
+        with self._lock:
+            segs = self._segments
+            cur = segs[-1] if segs and segs[-1]["status"] == "open" else None
+            return WriterStats(
+                state=self._state,
+                received=sum(c.received for c in self.counts.values()),
+                written=sum(c.written for c in self.counts.values()),
+                frames_written=self._frames_written,
+                dropped=self._dropped_queue + self._dropped_write,
+                queue_depth=self._queue.qsize(),
+                queue_capacity=self.config.queue_capacity,
+                bytes_written=self._bytes_written,
+                current_file=str(self.dir / cur["path"]) if cur else "",
+                segment_index=len(segs) - 1 if segs else 0,
+                error=self._error,
+            )
 
     # ------------------------------------------------------------------ writer thread
     def _run(self, opened: threading.Event) -> None:
@@ -427,62 +440,78 @@ class EpisodeWriter:
             opened.set()
             return
         opened.set()
+        try:
+            self._loop()
+        except Exception as exc:  # a bug rather than an I/O error: stop writing, keep the closed segments
+            _log.exception("episode %s: the writer thread failed", self.episode_id)
+            self._fail(exc)
+            return  # close() finalises: once this thread is gone nothing else touches the episode
+        try:
+            self._finalize()
+        except Exception:  # close() sees no final index and finalises again from its thread
+            _log.exception("episode %s: finalising failed in the writer thread", self.episode_id)
+
+    def _loop(self) -> None:
+        """Write queued messages until close() asks to stop and everything accepted before it is written."""
         interval = self.config.index_interval
         while True:
             try:
                 item = self._queue.get(timeout=min(interval, 0.25))
             except queue.Empty:
+                if self._stop.is_set():  # close() found the queue full: _STOP is not in it, but all is done
+                    return
                 item = None
             if item is _STOP:
-                if self._bag is not None:
-                    self._close_segment()
                 return
             if item is not None:
                 self._write_one(*item)
             now = time.monotonic()
-            if now - self._last_index >= interval and self._state == "recording":
+            if now - self._last_index >= interval and self._state in ("recording", "closing"):
                 self._periodic_checks()
+
+    def _count_drop(self, counts: TopicCounts) -> None:
+        with self._lock:
+            counts.dropped += 1
+            self._dropped_write += 1
 
     def _write_one(self, tidx: int, ts: int, data: bytes | memoryview) -> None:
         size = len(data)
-        with self._qlock:
-            self._qbytes -= size
         topic = self.topics[tidx]
         counts = self.counts[topic.name]
+        with self._lock:
+            self._qbytes -= size
         if self._error or self._bag is None:
-            counts.dropped += 1
-            self._dropped_write += 1
+            self._count_drop(counts)
             return
         try:
             if self._needs_rotation(ts, size):
                 self._close_segment()
                 if self._error:  # closing failed (disk full): do not start a segment after the failure
-                    counts.dropped += 1
-                    self._dropped_write += 1
+                    self._count_drop(counts)
                     return
                 self._open_segment()
             self._bag.write(self._conns[tidx], ts, data)
         except Exception as exc:  # OSError, sqlite3.Error: stop writing, keep what is closed
-            counts.dropped += 1
-            self._dropped_write += 1
+            self._count_drop(counts)
             self._fail(exc)
             return
-        seg = self._segments[-1]
         self._seg_bytes += size
-        self._bytes_written += size
-        seg["messages"] += 1
-        seg["bytes"] += size
-        seg["counts"][topic.name] = seg["counts"].get(topic.name, 0) + 1
-        if seg["start_ns"] is None:
-            seg["start_ns"] = ts
-            self._seg_start_ns = ts
-        seg["end_ns"] = ts
-        counts.written += 1
-        if counts.first_ns is None:
-            counts.first_ns = ts
-        counts.last_ns = ts
-        if topic.is_camera:
-            self._frames_written += 1
+        with self._lock:
+            seg = self._segments[-1]
+            self._bytes_written += size
+            seg["messages"] += 1
+            seg["bytes"] += size
+            seg["counts"][topic.name] = seg["counts"].get(topic.name, 0) + 1
+            if seg["start_ns"] is None:
+                seg["start_ns"] = ts
+                self._seg_start_ns = ts
+            seg["end_ns"] = ts
+            counts.written += 1
+            if counts.first_ns is None:
+                counts.first_ns = ts
+            counts.last_ns = ts
+            if topic.is_camera:
+                self._frames_written += 1
 
     def _needs_rotation(self, ts: int, size: int) -> bool:
         if self._seg_start_ns is None:
@@ -507,9 +536,10 @@ class EpisodeWriter:
                 )
                 with contextlib.suppress(OSError):
                     self._close_segment()
-                self._error = msg
-                self._errors.append(msg)
-                self._state = "failed"
+                with self._lock:
+                    self._error = msg
+                    self._errors.append(msg)
+                    self._state = "failed"
                 with contextlib.suppress(OSError):
                     self._write_index()
                 return
@@ -524,21 +554,75 @@ class EpisodeWriter:
         what = "disk full" if full else "write error"
         detail = getattr(exc, "strerror", None) or str(exc)
         msg = f"{what} while writing {self.dir}: {detail}; closed segments are complete"
-        self._error = msg
-        self._errors.append(msg)
-        if self._bag is not None:
+        bag, self._bag = self._bag, None
+        if bag is not None:
             with contextlib.suppress(Exception):
-                self._bag.abort()
-            self._bag = None
-            if self._segments and self._segments[-1]["status"] == "open":
+                bag.abort()
+        with self._lock:
+            self._error = msg
+            self._errors.append(msg)
+            if bag is not None and self._segments and self._segments[-1]["status"] == "open":
                 self._segments[-1]["status"] = "failed"
-        self._state = "failed"
+            self._state = "failed"
         with contextlib.suppress(OSError):
             (self.dir / _RESERVE_NAME).unlink()
         try:
             self._write_index()
         except OSError as exc2:
-            self._errors.append(f"index update failed too: {exc2}")
+            with self._lock:
+                self._errors.append(f"index update failed too: {exc2}")
+
+    def _drop_unwritten(self) -> None:
+        """Count what is still queued as dropped (the writer stopped on an error or died): never silent."""
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if item is _STOP:
+                continue
+            tidx, _, data = item
+            with self._lock:
+                self._qbytes -= len(data)
+                self.counts[self.topics[tidx].name].dropped += 1
+                self._dropped_write += 1
+
+    def _finalize(self) -> None:
+        """Close the open segment, then write the final index or delete a discarded episode.
+
+        Runs on the writer thread once close() asked it to stop, or on close()'s thread when no writer
+        thread is alive: never while another thread may still write the bag.
+        """
+        if self._bag is not None:
+            try:
+                self._close_segment()
+            except OSError as exc:  # the index update after the close failed; the segment itself is closed
+                self._fail(exc)
+        self._drop_unwritten()
+        discard = self._close_args[1] if self._close_args else False
+        with self._lock:
+            self._closed_wall = time.time()
+            self._state = "failed" if self._error else "closed"
+            self._final_status = "discarded" if discard else ("failed" if self._error else "complete")
+        opened = self._thread is not None  # open() failed or never ran: the directory is not ours
+        if discard or not opened:
+            index = self._index_dict()
+            if opened:
+                shutil.rmtree(self.dir, ignore_errors=True)
+            self._final_index = index
+            return
+        with contextlib.suppress(OSError):
+            (self.dir / _RESERVE_NAME).unlink()
+        try:
+            self._write_index()
+        except OSError as exc:
+            msg = f"episode {self.episode_id}: cannot write the final {self.dir / INDEX_NAME}: {exc}"
+            _log.error(msg)
+            with self._lock:
+                self._errors.append(msg)
+                self._final_status = "failed"
+                self._state = "failed"
+        self._final_index = self._index_dict()
 
     # ------------------------------------------------------------------ segments and index
     def _open_segment(self) -> None:
@@ -553,19 +637,20 @@ class EpisodeWriter:
         self._bag, self._conns = bag, conns
         self._seg_bytes = 0
         self._seg_start_ns = None
-        self._segments.append(
-            {
-                "index": index,
-                "path": name,
-                "status": "open",
-                "start_ns": None,
-                "end_ns": None,
-                "messages": 0,
-                "bytes": 0,
-                "counts": {},
-                "opened_wall": _now_iso(),
-            }
-        )
+        with self._lock:
+            self._segments.append(
+                {
+                    "index": index,
+                    "path": name,
+                    "status": "open",
+                    "start_ns": None,
+                    "end_ns": None,
+                    "messages": 0,
+                    "bytes": 0,
+                    "counts": {},
+                    "opened_wall": _now_iso(),
+                }
+            )
         self._write_index()
 
     def _close_segment(self) -> None:
@@ -576,7 +661,8 @@ class EpisodeWriter:
         try:
             bag.close()
         except Exception as exc:
-            seg["status"] = "failed"
+            with self._lock:
+                seg["status"] = "failed"
             with contextlib.suppress(Exception):
                 bag.abort()
             self._fail(exc)
@@ -586,55 +672,60 @@ class EpisodeWriter:
             for f in seg_dir.iterdir():
                 _fsync_path(f)
             _fsync_path(seg_dir)
-        seg["status"] = "closed"
-        seg["closed_wall"] = _now_iso()
+        with self._lock:
+            seg["status"] = "closed"
+            seg["closed_wall"] = _now_iso()
         self._write_index()
 
-    def _index_dict(self) -> dict[str, Any]:
-        written = [s for s in self._segments if s["start_ns"] is not None]
-        return {
-            "format": INDEX_FORMAT,
-            "episode_id": self.episode_id,
-            "task": self.task,
-            "metadata": self.metadata,
-            "notes": self.notes,
-            "status": self._final_status or ("failed" if self._error else "recording"),
-            "storage": self.config.storage,
-            "started_wall": _dt.datetime.fromtimestamp(self._started_wall, _dt.timezone.utc).isoformat(),
-            "closed_wall": (
-                _dt.datetime.fromtimestamp(self._closed_wall, _dt.timezone.utc).isoformat()
-                if self._closed_wall
-                else None
-            ),
-            "updated_wall": _now_iso(),
-            "start_ns": min((s["start_ns"] for s in written), default=None),
-            "end_ns": max((s["end_ns"] for s in written), default=None),
-            "topics": [
-                {
-                    "name": t.name,
-                    "type": t.msgtype,
-                    "kind": t.kind,
-                    "received": self.counts[t.name].received,
-                    "written": self.counts[t.name].written,
-                    "dropped": self.counts[t.name].dropped,
-                    "invalid": self.counts[t.name].invalid,
-                    "rejected": self.counts[t.name].rejected,
-                    "problems": list(self.counts[t.name].problems),
-                    "first_ns": self.counts[t.name].first_ns,
-                    "last_ns": self.counts[t.name].last_ns,
-                }
-                for t in self.topics
-            ],
-            "segments": [dict(s) for s in self._segments],
-            "messages_written": sum(c.written for c in self.counts.values()),
-            "frames_written": self._frames_written,
-            "bytes_written": self._bytes_written,
-            "dropped": self._dropped_queue + self._dropped_write,
-            "dropped_queue_full": self._dropped_queue,
-            "dropped_not_written": self._dropped_write,
-            "errors": list(self._errors),
-        }
+    def _index_dict(self, status: str | None = None) -> dict[str, Any]:
+        """A consistent snapshot of the episode as the index stores it (``status`` overrides the status)."""
+        with self._lock:
+            segments = [{**s, "counts": dict(s["counts"])} for s in self._segments]
+            written = [s for s in segments if s["start_ns"] is not None]
+            return {
+                "format": INDEX_FORMAT,
+                "episode_id": self.episode_id,
+                "task": self.task,
+                "metadata": self.metadata,
+                "notes": self.notes,
+                "status": status or self._final_status or ("failed" if self._error else "recording"),
+                "storage": self.config.storage,
+                "started_wall": _dt.datetime.fromtimestamp(self._started_wall, _dt.timezone.utc).isoformat(),
+                "closed_wall": (
+                    _dt.datetime.fromtimestamp(self._closed_wall, _dt.timezone.utc).isoformat()
+                    if self._closed_wall
+                    else None
+                ),
+                "updated_wall": _now_iso(),
+                "start_ns": min((s["start_ns"] for s in written), default=None),
+                "end_ns": max((s["end_ns"] for s in written), default=None),
+                "topics": [
+                    {
+                        "name": t.name,
+                        "type": t.msgtype,
+                        "kind": t.kind,
+                        "received": self.counts[t.name].received,
+                        "written": self.counts[t.name].written,
+                        "dropped": self.counts[t.name].dropped,
+                        "invalid": self.counts[t.name].invalid,
+                        "rejected": self.counts[t.name].rejected,
+                        "problems": list(self.counts[t.name].problems),
+                        "first_ns": self.counts[t.name].first_ns,
+                        "last_ns": self.counts[t.name].last_ns,
+                    }
+                    for t in self.topics
+                ],
+                "segments": segments,
+                "messages_written": sum(c.written for c in self.counts.values()),
+                "frames_written": self._frames_written,
+                "bytes_written": self._bytes_written,
+                "dropped": self._dropped_queue + self._dropped_write,
+                "dropped_queue_full": self._dropped_queue,
+                "dropped_not_written": self._dropped_write,
+                "errors": list(self._errors),
+            }
 
     def _write_index(self) -> None:
+        index = self._index_dict()
         with self._index_lock:
-            write_json_atomic(self.dir / INDEX_NAME, self._index_dict())
+            write_json_atomic(self.dir / INDEX_NAME, index, indent=1)

@@ -1,0 +1,78 @@
+"""The clip builder's frame thread is stopped and joined on every way out of ``ClipBuilder.run``, including
+an exception that is not a bad bag (which aborts the build): no thread outlives a failed build."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers_clips import JOINTS, BagSpec, write_bag
+
+from cosmos_ros.clips.builder import ClipBuilder
+from cosmos_ros.clips.config import ClipsConfig
+
+
+def _config(tmp_path: Path) -> ClipsConfig:
+    write_bag(tmp_path / "bag", BagSpec(duration=2.0))
+    return ClipsConfig(
+        inputs=[str(tmp_path / "bag")],
+        output=str(tmp_path / "out"),
+        joint_names=JOINTS,
+        progress=False,
+        val_fraction=0.0,
+    )
+
+
+def _frame_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == "clips-frames"]
+
+
+class Boom(Exception):
+    """Not a BagError/OSError: the builder does not treat it as one bad bag, so the run aborts."""
+
+
+def test_frame_task_error_aborts_the_build_and_stops_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cfg = _config(tmp_path)
+    before = set(threading.enumerate())
+    ran = threading.Event()
+
+    def store_frame(self: ClipBuilder, *args: Any) -> None:  # runs on the frame thread
+        ran.set()
+        raise Boom("frame resize failed")
+
+    monkeypatch.setattr(ClipBuilder, "_store_frame", store_frame)
+    builder = ClipBuilder(cfg)
+    with pytest.raises(Boom, match="frame resize failed"):
+        builder.run()
+    assert ran.is_set(), "the failure must come from the frame thread"
+    assert _frame_threads() == [], "the frame thread outlived the failed build"
+    assert set(threading.enumerate()) <= before
+    assert builder.worker.thread is None
+
+
+def test_raising_callback_after_frames_were_queued_stops_the_thread(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    before = set(threading.enumerate())
+    started: list[bool] = []
+
+    def on_episode(rep: Any) -> None:
+        started.append(bool(_frame_threads()))  # the episode's frames went through the thread
+        raise KeyboardInterrupt  # e.g. Ctrl-C in the CLI's progress callback
+
+    with pytest.raises(KeyboardInterrupt):
+        ClipBuilder(cfg).run(on_episode=on_episode)
+    assert started == [True]
+    assert _frame_threads() == [], "the frame thread outlived the interrupted build"
+    assert set(threading.enumerate()) <= before
+
+
+def test_successful_build_still_stops_the_thread(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    before = set(threading.enumerate())
+    res = ClipBuilder(cfg).run()
+    assert res.ok, res.reports
+    assert set(threading.enumerate()) <= before
