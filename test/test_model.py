@@ -136,3 +136,41 @@ def test_prompt_cache_and_cli(model_dir: Path, tmp_path: Path) -> None:
     assert (
         embed_main(["--base", str(tmp_path / "missing"), "--prompts", "x", "--out", str(tmp_path / "o")]) == 1
     )
+
+
+def test_bf16_model_gets_float32_timesteps_like_the_diffusers_pipeline(model_dir: Path) -> None:
+    """A bf16 transformer sees the float32 timestep diffusers' 2.5 pipeline passes, not a bf16-rounded one.
+
+    bf16 rounds 1e-4 to 1.0014e-4 and merges sigma 0.5 and 0.501; the pipeline keeps `in_timestep` float32
+    and `CosmosEmbedding` embeds it in float32, so ours must too.
+    """
+    wm16 = WorldModel.from_pretrained(model_dir, load_vae=False, dtype=torch.bfloat16).eval()
+    inner = wm16.transformer.transformer  # the unmodified CosmosTransformer3DModel
+    seen: list[torch.Tensor] = []
+    hook = inner.time_embed.register_forward_pre_hook(lambda _m, args: seen.append(args[1].detach().clone()))
+    g = torch.Generator().manual_seed(5)
+    lat = torch.randn(1, 16, 4, 8, 10, generator=g)
+    emb = torch.randn(1, 8, wm16.text_embed_channels, generator=g)
+    try:
+        with torch.no_grad():
+            v_a = wm16.denoise_velocity(lat, 0.5, emb, cond_latents=lat)
+            v_b = wm16.denoise_velocity(lat, 0.501, emb, cond_latents=lat)
+            # the official pipeline's call (pipeline_cosmos2_5_predict.py): float32 in_timestep,
+            # bf16 latents / condition mask / padding mask
+            ind, cmask = wm16.condition_masks(tuple(lat.shape), 1)
+            t32 = ind * 1e-4 + (1 - ind) * 0.5
+            ref = inner(
+                hidden_states=lat.to(torch.bfloat16),
+                condition_mask=cmask.to(torch.bfloat16),
+                timestep=t32,
+                encoder_hidden_states=emb.to(torch.bfloat16),
+                padding_mask=torch.zeros(1, 1, 64, 80, dtype=torch.bfloat16),
+                return_dict=False,
+            )[0]
+    finally:
+        hook.remove()
+    assert seen[0].dtype == torch.float32
+    assert seen[0][0].item() == pytest.approx(1e-4, rel=1e-6)  # the conditioning frame, not 1.0014e-4
+    assert seen[1][1].item() == pytest.approx(0.501, rel=1e-6)
+    assert torch.equal(v_a, ref)
+    assert not torch.equal(v_a, v_b)  # 0.5 and 0.501 are one bf16 number: a bf16 timestep gave v_a == v_b

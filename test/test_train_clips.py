@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from helpers_clips import JOINTS, BagSpec, write_episode
 from helpers_train import shared_dir, tiny_model_dir
 
@@ -88,3 +89,49 @@ def test_train_cli_on_clips_dir(
     assert card["action_conditioning"]["action_dim"] == train[0]["actions"].shape[-1]
     wm = load_world_model(None, out / "adapter", load_vae=False)
     assert wm.action_dim == train[0]["actions"].shape[-1]
+
+
+def test_latent_cache_is_rebuilt_for_clips_rebuilt_with_another_config(
+    clips_dir: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Same bags, same clip ids, another action mode: the cache must not serve the old actions."""
+    import numpy as np
+    from helpers_train import train_config
+
+    from cosmos_ros.train.trainer import Trainer
+
+    model = tiny_model_dir(shared_dir(tmp_path_factory))
+    other = tmp_path / "clips_absolute"
+    args = [str(clips_dir.parent / "bags"), "-o", str(other), "--joint-names", ",".join(JOINTS)]
+    args += ["--val-episodes", "episode_0002", "--no-progress", "--set", "width=80", "--set", "height=64"]
+    assert clips_cli.main([*args, "--set", "action_mode=absolute"]) == 0
+    delta, absolute = ClipDataset(clips_dir, "train"), ClipDataset(other, "train")
+    assert absolute.clip_ids == delta.clip_ids  # the ids alone cannot tell the two builds apart
+    assert not np.allclose(delta[0]["actions"].numpy(), absolute[0]["actions"].numpy())
+    prompts = tmp_path / "prompts.safetensors"
+    assert embed_main(["--base", str(model), "--clips", str(clips_dir), "--out", str(prompts)]) == 0
+
+    def trainer(clips: Path) -> Trainer:
+        cfg = train_config(
+            model,
+            tmp_path / "run",
+            tmp_path / "latents",
+            data={"clips_dir": str(clips), "prompt_cache": str(prompts)},
+        )
+        return Trainer(cfg)
+
+    first = trainer(clips_dir)
+    capsys.readouterr()
+    second = trainer(other)
+    log = capsys.readouterr().out
+    want = torch.stack([absolute[i]["actions"] for i in range(len(absolute))])
+    assert torch.equal(second.train_set.actions, want)  # not the delta-mode actions cached by `first`
+    assert not torch.equal(second.train_set.actions, first.train_set.actions)
+    line = next((x for x in log.splitlines() if "train.safetensors" in x), "")
+    assert line.startswith("train: building latent cache") and "clip build config differs" in line, log
+    assert 'action_mode: "delta" -> "absolute"' in line and "action tokenizer differs" in line, line
+    trainer(other)  # unchanged clips: the cache is reused, no rebuild line
+    assert "building latent cache" not in capsys.readouterr().out

@@ -2,7 +2,8 @@
 
 Checks: the two ranks train on disjoint shards of each global batch; gradients are averaged (the 2-process
 run with batch b matches a 1-process run with batch 2b); only rank 0 writes checkpoints, logs and
-previews; a multi-process checkpoint resumes (here in one process with the same global batch).
+previews; a multi-process checkpoint resumes (here in one process with the same global batch); a data
+error on one rank stops every rank with the same message instead of leaving the others in a collective.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import yaml
 from helpers_train import shared_dir, tiny_model_dir, train_and_val_clips, train_config
 
-from cosmos_ros.train.trainer import Trainer
+from cosmos_ros.train.trainer import DataPreparationError, Trainer
 
 STEPS = 6
 
@@ -29,6 +30,37 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _launch_two(
+    cfg_path: Path, timeout: float, launch_args: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """`accelerate launch [launch_args]` the training CLI on 2 CPU processes (gloo) with `cfg_path`."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    # accelerate's `--cpu` launches several processes only through mpirun; its torchrun path (`--multi_gpu`)
+    # with `run.cpu: true` in the config gives the same gloo process group without MPI (docs/training.md).
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(_free_port()),
+        *launch_args,
+        "-m",
+        "cosmos_ros.train.cli",
+        "--config",
+        str(cfg_path),
+    ]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 def _scalars(tb_dir: Path, tag: str) -> dict[int, float]:
@@ -64,30 +96,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     two_cfg.optim.batch_size = 2
     cfg_path = work / "two.yaml"
     cfg_path.write_text(yaml.safe_dump(two_cfg.to_dict()))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
-    # accelerate's `--cpu` launches several processes only through mpirun; its torchrun path (`--multi_gpu`)
-    # with `run.cpu: true` in the config gives the same gloo process group without MPI (docs/training.md).
-    cmd = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(_free_port()),
-        "-m",
-        "cosmos_ros.train.cli",
-        "--config",
-        str(cfg_path),
-    ]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=400)
+    proc = _launch_two(cfg_path, timeout=400)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return {
         "root": root,
@@ -173,3 +182,80 @@ def test_accelerate_config_files_parse() -> None:
         "--config_file config/accelerate_ddp.yaml" in docs
         and "--config_file config/accelerate_fsdp.yaml" in docs
     )
+
+
+def test_rank0_data_error_stops_every_rank(tmp_path: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Rank 0 alone checks and builds the latent cache: its error must reach rank 1, not leave it waiting.
+
+    No clips and an empty latent cache: rank 0 raises "no training data" while rank 1 has nothing to do in
+    that phase. Both must exit with the same message naming rank 0 (the CLI prints it, exit 1), quickly.
+    """
+    model = tiny_model_dir(shared_dir(tmp_path_factory))
+    cfg = train_config(model, tmp_path / "out", tmp_path / "empty_latents")
+    cfg_path = tmp_path / "bad.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    logs = tmp_path / "logs"
+    # per-rank stderr files (--tee 3), and a slow failure monitor: torchrun SIGTERMs the other workers as
+    # soon as it sees one exit, which must not hide whether that other worker would have stopped by itself
+    launch = ("--log_dir", str(logs), "--tee", "3", "--monitor_interval", "5")
+    try:
+        proc = _launch_two(cfg_path, timeout=90, launch_args=launch)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"a rank hung after rank 0's data error: {str(e.stderr)[-3000:]}")
+    assert proc.returncode != 0
+    want = (
+        "train: error: building the latent cache failed on 1 of 2 processes; "
+        "rank 0: ValueError: no training data: set data.clips_dir"
+    )
+    per_rank = {p.parent.name: p.read_text() for p in logs.rglob("stderr.log")}
+    assert sorted(per_rank) == ["0", "1"], (sorted(per_rank), proc.stderr[-3000:])
+    for rank in ("1", "0"):  # rank 1 first: before the fix it never learnt of rank 0's error
+        assert want in per_rank[rank], f"rank {rank} did not report rank 0's error:\n{per_rank[rank][-3000:]}"
+    # each rank exited with the error itself (exit 1), none had to be killed
+    assert "SIGTERM" not in proc.stderr, proc.stderr[-3000:]
+
+
+def test_one_process_data_error_is_unchanged(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """One process: no status exchange, the original exception and message as before."""
+    model = tiny_model_dir(shared_dir(tmp_path_factory))
+    cfg = train_config(model, tmp_path / "out", tmp_path / "empty_latents")
+    with pytest.raises(ValueError, match=r"^no training data") as err:
+        Trainer(cfg)
+    assert type(err.value) is ValueError
+
+
+def test_a_failure_on_another_rank_is_raised_here(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The exchange as rank 0 of 2 sees it (the gather replaced by what rank 1 would send)."""
+    from types import SimpleNamespace
+
+    import accelerate.utils
+
+    here = SimpleNamespace(world=2, rank=0)
+    others: list[tuple[int, str | None]] = [(1, None)]
+    sent: list[Any] = []
+
+    def gather(obj: list[tuple[int, str | None]]) -> list[tuple[int, str | None]]:
+        sent.append(obj)
+        return obj + others
+
+    monkeypatch.setattr(accelerate.utils, "gather_object", gather)
+    assert Trainer._on_all_ranks(here, "loading the latent cache", lambda: 42) == 42  # type: ignore[arg-type]
+    assert sent[-1] == [(0, None)]
+    others[:] = [(1, "OSError: latents/train.safetensors: input/output error")]
+    with pytest.raises(DataPreparationError) as err:
+        Trainer._on_all_ranks(here, "loading the latent cache", lambda: 42)  # type: ignore[arg-type]
+    assert str(err.value) == (
+        "loading the latent cache failed on 1 of 2 processes; "
+        "rank 1: OSError: latents/train.safetensors: input/output error"
+    )
+
+    def bad() -> int:
+        raise KeyError("prompt 'x' is not in the cache")
+
+    with pytest.raises(
+        DataPreparationError, match=r"on 2 of 2 processes; rank 0: KeyError.*; rank 1: OSError"
+    ) as err:
+        Trainer._on_all_ranks(here, "loading the prompt embeddings", bad)  # type: ignore[arg-type]
+    assert isinstance(err.value.__cause__, KeyError)  # the failing rank keeps its own traceback

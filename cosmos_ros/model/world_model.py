@@ -308,6 +308,13 @@ class WorldModel(nn.Module):
         (None: take them from `latents`, i.e. the caller already put clean frames there). Conditioning frames
         get timestep `conditional_frame_timestep` and a 1 in the condition-mask channel. `module` replaces
         `self.transformer` for the call (the trainer passes its DDP/FSDP-wrapped copy).
+
+        The timestep stays float32 whatever the transformer dtype, as in diffusers'
+        `Cosmos2_5_PredictBasePipeline` (its `in_timestep` is float32; only latents, condition mask and
+        padding mask go to the transformer dtype): bf16 keeps ~3 significant digits, so a bf16 timestep
+        merges nearby sigmas (0.5 and 0.501 are one bf16 value) and moves 1e-4 to 1.0014e-4 before the
+        sinusoidal embedding. `CosmosEmbedding` computes that embedding in float32 from whatever it gets
+        and casts the result to the hidden states' dtype, so bf16 weights (or autocast) take it as is.
         """
         b, _, t, h, w = latents.shape
         tdtype = self.transformer.dtype
@@ -325,7 +332,7 @@ class WorldModel(nn.Module):
         net = module if module is not None else self.transformer
         return net(
             hidden_states=x.to(tdtype),
-            timestep=in_timestep.to(tdtype),
+            timestep=in_timestep,  # float32 on purpose: see the docstring
             encoder_hidden_states=prompt_embeds.to(self.device, tdtype),
             condition_mask=cmask.to(tdtype),
             padding_mask=padding_mask,

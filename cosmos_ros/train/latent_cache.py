@@ -1,8 +1,10 @@
 """Latents computed once per clip and cached, so the VAE is not resident (nor rerun) while training.
 
 One safetensors file per split: `latents` [N, 16, t, h, w] (normalised, float32), `actions` [N, A, D] when
-the clips carry actions, metadata `clip_ids`, `prompts` (JSON lists) and `fingerprint` (base model, VAE
-config, clip ids): a cache built for other clips or another VAE is rebuilt, not silently reused.
+the clips carry actions, metadata `clip_ids`, `prompts` (JSON lists), `fingerprint` and `identity` (what the
+fingerprint hashes, see `cache_identity`): a cache built for other clips, another VAE, or clips rebuilt
+under the same ids with another clip configuration or action tokenizer is rebuilt, not silently reused,
+and `stale_reason` says which of these changed.
 """
 
 from __future__ import annotations
@@ -29,10 +31,144 @@ class LatentSet:
         return int(self.latents.shape[0])
 
 
-def fingerprint(base: str, vae_config: dict[str, Any], clip_ids: list[str]) -> str:
-    """Identity of a cache: same base/VAE and the same clips in the same order."""
-    blob = json.dumps({"base": base, "vae": vae_config, "clips": clip_ids}, sort_keys=True, default=str)
+# Keys of a clips index (clips.json) that list the whole build (every split, per-episode sources and counts)
+# rather than how the clips were made; the clip ids and prompts of the split stand for them.
+_INDEX_LISTINGS = frozenset({"counts", "episodes", "shards"})
+# build_clips options that change where and how the files are written, never a frame or an action.
+_CLIP_OPTIONS_WITHOUT_CONTENT = frozenset({"output", "overwrite", "progress", "shard_mb"})
+
+
+def data_identity(dataset: Any, tokenizer: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What besides the clip ids decides the cached latents, actions and prompts of `dataset`.
+
+    Clip ids name a clip by episode and start frame only, so clips rebuilt with another action mode,
+    tokenizer (statistics, bins), frame size or fps keep their ids while their frames and actions change.
+    From a `ClipDataset` this takes the clip index's build description (`meta`: fps, size, action mode, the
+    build_clips config, ...), its action tokenizer (`tokenizer.to_dict()`) and the prompts; for other
+    datasets whatever of these they expose, and `tokenizer` (the trainer's tokenizer dict) when the dataset
+    carries none. Reads no frames.
+    """
+    ident: dict[str, Any] = {}
+    meta = getattr(dataset, "meta", None)
+    if isinstance(meta, dict):
+        build = {k: v for k, v in meta.items() if k not in _INDEX_LISTINGS}
+        if isinstance(build.get("config"), dict):
+            build["config"] = {
+                k: v for k, v in build["config"].items() if k not in _CLIP_OPTIONS_WITHOUT_CONTENT
+            }
+        ident["clip_build"] = build
+    tok = getattr(dataset, "tokenizer", None)
+    if tok is not None and callable(getattr(tok, "to_dict", None)):
+        ident["tokenizer"] = tok.to_dict()
+    elif isinstance(tok, dict):
+        ident["tokenizer"] = tok
+    elif tokenizer is not None:
+        ident["tokenizer"] = tokenizer
+    prompts = getattr(dataset, "prompts", None)
+    if prompts is not None:
+        ident["prompts"] = [str(p) for p in (prompts() if callable(prompts) else prompts)]
+    return json.loads(json.dumps(ident, default=str))  # plain JSON values: compared after a round trip
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def cache_identity(
+    base: str, vae_config: dict[str, Any], clip_ids: list[str], data: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The parts a cache's fingerprint covers, as stored in its metadata so that a mismatch can be named.
+
+    Small parts (base, clip build description, tokenizer) are kept whole; the VAE config, clip ids and
+    prompts, which can be long, by digest.
+    """
+    data = data or {}
+    ident: dict[str, Any] = {
+        "base": base,
+        "vae": _digest(vae_config),
+        "clip_ids": {"count": len(clip_ids), "digest": _digest(clip_ids)},
+    }
+    if "prompts" in data:
+        ident["prompts"] = _digest(data["prompts"])
+    for key in ("clip_build", "tokenizer"):
+        if key in data:
+            ident[key] = data[key]
+    return ident
+
+
+def fingerprint(
+    base: str, vae_config: dict[str, Any], clip_ids: list[str], data: dict[str, Any] | None = None
+) -> str:
+    """Identity of a cache: same base/VAE, the same clips in the same order, built the same way.
+
+    `data` is `data_identity(dataset)`: the clip build config, action tokenizer and prompts. Without it (a
+    dataset exposing none of these) the fingerprint is the one caches had before `data` existed, so they
+    stay valid.
+    """
+    parts: dict[str, Any] = {"base": base, "vae": vae_config, "clips": clip_ids}
+    if data:
+        parts["data"] = data
+    blob = json.dumps(parts, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """`key: old -> new` for the differing leaves of two JSON dicts (long values shown as 'changed')."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        a, b = json.dumps(old, default=str), json.dumps(new, default=str)
+        name = prefix or "value"
+        return [f"{name}: {a} -> {b}" if len(a) + len(b) <= 80 else f"{name} changed"]
+    out: list[str] = []
+    for k in sorted(set(old) | set(new), key=str):
+        if old.get(k) != new.get(k):
+            out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}" if not prefix else f"{prefix}.{k}")
+    return out
+
+
+def stale_reason(
+    path: str | Path, expect_fingerprint: str, identity: dict[str, Any] | None = None
+) -> str | None:
+    """None when the cache at `path` is readable and has `expect_fingerprint`, else why it must be built.
+
+    `identity` (from `cache_identity`) lets the reason name what changed, e.g. `clip build config differs
+    (action_mode: "delta" -> "absolute"; ...)`, instead of only that the fingerprint differs.
+    """
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        return "no cache yet"
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as e:  # any unreadable file is rebuilt
+        return f"the cache file is unreadable ({e})"
+    if meta.get("fingerprint") == expect_fingerprint:
+        return None if load_latents(path, expect_fingerprint) is not None else "the cache file is unreadable"
+    try:
+        old = json.loads(meta["identity"])
+    except (KeyError, ValueError):
+        old = None
+    if identity is None or not isinstance(old, dict):
+        return "its fingerprint differs (it was built from other clips, model or clip configuration)"
+    names = {
+        "base": "base model",
+        "vae": "VAE config",
+        "clip_ids": "clip ids",
+        "prompts": "prompts",
+        "clip_build": "clip build config",
+        "tokenizer": "action tokenizer",
+    }
+    reasons = []
+    for key, name in names.items():
+        if old.get(key) == identity.get(key):
+            continue
+        detail = []
+        if key in ("clip_build", "tokenizer"):  # small dicts kept whole: name the keys that changed
+            detail = _changed_keys(old.get(key), identity.get(key))
+        shown = "; ".join(detail[:6]) + ("; ..." if len(detail) > 6 else "")
+        reasons.append(f"{name} differs" + (f" ({shown})" if shown else ""))
+    return ", ".join(reasons) if reasons else "its fingerprint differs"
 
 
 def load_latents(path: str | Path, expect_fingerprint: str | None = None) -> LatentSet | None:
@@ -65,9 +201,18 @@ def clip_ids_of(dataset: Any) -> list[str]:
 
 @torch.no_grad()
 def build_latents(
-    wm: Any, dataset: Any, path: str | Path, fingerprint_: str, batch_size: int = 4, progress: bool = False
+    wm: Any,
+    dataset: Any,
+    path: str | Path,
+    fingerprint_: str,
+    batch_size: int = 4,
+    progress: bool = False,
+    identity: dict[str, Any] | None = None,
 ) -> LatentSet:
-    """Encode every clip of `dataset` with `wm`'s VAE and write the cache atomically."""
+    """Encode every clip of `dataset` with `wm`'s VAE and write the cache atomically.
+
+    `identity` (`cache_identity`) is stored next to the fingerprint so that a later mismatch can be named.
+    """
     from safetensors.torch import save_file
 
     if len(dataset) == 0:
@@ -101,7 +246,12 @@ def build_latents(
     save_file(
         tensors,
         str(tmp),
-        metadata={"fingerprint": fp, "prompts": json.dumps(prompts), "clip_ids": json.dumps(ids)},
+        metadata={
+            "fingerprint": fp,
+            "prompts": json.dumps(prompts),
+            "clip_ids": json.dumps(ids),
+            "identity": json.dumps(identity or {}, default=str),
+        },
     )
     tmp.replace(path)
     return LatentSet(latents, actions, prompts, ids)

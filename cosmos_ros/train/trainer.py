@@ -12,6 +12,10 @@ Determinism (exact resume, and N processes == 1 process with N x batch): every r
 function of (seed, its global sample position), where position = ((step*accum + micro)*world + rank)*batch
 + i; the data order is a seeded permutation per epoch. A checkpoint therefore only needs the trainable
 weights, optimizer, lr-scheduler and step: resuming gives the same next loss as the uninterrupted run.
+
+Several processes: data and model preparation runs in phases whose failure on any rank is made known to
+every rank (`Trainer._on_all_ranks`), so all of them raise the same `DataPreparationError` instead of the
+healthy ranks waiting in the next collective for a rank that already gave up.
 """
 
 from __future__ import annotations
@@ -21,25 +25,64 @@ import json
 import math
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 
 from cosmos_ros.model.adapters import AdapterConfig, apply_adapters, count_parameters, save_adapter
+from cosmos_ros.model.dora import StepNormDoRA, enable_step_norm_dora
 from cosmos_ros.model.perf import optimize_for_training
 from cosmos_ros.model.text_cache import PromptCache
 from cosmos_ros.model.world_model import WorldModel, _revision_for
 from cosmos_ros.train.config import TrainConfig
-from cosmos_ros.train.latent_cache import LatentSet, build_latents, clip_ids_of, fingerprint, load_latents
+from cosmos_ros.train.latent_cache import (
+    LatentSet,
+    build_latents,
+    cache_identity,
+    clip_ids_of,
+    data_identity,
+    fingerprint,
+    load_latents,
+    stale_reason,
+)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MIX = 0x9E3779B1  # odd constant to spread seeds
+_T = TypeVar("_T")
 
 
 class TrainingDiverged(RuntimeError):
     """Raised when the loss becomes NaN or inf; names the step; the last good checkpoint is kept."""
+
+
+class DataPreparationError(ValueError):
+    """Raised on every process of a multi-process run when preparing data or model failed on any of them.
+
+    Names the failing rank(s), the phase and their errors; on the failing rank the original exception is
+    its `__cause__`. A ValueError so that the CLI reports it (message, exit 1) on every rank like any other
+    data error. One process never raises it: there the original exception propagates unchanged.
+    """
+
+
+def _failure_message(what: str, statuses: list[tuple[int, str | None]], world: int) -> str | None:
+    """The shared error text for the gathered `(rank, error or None)` statuses; None when all succeeded.
+
+    Ranks that failed the same way are listed together, so N ranks failing on one bad file give one line.
+    """
+    by_error: dict[str, list[int]] = {}
+    for rank, err in sorted(statuses, key=lambda s: s[0]):
+        if err is not None:
+            by_error.setdefault(err, []).append(rank)
+    if not by_error:
+        return None
+    n_failed = sum(len(r) for r in by_error.values())
+    parts = [
+        f"{'rank' if len(r) == 1 else 'ranks'} {', '.join(map(str, r))}: {err}" for err, r in by_error.items()
+    ]
+    return f"{what} failed on {n_failed} of {world} processes; " + "; ".join(parts)
 
 
 @dataclass
@@ -105,8 +148,34 @@ class Trainer:
         self.base = str(cfg.model.base)
         self.revision = _revision_for(self.base, cfg.model.revision)
         self.train_set, self.val_set = self._prepare_latents()
-        self.prompts = self._load_prompts()
-        self._build_model()
+        self.prompts = self._on_all_ranks("loading the prompt embeddings", self._load_prompts)
+        self._on_all_ranks("building the model", self._build_model)
+        self._prepare_for_training()
+
+    def _on_all_ranks(self, what: str, fn: Callable[[], _T]) -> _T:
+        """Run `fn` here and raise `DataPreparationError` on every process if it failed on any of them.
+
+        A failure on one rank only (rank 0 alone builds the latent cache; any rank may fail to read a file)
+        would otherwise leave the other ranks waiting in the next collective (a barrier, DDP's parameter
+        broadcast) until the process group times out, with the error visible in one rank's log only. The
+        status exchange (`gather_object`, one small object per rank) is itself the barrier between phases.
+        With one process `fn`'s own exception propagates unchanged and nothing is exchanged.
+        """
+        if self.world == 1:
+            return fn()
+        from accelerate.utils import gather_object
+
+        result: Any = None
+        error: Exception | None = None
+        try:
+            result = fn()
+        except Exception as e:  # reported to every rank below, re-raised as the cause on this one
+            error = e
+        status = None if error is None else f"{type(error).__name__}: {error}"
+        message = _failure_message(what, gather_object([(self.rank, status)]), self.world)
+        if message is not None:
+            raise DataPreparationError(message) from error
+        return result
 
     # ------------------------------------------------------------------ data
     def _latent_dir(self) -> Path:
@@ -137,7 +206,25 @@ class Trainer:
         return train, val
 
     def _prepare_latents(self) -> tuple[LatentSet, LatentSet | None]:
-        """Encode clips once (main process; others wait) and load the cached latents everywhere."""
+        """Encode clips once (main process; others wait) and load the cached latents everywhere.
+
+        Two phases, each ending in a status exchange between the ranks (`_on_all_ranks`): a data error while
+        rank 0 builds the cache, or while any rank reads it, stops every rank with the same message.
+        """
+        ldir = self._latent_dir()
+        train_ds, val_ds = self._on_all_ranks(
+            "building the latent cache", lambda: self._build_latent_cache(ldir)
+        )
+        return self._on_all_ranks(
+            "loading the latent cache", lambda: self._load_latent_cache(ldir, train_ds, val_ds)
+        )
+
+    def _build_latent_cache(self, ldir: Path) -> tuple[Any, Any]:
+        """Rank 0: (re)build each split's cache that is missing or stale; returns the datasets (every rank).
+
+        A cache is stale when its fingerprint differs: base model, VAE config, clip ids, or (clips rebuilt
+        under the same ids) the clip build config, action tokenizer or prompts; the log line names which.
+        """
         from diffusers import AutoencoderKLWan
 
         vae_cfg = {
@@ -147,31 +234,41 @@ class Trainer:
             ).items()
             if not k.startswith("_")
         }
-        ldir = self._latent_dir()
         train_ds, val_ds = self._datasets()
+        if not self.is_main:
+            return train_ds, val_ds
+        wm = None
+        for name, ds in (("train", train_ds), ("val", val_ds)):
+            path = ldir / f"{name}.safetensors"
+            if ds is None:
+                if name == "train" and load_latents(path) is None:
+                    raise ValueError(
+                        "no training data: set data.clips_dir (or pass a dataset) or point "
+                        "data.latent_cache_dir at an existing latent cache"
+                    )
+                continue
+            ids = clip_ids_of(ds)
+            data = data_identity(ds, self.tokenizer_dict)
+            fp = fingerprint(self.base, vae_cfg, ids, data)
+            identity = cache_identity(self.base, vae_cfg, ids, data)
+            why = stale_reason(path, fp, identity)
+            if why is None:
+                continue
+            print(f"train: building latent cache {path}: {why}", flush=True)
+            if wm is None:  # VAE only for encoding; freed before training
+                wm = WorldModel.from_pretrained(
+                    self.base, self.revision, load_vae=True, device=self.accel.device
+                )
+            build_latents(wm, ds, path, fp, progress=self.cfg.run.progress, identity=identity)
+        del wm
+        return train_ds, val_ds
+
+    def _load_latent_cache(
+        self, ldir: Path, train_ds: Any, val_ds: Any
+    ) -> tuple[LatentSet, LatentSet | None]:
+        """Every rank: read the caches rank 0 left (after the exchange that ends its build phase)."""
         sets: dict[str, LatentSet | None] = {}
-        splits = [("train", train_ds), ("val", val_ds)]
-        if self.is_main:
-            wm = None
-            for name, ds in splits:
-                path = ldir / f"{name}.safetensors"
-                if ds is None:
-                    if name == "train" and load_latents(path) is None:
-                        raise ValueError(
-                            "no training data: set data.clips_dir (or pass a dataset) or point "
-                            "data.latent_cache_dir at an existing latent cache"
-                        )
-                    continue
-                fp = fingerprint(self.base, vae_cfg, clip_ids_of(ds))
-                if load_latents(path, fp) is None:
-                    if wm is None:  # VAE only for encoding; freed before training
-                        wm = WorldModel.from_pretrained(
-                            self.base, self.revision, load_vae=True, device=self.accel.device
-                        )
-                    build_latents(wm, ds, path, fp, progress=self.cfg.run.progress)
-            del wm
-        self.accel.wait_for_everyone()
-        for name, ds in splits:
+        for name, ds in (("train", train_ds), ("val", val_ds)):
             if name == "val" and ds is None and train_ds is not None:
                 sets[name] = None  # the data has no val split: a val cache left by another run is stale
                 continue
@@ -246,17 +343,29 @@ class Trainer:
             print(f"train: {self.perf_report.summary()}", flush=True)
         self.n_trainable, self.n_total = count_parameters(self.wm.transformer)
         self.optimizer = torch.optim.AdamW(
-            params, lr=cfg.optim.lr, betas=tuple(cfg.optim.betas), weight_decay=cfg.optim.weight_decay,
+            params,
+            lr=cfg.optim.lr,
+            betas=tuple(cfg.optim.betas),
+            weight_decay=cfg.optim.weight_decay,
             fused=cuda,
         )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, _lr_lambda(cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps)
         )
+
+    def _prepare_for_training(self) -> None:
+        """Wrap model and optimizer for the run: the first collective after building (DDP broadcasts the
+        parameters), hence only once every rank has built its model (`_on_all_ranks`)."""
         # The scheduler is stepped once per optimizer step by us (accelerate's wrapper would step it once per
         # process); it is registered so that save_state/load_state carry it.
         self.model, self.optimizer = self.accel.prepare(self.wm.transformer, self.optimizer)
         self.accel.register_for_checkpointing(self.lr_scheduler)
         self.step = 0
+        # DoRA: the weight norm once per optimizer step instead of in every forward (same function;
+        # cosmos_ros/model/dora.py). FSDP shards the weights the norm reads: peft's own forward there.
+        self.dora = StepNormDoRA([], None)
+        if self.adapter_cfg.mode == "dora" and not self._fsdp():
+            self.dora = enable_step_norm_dora(self.accel.unwrap_model(self.model), self.optimizer)
 
     # ------------------------------------------------------------------ batches
     def _indices(self, positions: list[int]) -> list[int]:
@@ -417,6 +526,7 @@ class Trainer:
             self.optimizer.load_state_dict(opt["optimizer"])
             self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
         self.step = int(state["step"])
+        self.dora.refresh()  # lora_A/lora_B were just replaced: the cached DoRA norms follow
 
     def _maybe_resume(self) -> None:
         r = self.cfg.run.resume
