@@ -9,8 +9,10 @@ everything also written to --out (default $OUT or ./bench_out) as train_results.
     python benchmarks/bench_train_gpu.py --baseline .bench_shared/cosmos_peft_baseline.py --case robot
     python benchmarks/bench_train_gpu.py --baseline ... --case full --ours lora:attention:1:cudnn
 
-Variant syntax: mode:policy:compile(0/1)[:attention] (see perf.optimize_for_training), e.g.
-`lora:budget:0.5:1`. `auto` picks, after the LoRA variants ran, the fastest LoRA variant within --mem-gib
+Variant syntax: mode:policy:compile(0/1)[:attention[:compile_mode]] (see perf.optimize_for_training), e.g.
+`lora:budget:0.5:1` or `lora:budget:0.5:1:default:reduce-overhead`. Modes: lora, dora (the trainer's
+per-step norm), dorapeft (peft's own DoRA forward), full, loraqkvo (the baseline's LoRA targets).
+`auto` picks, after the LoRA variants ran, the fastest LoRA variant within --mem-gib
 and runs DoRA and full fine-tuning with it.
 """
 
@@ -39,6 +41,7 @@ ACTION_DIM = 7
 RESULTS: list[dict[str, Any]] = []
 OUT: Path = Path(".")
 SMOKE = False  # --smoke: tiny model on CPU, no baseline (checks this script, not speed)
+PROFILE = False  # --profile: one extra profiled step per variant (kernel time table)
 
 
 def emit(r: dict[str, Any]) -> None:
@@ -64,7 +67,7 @@ def cleanup() -> None:
     torch._dynamo.reset()
 
 
-def parse_variant(spec: str) -> tuple[str, str, bool, str]:
+def parse_variant(spec: str) -> tuple[str, str, bool, str, str | None]:
     parts = spec.split(":")
     mode = parts[0]
     if parts[1] in ("blocks", "budget"):
@@ -73,7 +76,8 @@ def parse_variant(spec: str) -> tuple[str, str, bool, str]:
         policy, rest = parts[1], parts[2:]
     comp = bool(int(rest[0])) if rest else True
     attn = rest[1] if len(rest) > 1 else "default"
-    return mode, policy, comp, attn
+    cmode = rest[2] if len(rest) > 2 else None  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
+    return mode, policy, comp, attn, cmode
 
 
 def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> dict[str, Any]:
@@ -89,7 +93,7 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
         WorldModel,
     )
 
-    mode, policy, comp, attn = parse_variant(spec)
+    mode, policy, comp, attn, cmode = parse_variant(spec)
     cleanup()
     cfg = TINY_TRANSFORMER_CONFIG if SMOKE else COSMOS_2B_CONFIG
     dev, dtype = ("cpu", torch.float32) if SMOKE else ("cuda", torch.bfloat16)
@@ -110,12 +114,19 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
     ).to(dev)
     if mode == "loraqkvo":  # the baseline's own LoRA targets (q/k/v/out only), for an equal-work comparison
         acfg = AdapterConfig(mode="lora", target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    else:
-        acfg = AdapterConfig(mode=mode)
+    else:  # dorapeft: peft's own DoRA forward (dora: the trainer's per-step norm, cosmos_ros.model.dora)
+        acfg = AdapterConfig(mode="dora" if mode == "dorapeft" else mode)
     params = apply_adapters(wm, acfg)
     t0 = time.perf_counter()
-    rep = perf.optimize_for_training(wm.transformer, policy=policy, compile=comp, attention=attn)
+    rep = perf.optimize_for_training(
+        wm.transformer, policy=policy, compile=comp, attention=attn, compile_mode=cmode
+    )
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3, fused=not SMOKE)
+    dora = None
+    if mode == "dora":
+        from cosmos_ros.model.dora import enable_step_norm_dora
+
+        dora = enable_step_norm_dora(wm.transformer, opt)
     g = torch.Generator(device=dev).manual_seed(0)
     x0 = torch.randn(1, 16, t, h, w, device=dev, generator=g)
     noise = torch.randn(1, 16, t, h, w, device=dev, generator=g)
@@ -125,9 +136,8 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
     times, losses = [], []
     first = None
     sync = (lambda: None) if SMOKE else torch.cuda.synchronize
-    for i in range(warm + steps):
-        sync()
-        s0 = time.perf_counter()
+
+    def step() -> torch.Tensor:
         s = sigma.view(-1, 1, 1, 1, 1)
         xt = (1 - s) * x0 + s * noise
         with torch.autocast(dev, dtype=torch.bfloat16, enabled=not SMOKE):
@@ -137,6 +147,12 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
+        return loss
+
+    for i in range(warm + steps):
+        sync()
+        s0 = time.perf_counter()
+        loss = step()
         sync()
         dt = time.perf_counter() - s0
         if i == 0:
@@ -160,8 +176,43 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
         loss=round(losses[-1], 4),
         summary=rep.summary(),
     )
-    del wm, tr, emb, opt, params, x0, noise, text, v, loss
-    return r
+    if dora is not None:  # what the per-step norm refresh itself costs (CUDA graph replay on GPUs)
+        rt = []
+        for _ in range(5):
+            sync()
+            t1 = time.perf_counter()
+            dora.refresh()
+            sync()
+            rt.append(time.perf_counter() - t1)
+        r.update(dora_refresh_ms=round(statistics.median(rt) * 1e3, 2), dora_captures=dora.captures)
+    if PROFILE and not SMOKE:
+        r["top_kernels"] = profile_step(step, f"{spec}")
+    return r  # the model, optimizer and closure are freed with this frame
+
+
+def profile_step(step: Any, name: str, top: int = 25) -> list[list[Any]]:
+    """One more step under torch.profiler: CUDA time per kernel name (ms, calls), largest first.
+
+    Why: which attention kernel the compiled blocks really run, and where the rest of the step goes.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        step()
+        torch.cuda.synchronize()
+    rows = []
+    for e in prof.key_averages():
+        dt = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if dt > 0:
+            rows.append([e.key[:110], round(dt / 1e3, 2), e.count])
+    rows.sort(key=lambda x: -x[1])
+    total = round(sum(x[1] for x in rows), 1)
+    safe = "".join(c if c.isalnum() else "_" for c in name)
+    (OUT / f"profile_{safe}.txt").write_text(
+        f"total kernel ms {total}\n" + "\n".join(f"{ms:9.2f} ms {n:6d}  {k}" for k, ms, n in rows) + "\n"
+    )
+    return [["TOTAL", total, 0], *rows[:top]]
 
 
 def attention_probe(tokens_list: list[int]) -> None:
@@ -262,13 +313,13 @@ def table(case: str) -> None:
             continue
         name = r.get("variant") or f"{r['mode']} ckpt={r.get('ckpt')}"
         x_l = f"{lora['step_s'] / r['step_s']:.2f}" if lora else "-"
-        same = base.get(r["mode"])
+        same = base.get("dora" if r["mode"] == "dorapeft" else r["mode"])
         x_s = f"{same['step_s'] / r['step_s']:.2f}" if same else "-"
         print(f"{r['who']:9} {name:34} {r['step_s']:8.3f} {r['peak_gib']:9.2f} {x_l:>15} {x_s:>15}")
     ours = [r for r in RESULTS if r.get("who") == "ours" and "step_s" in r]
     lo = {r["variant"].split(":", 1)[1]: r for r in ours if r["mode"] == "lora"}
     for r in ours:
-        if r["mode"] == "dora" and r["variant"].split(":", 1)[1] in lo:
+        if r["mode"] in ("dora", "dorapeft") and r["variant"].split(":", 1)[1] in lo:
             print(
                 f"DoRA/LoRA step ratio ({r['variant']}): "
                 f"{r['step_s'] / lo[r['variant'].split(':', 1)[1]]['step_s']:.3f}"
@@ -276,7 +327,7 @@ def table(case: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global OUT, SMOKE
+    global OUT, SMOKE, PROFILE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="path to cosmos_peft_baseline.py")
     ap.add_argument("--case", choices=sorted(CASES), default="robot")
@@ -289,9 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument("--attn-probe", action="store_true", help="time SDPA kernels at this case's length first")
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, no baseline: checks the script")
+    ap.add_argument("--profile", action="store_true", help="kernel time table of one step per variant")
     a = ap.parse_args(argv)
 
     SMOKE = a.smoke
+    PROFILE = a.profile
     OUT = Path(a.out)
     OUT.mkdir(parents=True, exist_ok=True)
     latent = (4, 8, 10) if SMOKE else CASES[a.case]

@@ -99,7 +99,12 @@ def test_full_mode_trains_everything(setup: dict[str, Any], tmp_path: Path) -> N
 @pytest.mark.parametrize("mode", ["lora", "dora"])
 def test_save_load_identical(setup: dict[str, Any], tmp_path: Path, mode: str) -> None:
     tr = _train(setup, tmp_path, mode)
-    ref = _out(tr.wm.eval())
+    trained = _out(tr.wm.eval())  # DoRA: the trainer's per-step norm forward (cosmos_ros.model.dora)
+    # 10 adapted Linear layers per block: q/k/v/out of both attentions and the two MLP layers
+    assert len(tr.dora) == (TINY_TRANSFORMER_CONFIG["num_layers"] * 10 if mode == "dora" else 0)
+    tr.dora.remove()  # peft's own forward, what a loaded adapter runs
+    ref = _out(tr.wm)
+    torch.testing.assert_close(trained, ref, atol=1e-5, rtol=1e-5)
     adir = tmp_path / mode / "adapter"
     card = json.loads((adir / "cosmos_ros_card.json").read_text())
     assert card["base_model"] == str(setup["model"]) and card["adapter"]["mode"] == mode

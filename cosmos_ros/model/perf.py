@@ -28,7 +28,8 @@ each of which keeps the computed function the same (up to float rounding):
      Measured on one H100, 480x640 (9600 tokens), LoRA r32 on the six DESIGN targets + action MLPs:
      `budget:0.5` + compile 0.366 s/step at 23.3 GiB; `none` + compile 0.362 s at 35.5 GiB;
      `selective` + compile 0.386 s at 24.9 GiB (benchmarks/NOTES_gpu.md). The budget is relative to what
-     the block would save, so with fewer LoRA targets 0.5 recomputes more than needed: raise it there.
+     the block would save, so with fewer LoRA targets 0.5 recomputes more than needed: raise it there
+     (q/k/v/out only: `budget:0.5` 0.394 s at 18.5 GiB, `budget:0.7` 0.341 s at 22.7 GiB).
 4. **Attention backend** (`attention`): `cudnn` selects diffusers' `_native_cudnn` backend and puts cuDNN
    first in PyTorch's SDPA priority (process-wide), `flash` / `efficient` that SDPA kernel, `default` leaves
    both as they are; `cudnn_eager` runs the self-attention eagerly on cuDNN outside the compiled graph
@@ -250,10 +251,12 @@ class EagerCudnnSelfAttnProcessor:
     """Self-attention processor with the math of `CosmosAttnProcessor2_0`, SDPA run eagerly on cuDNN.
 
     Why: measured on Hopper (H200), cuDNN's fused attention runs forward+backward about 1.9x faster than
-    FlashAttention-2 at 9600 and 84480 tokens in eager mode, while choosing it through SDPA's priority inside
-    compiled blocks changed nothing measurable. Here the attention call is kept out of the compiled graph (a
-    graph break per block) and dispatched eagerly. Measured (H200, 9600 tokens, budget:0.5): LoRA 5% slower
-    than the default, DoRA 6% faster; so it is an option, not the default.
+    FlashAttention-2 at 9600 and 84480 tokens in eager mode. Choosing it through SDPA's priority inside
+    compiled blocks changed nothing measurable because the compiled blocks already run cuDNN's kernels with
+    the default settings (kernel profile, H100, torch 2.11: cuDNN's `native_sdpa_sm90` forward and backward
+    kernels, 40% of the step's GPU time; benchmarks/NOTES_gpu.md). Here the attention call is
+    kept out of the compiled graph (a graph break per block) and dispatched eagerly. Measured (H200, 9600
+    tokens, budget:0.5): LoRA 5% slower than the default; so it is an option, not the default.
     """
 
     def __call__(
