@@ -209,6 +209,7 @@ def run_ours(
     steps: int,
     repeats: int,
     ref: dict[bool, np.ndarray],
+    tensor_check: bool = False,
 ) -> None:
     from cosmos_ros.predict import fast
     from cosmos_ros.predict.checkers import KeepOutRegionChecker
@@ -251,9 +252,17 @@ def run_ours(
             sync()
             t0 = time.perf_counter()
             with scope if handle is None else handle.request():
-                frames = pred.predict(context[0], actions, num_steps=steps, guidance=g, seed=0, ctx=ctx)
+                frames = pred.predict(
+                    context[0],
+                    actions,
+                    num_steps=steps,
+                    guidance=g,
+                    seed=0,
+                    ctx=ctx,
+                    output="tensor" if tensor_check else "numpy",
+                )
             t1 = time.perf_counter()
-            res = checker.check(context[0], frames)
+            res = checker.check(context[0], frames)  # numpy on the CPU, or tensors on the GPU
             t2 = time.perf_counter()
             ctx.timings["check"] = t2 - t1
             if best is None or t2 - t0 < best[0]:
@@ -271,6 +280,8 @@ def run_ours(
             first_call_s=round(t_warm, 1),
             peak_gib=round(torch.cuda.max_memory_allocated() / 2**30, 2),
         )
+        if tensor_check:
+            frames = frames.cpu().numpy()
         f = frames.astype(np.float64)
         if cfg in ref:
             r["frames_rel_err_vs_first_variant"] = round(
@@ -299,13 +310,90 @@ def fp8_layer_error(wm: Any) -> None:
     emit(dict(kind="fp8_error", rel_err_vs_fp64=errs))
 
 
-VARIANTS = {
-    "core_bf16": (dict(fast=True), None),
-    "core_compile": (dict(fast=True, compile=True), None),
-    "core_compile_fp8": (dict(fast=True, compile=True, fp8=True), None),
-    "hooks_compile_fp8": (dict(fast=False), dict(compile=True, fp8=True)),
-    "hooks_bf16": (dict(fast=False), dict()),
+_NO_VAE = dict(vae_fuse_norms=False, vae_channels_last=False, vae_conv_padding=False)
+# name: (OptimizeOptions, fast.accelerate_for_inference hooks or None, checker on GPU tensors)
+VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, bool]] = {
+    "core_bf16": (dict(fast=True, **_NO_VAE), None, False),
+    "core_compile": (dict(fast=True, compile=True, **_NO_VAE), None, False),
+    "core_compile_fp8": (dict(fast=True, compile=True, fp8=True, **_NO_VAE), None, False),
+    "hooks_compile_fp8": (dict(fast=False, **_NO_VAE), dict(compile=True, fp8=True), False),
+    "hooks_bf16": (dict(fast=False, **_NO_VAE), dict(), False),
+    # + the keep-out checker on the GPU (frames stay on the device)
+    "fp8_gpucheck": (dict(fast=True, compile=True, fp8=True, **_NO_VAE), None, True),
+    # + VAE decode speed-ups (cosmos_ros.model.vae_perf), one at a time and both (the CUDA default)
+    "fp8_gpucheck_vaecl": (
+        dict(fast=True, compile=True, fp8=True, **dict(_NO_VAE, vae_channels_last=True)),
+        None,
+        True,
+    ),
+    "fp8_gpucheck_vaefuse": (
+        dict(fast=True, compile=True, fp8=True, **dict(_NO_VAE, vae_fuse_norms=True)),
+        None,
+        True,
+    ),
+    "fp8_gpucheck_vae_nopad": (
+        dict(fast=True, compile=True, fp8=True, vae_conv_padding=False),
+        None,
+        True,
+    ),
+    "fp8_gpucheck_vae": (dict(fast=True, compile=True, fp8=True), None, True),
+    "compile_gpucheck_vae": (dict(fast=True, compile=True), None, True),
 }
+
+
+def _rel(a: torch.Tensor, ref: torch.Tensor | None) -> float | None:
+    return None if ref is None else round(float((a - ref).norm() / ref.norm()), 5)
+
+
+def decode_probe(wm0: Any, batch: int) -> None:
+    """VAE decode alone, 13 frames 256x320 x batch, per vae_perf setting: seconds and difference to plain."""
+    from cosmos_ros.model.vae_perf import optimize_vae
+
+    z = torch.randn(batch, 16, T, H, W, device="cuda", generator=torch.Generator("cuda").manual_seed(3))
+    ref = None
+    try:
+        with torch.inference_mode():  # float32 decode: the scale of plain bf16 rounding, for the errors below
+            vae32 = copy.deepcopy(wm0.vae).float()
+            ref32 = vae32.decode(z, return_dict=False)[0]
+            del vae32
+    except torch.OutOfMemoryError:
+        ref32 = None
+        gc.collect()
+        torch.cuda.empty_cache()
+    for fuse, cl, pad in ((False, False, False), (True, True, False), (True, True, True)):
+        torch._dynamo.reset()
+        try:
+            vae = copy.deepcopy(wm0.vae)
+            optimize_vae(vae, fuse_norms=fuse, channels_last=cl, conv_padding=pad)
+            with torch.inference_mode():
+                vae.decode(z.to(torch.bfloat16), return_dict=False)  # warm-up / compile / cudnn benchmark
+                ts = []
+                for _ in range(2):
+                    sync()
+                    t0 = time.perf_counter()
+                    out = vae.decode(z.to(torch.bfloat16), return_dict=False)[0].float()
+                    sync()
+                    ts.append(time.perf_counter() - t0)
+            r = dict(
+                kind="decode_probe",
+                fuse_norms=fuse,
+                channels_last=cl,
+                conv_padding=pad,
+                batch=batch,
+                s=round(min(ts), 3),
+                rel_err_vs_fp32=_rel(out, ref32),
+            )
+            if ref is None:
+                ref = out
+            else:
+                r["rel_err_vs_plain"] = round(float((out - ref).norm() / ref.norm()), 5)
+            emit(r)
+            del vae, out
+        except Exception as e:
+            traceback.print_exc()
+            emit(dict(kind="decode_probe", fuse_norms=fuse, channels_last=cl, error=f"{e}"[:300]))
+        gc.collect()
+        torch.cuda.empty_cache()
 
 
 def table() -> None:
@@ -338,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--variants", default="core_bf16,core_compile_fp8,hooks_compile_fp8,core_compile")
+    ap.add_argument("--decode-probe", action="store_true", help="time the VAE decode per vae_perf setting")
+    ap.add_argument("--skip-baseline", action="store_true", help="ours only (e.g. a second run)")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip remaining variants after this")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument(
@@ -352,20 +442,23 @@ def main(argv: list[str] | None = None) -> int:
     env_check()
     emit(dict(kind="settings", cudnn_benchmark=a.cudnn_benchmark, batch=a.batch, steps=a.steps))
     base = load_module(a.baseline, "cosmos_rollout_baseline")
-    run_baseline(base, a.steps, a.batch)
+    if not a.skip_baseline:
+        run_baseline(base, a.steps, a.batch)
     wm0 = build_world_model()
     try:
         fp8_layer_error(wm0)
     except Exception as e:
         emit(dict(kind="fp8_error", error=f"{type(e).__name__}: {e}"[:300]))
+    if a.decode_probe:
+        decode_probe(wm0, a.batch)
     ref: dict[bool, np.ndarray] = {}
     for name in [v for v in a.variants.split(",") if v]:
         if time.perf_counter() - T0 > a.budget_s:
             emit(dict(kind="skipped", variant=name, reason="time budget"))
             continue
-        opt, hooks = VARIANTS[name]
+        opt, hooks, tensor_check = VARIANTS[name]
         try:
-            run_ours(name, wm0, opt, hooks, [True, False], a.batch, a.steps, a.repeats, ref)
+            run_ours(name, wm0, opt, hooks, [True, False], a.batch, a.steps, a.repeats, ref, tensor_check)
         except Exception as e:
             traceback.print_exc()
             emit(dict(who="ours", variant=name, error=f"{type(e).__name__}: {e}"[:500]))

@@ -413,6 +413,21 @@ def test_fast_path_matches_reference_and_is_seeded(predictor: Any) -> None:
         assert torch.allclose(ref, fast, atol=1e-5, rtol=1e-4), (ref - fast).abs().max()
 
 
+def test_tensor_output_holds_the_numpy_frames(predictor: Any) -> None:
+    """`output="tensor"` (frames left on the model's device for a tensor checker) = the numpy output."""
+    import torch
+
+    rng = np.random.default_rng(1)
+    context = rng.integers(0, 255, (1, 64, 80, 3), dtype=np.uint8)
+    plans = rng.normal(0, 0.05, (2, 12, 3)).astype(np.float32)
+    a = predictor.predict(context, plans, num_steps=2, seed=5)
+    b = predictor.predict(context, plans, num_steps=2, seed=5, output="tensor")
+    assert isinstance(b, torch.Tensor) and b.dtype == torch.uint8 and b.device == predictor.device
+    assert np.array_equal(a, b.numpy())
+    with pytest.raises(ValueError, match="output"):
+        predictor.predict(context, plans, num_steps=1, output="list")
+
+
 def test_predict_batched_autoregressive_seeded_and_action_dependent(predictor: Any) -> None:
     from cosmos_ros.predict.core import StageTimer
 

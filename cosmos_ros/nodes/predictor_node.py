@@ -473,6 +473,8 @@ def _make_node_class() -> type:
             pred, checker = self.predictor, self.checker
 
             def job(ctx: wk.JobContext) -> tuple[np.ndarray, list]:
+                # a checker that takes tensors scores the frames where the model left them (the GPU)
+                on_device = check and getattr(checker, "accepts_tensors", False)
                 frames = pred.predict(
                     context,
                     plans,
@@ -481,6 +483,7 @@ def _make_node_class() -> type:
                     guidance=params.guidance,
                     seed=params.seed,
                     ctx=ctx,
+                    output="tensor" if on_device else "numpy",
                 )
                 verdicts = []
                 if check:
@@ -490,6 +493,8 @@ def _make_node_class() -> type:
                         raise RuntimeError(
                             f"checker returned {len(verdicts)} verdicts for {len(frames)} plans"
                         )
+                if on_device:
+                    frames = frames.cpu().numpy()
                 return frames, verdicts
 
             remaining = params.timeout - (time.monotonic() - arrival)

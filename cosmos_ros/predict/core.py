@@ -56,6 +56,11 @@ class OptimizeOptions:
     fast: bool | None = None  # FastDenoiser (None = on for CUDA devices, off on CPU)
     compile: bool = False  # torch.compile each transformer block (regional compilation)
     fp8: bool = False  # FP8 linear layers in the blocks (CUDA, compute capability >= 8.9)
+    # VAE decode (cosmos_ros.model.vae_perf): fused norm+SiLU kernels / channels-last 3-D convolutions /
+    # spatial padding inside the convolutions; None = on for CUDA devices
+    vae_fuse_norms: bool | None = None
+    vae_channels_last: bool | None = None
+    vae_conv_padding: bool | None = None
 
 
 class StageTimer:
@@ -301,9 +306,8 @@ class FastDenoiser:
         cos, sin = self._rope_tables(hidden)
         p_t, p_h, p_w = tr.config.patch_size
         hs = tr.patch_embed(hidden).flatten(1, 3)  # [B, T*H'*W', D]
-        temb, emb = tr.time_embed(
-            hs, timestep.to(dtype).flatten()
-        )  # [B*T, 3D], [B*T, D] (+ actions hook off)
+        # float32 timestep, as the diffusers pipeline passes it: bf16 would round 1e-4 and merge near sigmas
+        temb, emb = tr.time_embed(hs, timestep.flatten())  # [B*T, 3D], [B*T, D] (+ actions hook off)
         emb_dim = emb.shape[-1]
         temb, emb = temb.view(b, t, -1), emb.view(b, t, emb_dim)
         if actions is not None and self.wrapper.action_embedder is not None:
@@ -387,6 +391,17 @@ class Predictor:
         use_fast = use_fast or self.optimize.compile or self.optimize.fp8
         self.fast = FastDenoiser(model, self.optimize.compile, self.optimize.fp8) if use_fast else None
         self._zero_embeds: torch.Tensor | None = None
+        cuda = model.device.type == "cuda"
+        o = self.optimize
+        vae_opts = {
+            "fuse_norms": o.vae_fuse_norms if o.vae_fuse_norms is not None else cuda,
+            "channels_last": o.vae_channels_last if o.vae_channels_last is not None else cuda,
+            "conv_padding": o.vae_conv_padding if o.vae_conv_padding is not None else cuda,
+        }
+        if getattr(model, "vae", None) is not None and any(vae_opts.values()):
+            from cosmos_ros.model.vae_perf import optimize_vae
+
+            optimize_vae(model.vae, **vae_opts)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -565,12 +580,17 @@ class Predictor:
         guidance: float = 0.0,
         seed: int = 0,
         ctx: Any = None,
-    ) -> np.ndarray:
+        output: str = "numpy",
+    ) -> Any:
         """context uint8 [C, H, W, 3] (or [H, W, 3]); actions raw float [B, N, D] -> uint8 [B, N, H, W, 3].
 
         N may exceed one clip's `chunk_actions`: the plan is run in chunks, each conditioned on the previous
         chunk's last frame(s); the last chunk is padded with hold-still actions and cut back to N frames.
+        `output="tensor"` returns the frames as a torch tensor on the model's device (a checker that takes
+        tensors then runs there, and nothing is copied to the host that is not needed).
         """
+        if output not in ("numpy", "tensor"):
+            raise ValueError(f"output {output!r}: use 'numpy' or 'tensor'")
         ctx = ctx or StageTimer()
         context = np.asarray(context)
         if context.ndim == 3:
@@ -595,7 +615,8 @@ class Predictor:
                     context, actions[start : start + self.batch_size], text, num_steps, guidance, seed, ctx
                 )
             )
-        return np.concatenate(outs, axis=0)
+        frames = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        return frames if output == "tensor" else frames.cpu().numpy()
 
     def _predict_batch(
         self,
@@ -606,7 +627,7 @@ class Predictor:
         guidance: float,
         seed: int,
         ctx: Any,
-    ) -> np.ndarray:
+    ) -> torch.Tensor:
         _b, n, _ = actions.shape
         a = self.chunk_actions
         n_chunks = math.ceil(n / a)
@@ -634,8 +655,7 @@ class Predictor:
             ctx.check()
             frames_out.append(video[:, self.num_context_frames :])
             cur_context = video[:, -self.num_context_frames :]
-        frames = torch.cat(frames_out, dim=1)[:, :n]
-        return frames.cpu().numpy()
+        return torch.cat(frames_out, dim=1)[:, :n]
 
     def _denoise(
         self,

@@ -1,0 +1,120 @@
+"""Faster decoding with the diffusers Wan VAE (`AutoencoderKLWan`) for serving, same function.
+
+Decoding 32 candidates of 13 frames at 256x320 took 27% of a collision check on an H100 (about 62 ms per
+candidate, benchmarks/NOTES_gpu.md). The decoder's residual blocks run, per 3-D convolution, an RMS norm that
+upcasts the whole activation to float32 (`F.normalize(x.float())`), a scale, a bias, a SiLU, a pad and a
+cat, each a full pass over activations of up to 2 GB (batch 32, 96 channels, 256x320): memory traffic the
+convolutions then wait for. Two switches, each keeping the computed function (up to float rounding):
+
+- `fuse_norms`: every `WanResidualBlock`'s norm + SiLU pair becomes one function (compiled with
+  `torch.compile` on CUDA into one kernel: one read, one write, float32 kept in registers only); the block's
+  SiLU module, used only right after its norms, becomes an identity.
+- `channels_last`: the VAE's weights in `channels_last_3d`, so cuDNN runs its 3-D convolutions on NDHWC
+  tensors (its tensor-core kernels' native layout) instead of transposing around each call.
+- `conv_padding`: `WanCausalConv3d` pads height and width with an explicit `F.pad` copy of its whole input
+  before each convolution; the convolution's own zero padding computes the same without that copy (only
+  the causal time padding, which the frame cache fills, stays explicit).
+
+`optimize_vae(vae, ...)` applies them in place and returns what it did; idempotent.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _norm_act(
+    x: torch.Tensor, gamma: torch.Tensor, bias: torch.Tensor | float, scale: float, dim: int, act: bool
+) -> torch.Tensor:
+    """diffusers' `WanRMS_norm.forward` (float32 normalise, back to x's dtype, affine), then SiLU if `act`."""
+    y = F.normalize(x.float(), dim=dim).to(x.dtype) * scale * gamma + bias
+    return F.silu(y) if act else y
+
+
+@functools.cache
+def _compiled_norm_act() -> Callable[..., torch.Tensor]:
+    # dynamic shapes: one kernel per (channel count, layout) instead of one compile per level and chunk
+    # length (static shapes hit dynamo's recompile limit of 8 in the decoder and fell back to eager)
+    return torch.compile(_norm_act, dynamic=True)
+
+
+@functools.cache
+def _fused_norm_class(base: type) -> type:
+    class FusedRMSNormAct(base):  # type: ignore[misc, valid-type]
+        """`WanRMS_norm` + the SiLU after it in one function; same parameters and state-dict keys."""
+
+        _cosmos_compiled: bool = False
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            fn = _compiled_norm_act() if self._cosmos_compiled and x.is_cuda else _norm_act
+            return fn(x, self.gamma, self.bias, self.scale, 1 if self.channel_first else -1, True)
+
+    return FusedRMSNormAct
+
+
+@functools.cache
+def _padded_conv_class(base: type) -> type:
+    class ConvPaddedCausalConv3d(base):  # type: ignore[misc, valid-type]
+        """`WanCausalConv3d` with the spatial zero padding done by the convolution itself."""
+
+        def forward(self, x: torch.Tensor, cache_x: torch.Tensor | None = None) -> torch.Tensor:
+            pw, _, ph, _, pt, _ = self._padding  # (w, w, h, h, 2*t_pad, 0) as diffusers stores it
+            if cache_x is not None and pt > 0:
+                x = torch.cat([cache_x.to(x.device), x], dim=2)
+                pt -= cache_x.shape[2]
+            if pt > 0:
+                x = F.pad(x, (0, 0, 0, 0, pt, 0))
+            return F.conv3d(x, self.weight, self.bias, self.stride, (0, ph, pw), self.dilation, self.groups)
+
+    return ConvPaddedCausalConv3d
+
+
+def optimize_vae(
+    vae: nn.Module,
+    fuse_norms: bool = True,
+    channels_last: bool = True,
+    conv_padding: bool = True,
+    compile: bool | None = None,
+) -> dict[str, Any]:
+    """Apply the switches of the module docstring to `vae` in place; return what was done.
+
+    `compile=None` compiles the fused norms on CUDA only (on CPU the fused function runs eagerly: same
+    structure, checkable in tests).
+    """
+    done: dict[str, Any] = {"fused_blocks": 0, "channels_last": False, "padded_convs": 0}
+    if getattr(vae, "_cosmos_vae_perf", None) is not None:
+        return vae._cosmos_vae_perf
+    cuda = next(vae.parameters()).is_cuda
+    do_compile = cuda if compile is None else bool(compile)
+    if fuse_norms:
+        for m in vae.modules():
+            if type(m).__name__ != "WanResidualBlock":
+                continue
+            if not isinstance(getattr(m, "nonlinearity", None), nn.SiLU):
+                continue  # another activation: leave the block as it is
+            for norm in (m.norm1, m.norm2):
+                norm.__class__ = _fused_norm_class(type(norm))
+                norm._cosmos_compiled = do_compile
+            m.nonlinearity = nn.Identity()
+            done["fused_blocks"] += 1
+    if conv_padding:
+        for m in vae.modules():
+            if type(m).__name__ != "WanCausalConv3d" or len(getattr(m, "_padding", ())) != 6:
+                continue
+            if m._padding[0] != m._padding[1] or m._padding[2] != m._padding[3] or m._padding[5] != 0:
+                continue  # not the symmetric spatial / causal time padding this forward assumes
+            m.__class__ = _padded_conv_class(type(m))
+            done["padded_convs"] += 1
+    if channels_last:
+        for m in vae.modules():
+            if isinstance(m, nn.Conv3d):
+                m.to(memory_format=torch.channels_last_3d)
+        done["channels_last"] = True
+    vae._cosmos_vae_perf = done
+    return done
