@@ -7,8 +7,8 @@ has both, install only the dependencies with pip (`pip install -r requirements/p
 copies of the package never shadow each other.
 """
 
-from pathlib import Path
 import re
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
