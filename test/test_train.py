@@ -153,6 +153,9 @@ def test_cli_and_config(setup: dict[str, Any], tmp_path: Path, capsys: pytest.Ca
     assert "lr: 0.0001" in capsys.readouterr().out
     assert train_main(["--config", str(REPO / "config" / "train.yaml"), "optim.nope=1"]) == 1
     assert "unknown key optim.nope" in capsys.readouterr().err
+    assert cfg.model.attention == "auto"
+    assert train_main(["--config", str(REPO / "config" / "train.yaml"), "model.attention=fastest"]) == 1
+    assert "model.attention: auto | default | cudnn" in capsys.readouterr().err
     ov = [
         f"model.base={setup['model']}",
         "model.dtype=float32",

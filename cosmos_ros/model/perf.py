@@ -252,9 +252,10 @@ class EagerCudnnSelfAttnProcessor:
 
     Why: measured on Hopper (H200), cuDNN's fused attention runs forward+backward about 1.9x faster than
     FlashAttention-2 at 9600 and 84480 tokens in eager mode. Choosing it through SDPA's priority inside
-    compiled blocks changed nothing measurable because the compiled blocks already run cuDNN's kernels with
+    compiled blocks changed nothing measurable when the compiled blocks already ran cuDNN's kernels with
     the default settings (kernel profile, H100, torch 2.11: cuDNN's `native_sdpa_sm90` forward and backward
-    kernels, 40% of the step's GPU time; benchmarks/NOTES_gpu.md). Here the attention call is
+    kernels, 40% of the step's GPU time); in other compiles the default got FlashAttention-2, which
+    `attention="cudnn"` prevents (benchmarks/NOTES_gpu.md, runs 14-17). Here the attention call is
     kept out of the compiled graph (a graph break per block) and dispatched eagerly. Measured (H200, 9600
     tokens, budget:0.5): LoRA 5% slower than the default; so it is an option, not the default.
     """

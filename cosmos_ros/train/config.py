@@ -10,6 +10,7 @@ from typing import Any
 import yaml
 
 from cosmos_ros.model.adapters import DEFAULT_TARGET_MODULES
+from cosmos_ros.model.perf import ATTENTION_BACKENDS
 
 
 @dataclass
@@ -24,6 +25,10 @@ class ModelSection:
     # blocks:K | budget:F. auto = budget:0.5 with compile on CUDA (LoRA r32, 480x640: 23 GiB), none on CPU.
     memory_policy: str = "auto"
     compile: bool | None = None  # torch.compile each transformer block; None = on CUDA without FSDP
+    # Self-attention kernel (cosmos_ros.model.perf): auto | default | cudnn | flash | efficient | cudnn_eager.
+    # auto = cudnn on CUDA: left to SDPA's choice, compiled blocks got cuDNN in some compiles and
+    # FlashAttention-2 in others (0.37 vs 0.50 s per LoRA step on an H100, benchmarks/NOTES_gpu.md).
+    attention: str = "auto"
 
 
 @dataclass
@@ -129,6 +134,10 @@ class TrainConfig:
             (
                 self.model.dtype in ("float32", "bfloat16", "float16"),
                 "model.dtype: float32 | bfloat16 | float16",
+            ),
+            (
+                self.model.attention in ("auto", *ATTENTION_BACKENDS),
+                f"model.attention: auto | {' | '.join(ATTENTION_BACKENDS)}",
             ),
         ]
         for ok, msg in checks:

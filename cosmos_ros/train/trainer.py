@@ -338,7 +338,12 @@ class Trainer:
         policy = cfg.model.memory_policy if cfg.model.gradient_checkpointing else "none"
         if policy == "auto" and cuda and not compile_blocks:
             policy = "selective"
-        self.perf_report = optimize_for_training(self.wm.transformer, policy=policy, compile=compile_blocks)
+        attention = cfg.model.attention
+        if attention == "auto":
+            attention = "cudnn" if cuda else "default"
+        self.perf_report = optimize_for_training(
+            self.wm.transformer, policy=policy, compile=compile_blocks, attention=attention
+        )
         if self.is_main:
             print(f"train: {self.perf_report.summary()}", flush=True)
         self.n_trainable, self.n_total = count_parameters(self.wm.transformer)
