@@ -120,8 +120,12 @@ def test_full_queue_drops_are_counted_never_silent(tmp_path: Path) -> None:
 def test_unwritable_or_existing_directory_gives_clear_errors(tmp_path: Path) -> None:
     blocker = tmp_path / "not_a_dir"
     blocker.write_text("x")
+    failed = EpisodeWriter(blocker / "ep", "ep", TOPICS)
     with pytest.raises(EpisodeIOError, match=r"cannot create episode directory .*set output_dir"):
-        EpisodeWriter(blocker / "ep", "ep", TOPICS).open()
+        failed.open()
+    assert failed.close()["status"] == "failed"  # recorded nothing: never "complete"
+    assert EpisodeWriter(tmp_path / "never", "never", TOPICS).close()["status"] == "failed"
+    assert not (tmp_path / "never").exists()
     first = EpisodeWriter(tmp_path / "ep", "ep", TOPICS)
     first.open()
     first.close()

@@ -1,10 +1,11 @@
-"""Faster decoding with the diffusers Wan VAE (`AutoencoderKLWan`) for serving, same function.
+"""Faster decoding (and encoding) with the diffusers Wan VAE (`AutoencoderKLWan`) for serving, same function.
 
 Decoding 32 candidates of 13 frames at 256x320 took 27% of a collision check on an H100 (about 62 ms per
 candidate, benchmarks/NOTES_gpu.md). The decoder's residual blocks run, per 3-D convolution, an RMS norm that
 upcasts the whole activation to float32 (`F.normalize(x.float())`), a scale, a bias, a SiLU, a pad and a
 cat, each a full pass over activations of up to 2 GB (batch 32, 96 channels, 256x320): memory traffic the
-convolutions then wait for. Two switches, each keeping the computed function (up to float rounding):
+convolutions then wait for. Three switches, each keeping the computed function (up to float rounding);
+they patch the residual blocks and convolutions of the encoder too (the predictor encodes context frames):
 
 - `fuse_norms`: every `WanResidualBlock`'s norm + SiLU pair becomes one function (compiled with
   `torch.compile` on CUDA into one kernel: one read, one write, float32 kept in registers only); the block's
@@ -15,7 +16,8 @@ convolutions then wait for. Two switches, each keeping the computed function (up
   before each convolution; the convolution's own zero padding computes the same without that copy (only
   the causal time padding, which the frame cache fills, stays explicit).
 
-`optimize_vae(vae, ...)` applies them in place and returns what it did; idempotent.
+`optimize_vae(vae, ...)` applies them in place and returns what it did; idempotent (a second call returns
+the first call's report and changes nothing, whatever its switches).
 """
 
 from __future__ import annotations

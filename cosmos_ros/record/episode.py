@@ -600,11 +600,14 @@ class EpisodeWriter:
                 self._fail(exc)
         self._drop_unwritten()
         discard = self._close_args[1] if self._close_args else False
+        opened = self._thread is not None  # open() failed or never ran: the directory is not ours
         with self._lock:
             self._closed_wall = time.time()
-            self._state = "failed" if self._error else "closed"
-            self._final_status = "discarded" if discard else ("failed" if self._error else "complete")
-        opened = self._thread is not None  # open() failed or never ran: the directory is not ours
+            self._state = "failed" if self._error or not opened else "closed"
+            if discard:
+                self._final_status = "discarded"
+            else:  # an episode that never opened recorded nothing: not "complete"
+                self._final_status = "failed" if self._error or not opened else "complete"
         if discard or not opened:
             index = self._index_dict()
             if opened:
