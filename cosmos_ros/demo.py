@@ -75,8 +75,9 @@ class Demo:
         with log.open("a") as f:
             f.write(f"$ {' '.join(cmd)}\n")
             f.flush()
-            proc = subprocess.Popen(cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, bufsize=1)
+            proc = subprocess.Popen(
+                cmd, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+            )
             assert proc.stdout is not None
             lines: list[str] = []
             deadline = time.monotonic() + timeout
@@ -97,16 +98,22 @@ class Demo:
     def start(self, name: str, exe: str, *args: str) -> subprocess.Popen:
         """Start a node process that runs until the demo ends."""
         log = self.log_path(name).open("w")
-        proc = subprocess.Popen([str(executable(exe)), *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(executable(exe)), *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.procs.append((name, proc))
         return proc
 
     def check_alive(self) -> None:
         for name, proc in self.procs:
             if proc.poll() is not None:
-                raise StageError(f"the {name} node exited with status {proc.returncode} "
-                                 f"(log: {self.log_path(name)})")
+                raise StageError(
+                    f"the {name} node exited with status {proc.returncode} (log: {self.log_path(name)})"
+                )
 
     def stop(self, name: str | None = None) -> None:
         """SIGINT the node(s) (what Ctrl-C and launch send), SIGKILL after 10 s."""
@@ -203,10 +210,26 @@ def record(demo: Demo, node: Any, executor: Any) -> Path:
     episodes_dir = demo.out / "episodes"
     if episodes_dir.exists():
         shutil.rmtree(episodes_dir)
-    demo.start("sim_arm", "sim_arm", "--ros-args", "--params-file", str(share("config", "sim_arm.yaml")),
-               "-p", f"seed:={demo.seed}", "-p", "trajectory:=random")
-    demo.start("recorder", "recorder", "--ros-args", "--params-file", str(share("config", "recorder.yaml")),
-               "-p", f"output_dir:={episodes_dir}")
+    demo.start(
+        "sim_arm",
+        "sim_arm",
+        "--ros-args",
+        "--params-file",
+        str(share("config", "sim_arm.yaml")),
+        "-p",
+        f"seed:={demo.seed}",
+        "-p",
+        "trajectory:=random",
+    )
+    demo.start(
+        "recorder",
+        "recorder",
+        "--ros-args",
+        "--params-file",
+        str(share("config", "recorder.yaml")),
+        "-p",
+        f"output_dir:={episodes_dir}",
+    )
     status: dict[str, Any] = {}
     node.create_subscription(RecorderStatus, "/recorder/status", lambda m: status.update(msg=m), 10)
     for i in range(demo.episodes):
@@ -221,16 +244,22 @@ def record(demo: Demo, node: Any, executor: Any) -> Path:
             demo.check_alive()
             msg = status.get("msg")
             if msg is not None and _TTY:
-                sys.stdout.write(f"\r    episode {i + 1}/{demo.episodes} '{task}': "
-                                 f"{msg.frames_written} frames, {msg.dropped} dropped   ")
+                sys.stdout.write(
+                    f"\r    episode {i + 1}/{demo.episodes} '{task}': "
+                    f"{msg.frames_written} frames, {msg.dropped} dropped   "
+                )
                 sys.stdout.flush()
-        res = call_service(node, executor, StopEpisode, "/recorder/stop_episode", StopEpisode.Request(),
-                           timeout=60)
+        res = call_service(
+            node, executor, StopEpisode, "/recorder/stop_episode", StopEpisode.Request(), timeout=60
+        )
         if not res.success:
             raise StageError(f"stop_episode failed: {res.message}")
         _end_progress()
-        print(f"    episode {res.episode_id}: {res.frames_written} frames, {res.messages_written} messages, "
-              f"{res.dropped} dropped, {res.segments} segment(s), {res.duration:.1f} s", flush=True)
+        print(
+            f"    episode {res.episode_id}: {res.frames_written} frames, {res.messages_written} messages, "
+            f"{res.dropped} dropped, {res.segments} segment(s), {res.duration:.1f} s",
+            flush=True,
+        )
         if res.frames_written == 0:
             raise StageError(f"episode {res.episode_id} has no camera frames: is the sim arm publishing?")
     demo.stop("recorder")
@@ -239,10 +268,26 @@ def record(demo: Demo, node: Any, executor: Any) -> Path:
 
 def build_clips(demo: Demo, episodes_dir: Path) -> Path:
     clips = demo.out / "clips"
-    out = demo.run_tool("clips", "build_clips", str(episodes_dir),
-                        "--config", str(share("config", "clips.yaml")),
-                        "--output", str(clips), "--width", "80", "--height", "64", "--fps", "10",
-                        "--val-fraction", "0.34", "--stride", "6", "--overwrite")
+    out = demo.run_tool(
+        "clips",
+        "build_clips",
+        str(episodes_dir),
+        "--config",
+        str(share("config", "clips.yaml")),
+        "--output",
+        str(clips),
+        "--width",
+        "80",
+        "--height",
+        "64",
+        "--fps",
+        "10",
+        "--val-fraction",
+        "0.34",
+        "--stride",
+        "6",
+        "--overwrite",
+    )
     index = json.loads((clips / "clips.json").read_text())
     n = {s: sum(len(sh["clips"]) for sh in index["shards"] if sh["split"] == s) for s in ("train", "val")}
     print(f"    {n['train']} train clips, {n['val']} val clips", flush=True)
@@ -263,8 +308,16 @@ def make_model(demo: Demo, clips: Path) -> Path:
     dlogging.disable_progress_bar()  # library bars of a few-ms save/load only clutter the stage output
     tlogging.disable_progress_bar()
     make_tiny_world_model(model, seed=demo.seed, prompts=list(TASKS))
-    demo.run_tool("model", "embed_prompts", "--base", str(model), "--clips", str(clips),
-                  "--out", str(model / "prompt_cache.safetensors"))
+    demo.run_tool(
+        "model",
+        "embed_prompts",
+        "--base",
+        str(model),
+        "--clips",
+        str(clips),
+        "--out",
+        str(model / "prompt_cache.safetensors"),
+    )
     return model
 
 
@@ -274,13 +327,29 @@ def train(demo: Demo, model: Path, clips: Path) -> Path:
         shutil.rmtree(run)
     steps = demo.train_steps
     demo.run_tool(
-        "train", "train", "--config", str(share("config", "train.yaml")),
-        f"model.base={model}", "model.dtype=float32", "model.gradient_checkpointing=false",
-        f"data.clips_dir={clips}", f"run.output_dir={run}", "run.cpu=true", "run.mixed_precision=no",
-        f"adapter.mode={demo.adapter_mode}", "adapter.rank=8", "adapter.alpha=8",
-        f"optim.max_steps={steps}", "optim.batch_size=4", "optim.lr=1e-3",
-        f"optim.warmup_steps={max(1, steps // 10)}", "run.log_every=1", f"run.val_every={max(1, steps // 5)}",
-        f"run.checkpoint_every={steps}", f"run.preview_every={steps}", "run.preview_steps=6",
+        "train",
+        "train",
+        "--config",
+        str(share("config", "train.yaml")),
+        f"model.base={model}",
+        "model.dtype=float32",
+        "model.gradient_checkpointing=false",
+        f"data.clips_dir={clips}",
+        f"run.output_dir={run}",
+        "run.cpu=true",
+        "run.mixed_precision=no",
+        f"adapter.mode={demo.adapter_mode}",
+        "adapter.rank=8",
+        "adapter.alpha=8",
+        f"optim.max_steps={steps}",
+        "optim.batch_size=4",
+        "optim.lr=1e-3",
+        f"optim.warmup_steps={max(1, steps // 10)}",
+        "run.log_every=1",
+        f"run.val_every={max(1, steps // 5)}",
+        f"run.checkpoint_every={steps}",
+        f"run.preview_every={steps}",
+        "run.preview_steps=6",
         f"run.seed={demo.seed}",
     )
     adapter = run / "adapter"
@@ -293,10 +362,21 @@ def serve(demo: Demo, node: Any, executor: Any, model: Path, adapter: Path) -> N
     """Start the predictor and wait until it has loaded and warmed up (it answers NOT_READY until then)."""
     from cosmos_ros.srv import CheckCollision, PredictFuture
 
-    demo.start("predictor", "predictor", "--ros-args",
-               "--params-file", str(share("config", "predictor.yaml")),
-               "-p", f"base_model:={model}", "-p", f"adapter:={adapter}", "-p", "device:=cpu",
-               "-p", "num_steps:=6")
+    demo.start(
+        "predictor",
+        "predictor",
+        "--ros-args",
+        "--params-file",
+        str(share("config", "predictor.yaml")),
+        "-p",
+        f"base_model:={model}",
+        "-p",
+        f"adapter:={adapter}",
+        "-p",
+        "device:=cpu",
+        "-p",
+        "num_steps:=6",
+    )
     client = node.create_client(PredictFuture, "/predictor/predict_future")
     deadline = time.monotonic() + 180
     while not client.wait_for_service(timeout_sec=0.5):
@@ -306,8 +386,9 @@ def serve(demo: Demo, node: Any, executor: Any, model: Path, adapter: Path) -> N
     node.destroy_client(client)
     # An empty request is refused as invalid once the model is ready; before that it is NOT_READY.
     while True:
-        res = call_service(node, executor, CheckCollision, "/predictor/check_collision",
-                           CheckCollision.Request(), timeout=60)
+        res = call_service(
+            node, executor, CheckCollision, "/predictor/check_collision", CheckCollision.Request(), timeout=60
+        )
         if res.code != CheckCollision.Response.NOT_READY:
             break
         demo.check_alive()
@@ -321,11 +402,20 @@ def plan(demo: Demo) -> dict[str, Any]:
     verdicts = demo.out / "verdicts.json"
     env = dict(demo.env)
     demo.current_log = demo.log_path("plan")
-    cmd = [sys.executable, str(example_path()), "--out", str(verdicts), "--candidates", "4",
-           "--timeout", "300"]
+    cmd = [
+        sys.executable,
+        str(example_path()),
+        "--out",
+        str(verdicts),
+        "--candidates",
+        "4",
+        "--timeout",
+        "300",
+    ]
     with demo.log_path("plan").open("w") as f:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              timeout=600)
+        proc = subprocess.run(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600
+        )
         f.write(proc.stdout)
     for line in proc.stdout.splitlines():
         print("    " + line, flush=True)
@@ -356,10 +446,13 @@ def predict_val_clip(demo: Demo, node: Any, executor: Any, clips: Path, adapter:
     raw = ds.tokenizer.denormalize(item["actions"].numpy())
     ncond = int(ds.meta.get("num_cond_frames", 1))
     req = PredictFuture.Request(request_id="demo-val", seed=demo.seed)
-    req.actions = ActionSequence(kind=ActionSequence.KIND_JOINT_POSITION_DELTA,
-                                 names=list(ds.tokenizer.joint_names),
-                                 dim=int(raw.shape[1]), num_steps=int(raw.shape[0]),
-                                 values=raw.astype(np.float32).ravel().tolist())
+    req.actions = ActionSequence(
+        kind=ActionSequence.KIND_JOINT_POSITION_DELTA,
+        names=list(ds.tokenizer.joint_names),
+        dim=int(raw.shape[1]),
+        num_steps=int(raw.shape[0]),
+        values=raw.astype(np.float32).ravel().tolist(),
+    )
     for f in frames[:ncond]:
         img = Image(height=int(f.shape[0]), width=int(f.shape[1]), encoding="rgb8", step=int(f.shape[1]) * 3)
         img.data = f.tobytes()
@@ -367,22 +460,36 @@ def predict_val_clip(demo: Demo, node: Any, executor: Any, clips: Path, adapter:
     res = call_service(node, executor, PredictFuture, "/predictor/predict_future", req, timeout=300)
     if not res.success:
         raise StageError(f"predict_future failed: {res.message}")
-    pred = np.stack([np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.width, 3)
-                     for m in res.prediction.frames])
-    truth = frames[ncond:ncond + len(pred)]
+    pred = np.stack(
+        [np.frombuffer(bytes(m.data), np.uint8).reshape(m.height, m.width, 3) for m in res.prediction.frames]
+    )
+    truth = frames[ncond : ncond + len(pred)]
     mae = float(np.abs(pred.astype(np.float32) - truth.astype(np.float32)).mean())
     from cosmos_ros.train.preview import write_preview
 
     preview = demo.out / "preview.gif"
     import torch
 
-    write_preview(preview, ground_truth=torch.from_numpy(frames[: ncond + len(pred)]),
-                  predicted=torch.from_numpy(np.concatenate([frames[:ncond], pred])), num_context=ncond)
+    write_preview(
+        preview,
+        ground_truth=torch.from_numpy(frames[: ncond + len(pred)]),
+        predicted=torch.from_numpy(np.concatenate([frames[:ncond], pred])),
+        num_context=ncond,
+    )
     lat = res.latency
-    print(f"    clip {item['clip_id']} ({split}): {len(pred)} frames predicted in {lat.total:.2f} s "
-          f"(denoise {lat.denoise:.2f} s), mean abs error {mae:.1f}/255 -> {preview.name}", flush=True)
-    return {"clip_id": item["clip_id"], "split": split, "frames": len(pred), "mae": mae,
-            "latency_s": lat.total, "preview": str(preview)}
+    print(
+        f"    clip {item['clip_id']} ({split}): {len(pred)} frames predicted in {lat.total:.2f} s "
+        f"(denoise {lat.denoise:.2f} s), mean abs error {mae:.1f}/255 -> {preview.name}",
+        flush=True,
+    )
+    return {
+        "clip_id": item["clip_id"],
+        "split": split,
+        "frames": len(pred),
+        "mae": mae,
+        "latency_s": lat.total,
+        "preview": str(preview),
+    }
 
 
 def _has_split(clips: Path, split: str) -> bool:
@@ -408,7 +515,9 @@ def loss_plot(demo: Demo, run: Path) -> tuple[Path, float, float]:
     steps, values = zip(*train, strict=True)
     ax.plot(steps, values, lw=0.8, alpha=0.5, label="train loss")
     k = max(1, len(values) // 15)
-    smooth = [sum(values[max(0, i - k):i + 1]) / len(values[max(0, i - k):i + 1]) for i in range(len(values))]
+    smooth = [
+        sum(values[max(0, i - k) : i + 1]) / len(values[max(0, i - k) : i + 1]) for i in range(len(values))
+    ]
     ax.plot(steps, smooth, lw=2, label=f"train loss (mean of {k + 1})")
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="val loss")
@@ -422,32 +531,54 @@ def loss_plot(demo: Demo, run: Path) -> tuple[Path, float, float]:
     fig.savefig(path)
     plt.close(fig)
     first = sum(values[: max(1, len(values) // 10)]) / max(1, len(values) // 10)
-    last = sum(values[-max(1, len(values) // 10):]) / max(1, len(values) // 10)
+    last = sum(values[-max(1, len(values) // 10) :]) / max(1, len(values) // 10)
     return path, first, last
 
 
 def write_report(demo: Demo, facts: dict[str, Any]) -> Path:
-    lines = ["# cosmos_ros demo report", "", f"Output folder: `{demo.out}`", "", "| stage | seconds | what |",
-             "|---|---|---|"]
+    lines = [
+        "# cosmos_ros demo report",
+        "",
+        f"Output folder: `{demo.out}`",
+        "",
+        "| stage | seconds | what |",
+        "|---|---|---|",
+    ]
     lines += [f"| {n} | {dt:.1f} | {w} |" for n, dt, w in demo.summary]
-    lines += ["", "## Training", "",
-              f"Loss (mean of the first / last tenth of the steps): {facts['loss_first']:.4f} -> "
-              f"{facts['loss_last']:.4f}; plot: `loss.png`.", "",
-              "## Prediction of a held-out clip", "",
-              f"Clip `{facts['val']['clip_id']}` ({facts['val']['split']}): {facts['val']['frames']} frames, "
-              "mean "
-              f"absolute error {facts['val']['mae']:.1f}/255, {facts['val']['latency_s']:.2f} s; "
-              "`preview.gif` shows context | predicted | actual.", "",
-              "## Collision verdicts", "", "| candidate | collision | first step | score |",
-              "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Training",
+        "",
+        f"Loss (mean of the first / last tenth of the steps): {facts['loss_first']:.4f} -> "
+        f"{facts['loss_last']:.4f}; plot: `loss.png`.",
+        "",
+        "## Prediction of a held-out clip",
+        "",
+        f"Clip `{facts['val']['clip_id']}` ({facts['val']['split']}): {facts['val']['frames']} frames, "
+        "mean "
+        f"absolute error {facts['val']['mae']:.1f}/255, {facts['val']['latency_s']:.2f} s; "
+        "`preview.gif` shows context | predicted | actual.",
+        "",
+        "## Collision verdicts",
+        "",
+        "| candidate | collision | first step | score |",
+        "|---|---|---|---|",
+    ]
     for v in facts["verdicts"]["results"]:
-        lines.append(f"| {v['name']} | {'yes' if v['collision'] else 'no'} | {v['first_collision_step']} | "
-                     f"{v['score']:.3f} |")
-    lines += ["", f"Best candidate: {facts['verdicts'].get('best')}", "",
-              "Note: the embedded default is a tiny random-weight model trained for a few minutes on a CPU. "
-              "Its predictions are far from the real frames, so these verdicts show the plumbing (record, "
-              "clips, adapter, services, checker), not a model a planner should trust. A real cell uses "
-              "nvidia/Cosmos-Predict2.5-2B on a GPU (README, 'On a real robot and a GPU workstation').", ""]
+        lines.append(
+            f"| {v['name']} | {'yes' if v['collision'] else 'no'} | {v['first_collision_step']} | "
+            f"{v['score']:.3f} |"
+        )
+    lines += [
+        "",
+        f"Best candidate: {facts['verdicts'].get('best')}",
+        "",
+        "Note: the embedded default is a tiny random-weight model trained for a few minutes on a CPU. "
+        "Its predictions are far from the real frames, so these verdicts show the plumbing (record, "
+        "clips, adapter, services, checker), not a model a planner should trust. A real cell uses "
+        "nvidia/Cosmos-Predict2.5-2B on a GPU (README, 'On a real robot and a GPU workstation').",
+        "",
+    ]
     path = demo.out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -456,8 +587,9 @@ def write_report(demo: Demo, facts: dict[str, Any]) -> Path:
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="demo", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("output/demo"),
-                    help="output folder (default output/demo)")
+    ap.add_argument(
+        "--out", type=Path, default=Path("output/demo"), help="output folder (default output/demo)"
+    )
     ap.add_argument("--episodes", type=int, default=3, help="episodes to record (>= 2: one goes to val)")
     ap.add_argument("--episode-seconds", type=float, default=7.0, help="length of each episode [s]")
     ap.add_argument("--train-steps", type=int, default=150, help="training steps")
@@ -471,8 +603,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.episodes < 2:
         print("demo: --episodes must be at least 2 (one episode is held out for validation)", file=sys.stderr)
         return 2
-    demo = Demo(out=args.out.resolve(), episodes=args.episodes, episode_seconds=args.episode_seconds,
-                train_steps=args.train_steps, adapter_mode="dora" if args.dora else "lora", seed=args.seed)
+    demo = Demo(
+        out=args.out.resolve(),
+        episodes=args.episodes,
+        episode_seconds=args.episode_seconds,
+        train_steps=args.train_steps,
+        adapter_mode="dora" if args.dora else "lora",
+        seed=args.seed,
+    )
     try:
         demo.out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -482,15 +620,21 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(demo.logs)
     # Our own DDS domain, localhost only: the demo never talks to other ROS graphs on the network.
     demo.domain_id = int(os.environ.get("ROS_DOMAIN_ID") or random.SystemRandom().randint(1, 101))
-    demo.env = dict(os.environ, ROS_DOMAIN_ID=str(demo.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-                    PYTHONUNBUFFERED="1")
+    demo.env = dict(
+        os.environ,
+        ROS_DOMAIN_ID=str(demo.domain_id),
+        ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+        PYTHONUNBUFFERED="1",
+    )
     os.environ.update(ROS_DOMAIN_ID=str(demo.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     try:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
     except ImportError:
-        print("demo: rclpy is not importable: run it through `make demo` or after `source tools/env.sh`",
-              file=sys.stderr)
+        print(
+            "demo: rclpy is not importable: run it through `make demo` or after `source tools/env.sh`",
+            file=sys.stderr,
+        )
         return 2
     # Raw camera frames are large messages: Fast DDS needs bigger shared-memory segments to carry them
     # without loss (config/fastdds_large_data.xml). A profile the user already set wins.
@@ -498,8 +642,10 @@ def main(argv: list[str] | None = None) -> int:
     if profile.exists():
         demo.env.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
         os.environ.setdefault("FASTRTPS_DEFAULT_PROFILES_FILE", str(profile))
-    print(f"cosmos_ros demo -> {demo.out} (ROS_DOMAIN_ID={demo.domain_id}, {demo.adapter_mode}, CPU)",
-          flush=True)
+    print(
+        f"cosmos_ros demo -> {demo.out} (ROS_DOMAIN_ID={demo.domain_id}, {demo.adapter_mode}, CPU)",
+        flush=True,
+    )
     t0 = time.monotonic()
     rclpy.init()
     node = rclpy.create_node("cosmos_ros_demo")
@@ -508,20 +654,32 @@ def main(argv: list[str] | None = None) -> int:
     total = 7
     facts: dict[str, Any] = {}
     try:
-        with stage(demo, 1, total, "record", f"sim arm + recorder, {demo.episodes} episodes of "
-                                             f"{demo.episode_seconds:.0f} s through the episode services"):
+        with stage(
+            demo,
+            1,
+            total,
+            "record",
+            f"sim arm + recorder, {demo.episodes} episodes of "
+            f"{demo.episode_seconds:.0f} s through the episode services",
+        ):
             episodes = record(demo, node, executor)
         with stage(demo, 2, total, "clips", "build_clips: synced 13-frame clips with action tokens"):
             clips = build_clips(demo, episodes)
         with stage(demo, 3, total, "model", "tiny random Cosmos Predict 2.5 + cached prompt embeddings"):
             model = make_model(demo, clips)
-        with stage(demo, 4, total, "train",
-                   f"{demo.adapter_mode.upper()} adapter, {demo.train_steps} steps on the CPU"):
+        with stage(
+            demo,
+            4,
+            total,
+            "train",
+            f"{demo.adapter_mode.upper()} adapter, {demo.train_steps} steps on the CPU",
+        ):
             adapter = train(demo, model, clips)
         with stage(demo, 5, total, "serve", "predictor node with base + adapter"):
             serve(demo, node, executor, model, adapter)
-        with stage(demo, 6, total, "plan",
-                   "planner client: collision checks + prediction of a held-out clip"):
+        with stage(
+            demo, 6, total, "plan", "planner client: collision checks + prediction of a held-out clip"
+        ):
             facts["verdicts"] = plan(demo)
             facts["val"] = predict_val_clip(demo, node, executor, clips, adapter)
         with stage(demo, 7, total, "report", "loss plot, preview, verdicts, report"):
@@ -543,8 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  preview       {facts['val']['preview']}")
     print(f"  verdicts      {demo.out / 'verdicts.json'}")
     for v in facts["verdicts"]["results"]:
-        print(f"    {v['name']:<24} collision={'yes' if v['collision'] else 'no ':<3} "
-              f"first_step={v['first_collision_step']:>3} score={v['score']:.3f}")
+        print(
+            f"    {v['name']:<24} collision={'yes' if v['collision'] else 'no ':<3} "
+            f"first_step={v['first_collision_step']:>3} score={v['score']:.3f}"
+        )
     print(f"  report        {report}")
     return 0
 

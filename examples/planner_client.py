@@ -63,8 +63,13 @@ def main() -> int:
         plans = candidates(names, args.steps, args.candidates)
         req = CheckCollision.Request(request_id="planner-1", return_frames=False)
         for _, values in plans:
-            seq = ActionSequence(kind=ActionSequence.KIND_JOINT_POSITION_DELTA, names=names, dim=len(names),
-                                 num_steps=len(values), values=[v for step in values for v in step])
+            seq = ActionSequence(
+                kind=ActionSequence.KIND_JOINT_POSITION_DELTA,
+                names=names,
+                dim=len(names),
+                num_steps=len(values),
+                values=[v for step in values for v in step],
+            )
             # header.stamp names the camera frame the plan starts from; 0 = the latest one the node has.
             req.candidates.append(seq)
         while True:  # a predictor that is still warming up answers NOT_READY: retry until the timeout
@@ -79,8 +84,10 @@ def main() -> int:
             return 1
         print(f"planner: {len(plans)} candidates scored in {res.latency.total:.2f} s")
         for (name, _), r in zip(plans, res.results, strict=True):
-            print(f"  {name:<12} collision={'yes' if r.collision else 'no':<3} "
-                  f"first_step={r.first_collision_step:>3} score={r.score:.3f} {'; '.join(r.reasons)}")
+            print(
+                f"  {name:<12} collision={'yes' if r.collision else 'no':<3} "
+                f"first_step={r.first_collision_step:>3} score={r.score:.3f} {'; '.join(r.reasons)}"
+            )
         best = plans[res.best_candidate][0]
         print(f"planner: executing '{best}' -> {args.predictor}/planned_actions")
         plan_pub.publish(req.candidates[res.best_candidate])
@@ -93,10 +100,24 @@ def main() -> int:
         print(f"planner: received {len(frames[-1].frames)} predicted frames for '{best}'")
         if args.out:
             with open(args.out, "w") as f:
-                json.dump({"best": best, "predicted_frames": len(frames[-1].frames), "results": [
-                    {"name": name, "collision": r.collision, "first_collision_step": r.first_collision_step,
-                     "score": r.score, "reasons": list(r.reasons)}
-                    for (name, _), r in zip(plans, res.results, strict=True)]}, f, indent=1)
+                json.dump(
+                    {
+                        "best": best,
+                        "predicted_frames": len(frames[-1].frames),
+                        "results": [
+                            {
+                                "name": name,
+                                "collision": r.collision,
+                                "first_collision_step": r.first_collision_step,
+                                "score": r.score,
+                                "reasons": list(r.reasons),
+                            }
+                            for (name, _), r in zip(plans, res.results, strict=True)
+                        ],
+                    },
+                    f,
+                    indent=1,
+                )
         return 0
     finally:
         node.destroy_node()

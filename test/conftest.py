@@ -178,7 +178,9 @@ def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     mnt.mkdir()
     res = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if res.returncode != 0:
         why = res.stderr.strip() or res.returncode

@@ -34,6 +34,7 @@ def main(mode: str) -> int:
             keep.append(pub)
     elif mode == "serve":
         for name in SERVICES:
+
             def handler(request, response, _name=name):
                 good = equal(request, sample_request(_name))
                 return sample_response(_name, seed=2 if good else 99)

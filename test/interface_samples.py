@@ -15,9 +15,17 @@ MESSAGES = ["ActionSequence", "CollisionResult", "PredictedFrames", "RecorderSta
 SERVICES = ["CheckCollision", "PredictFuture", "StartEpisode", "StopEpisode"]
 
 _INT_RANGES = {
-    "int8": (-128, 127), "uint8": (0, 255), "int16": (-32768, 32767), "uint16": (0, 65535),
-    "int32": (-(2**31), 2**31 - 1), "uint32": (0, 2**32 - 1), "int64": (-(2**63), 2**63 - 1),
-    "uint64": (0, 2**64 - 1), "byte": (0, 255), "char": (0, 255), "octet": (0, 255),
+    "int8": (-128, 127),
+    "uint8": (0, 255),
+    "int16": (-32768, 32767),
+    "uint16": (0, 65535),
+    "int32": (-(2**31), 2**31 - 1),
+    "uint32": (0, 2**32 - 1),
+    "int64": (-(2**63), 2**63 - 1),
+    "uint64": (0, 2**64 - 1),
+    "byte": (0, 255),
+    "char": (0, 255),
+    "octet": (0, 255),
 }
 
 

@@ -29,10 +29,24 @@ def test_colcon_build_from_clean_tree(tmp_path: Path) -> None:
     for var in ("COLCON_PREFIX_PATH", "COLCON_CURRENT_PREFIX"):
         env.pop(var, None)
     build = subprocess.run(
-        [colcon, "--log-base", "log", "build", "--base-paths", "src",
-         "--event-handlers", "console_direct-", "--cmake-args", "-DBUILD_TESTING=OFF",
-         f"-DPython3_EXECUTABLE={sys.executable}"],
-        cwd=ws, env=env, capture_output=True, text=True, timeout=900,
+        [
+            colcon,
+            "--log-base",
+            "log",
+            "build",
+            "--base-paths",
+            "src",
+            "--event-handlers",
+            "console_direct-",
+            "--cmake-args",
+            "-DBUILD_TESTING=OFF",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+        ],
+        cwd=ws,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert build.returncode == 0, f"colcon build failed:\n{build.stdout[-4000:]}\n{build.stderr[-4000:]}"
 
@@ -52,7 +66,10 @@ def test_colcon_build_from_clean_tree(tmp_path: Path) -> None:
     )
     run = subprocess.run(
         ["bash", "-c", f"source {install}/setup.bash && cd / && {sys.executable} -c '{probe}'"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip().startswith(str(install)), f"imported from {run.stdout!r}, not the fresh install"

@@ -42,9 +42,21 @@ def test_demo_runs_end_to_end_and_writes_valid_outputs(tmp_path: Path, ros_env: 
     assert "install/cosmos_ros/lib/cosmos_ros/demo" in (REPO / "Makefile").read_text()
     out = tmp_path / "demo"
     proc = subprocess.run(
-        [str(installed_executable("demo")), "--out", str(out), "--episodes", "2", "--episode-seconds", "4",
-         "--train-steps", "20"],
-        env=ros_env, capture_output=True, text=True, timeout=900,
+        [
+            str(installed_executable("demo")),
+            "--out",
+            str(out),
+            "--episodes",
+            "2",
+            "--episode-seconds",
+            "4",
+            "--train-steps",
+            "20",
+        ],
+        env=ros_env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     for n, name in enumerate(("record", "clips", "model", "train", "serve", "plan", "report"), start=1):
@@ -70,7 +82,10 @@ def test_demo_failure_names_the_stage_and_log(tmp_path: Path, ros_env: dict[str,
     out = tmp_path / "demo"
     proc = subprocess.run(
         [str(installed_executable("demo")), "--out", str(out), "--episodes", "2", "--episode-seconds", "0.5"],
-        env=ros_env, capture_output=True, text=True, timeout=300,
+        env=ros_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "stage 'clips' failed" in proc.stderr, proc.stderr

@@ -97,4 +97,3 @@ def test_services_round_trip_between_processes(ros_env, rclpy_context, tmp_path)
         executor.shutdown()
         node.destroy_node()
         peer.stop()
-

@@ -1,4 +1,4 @@
-"""ruff over everything we ship: the package, its scripts, launch files, tests, benchmarks and tools."""
+"""ruff (lint and format) over what we ship: package, scripts, launch files, tests, benchmarks, tools."""
 
 from __future__ import annotations
 
@@ -17,3 +17,5 @@ def test_ruff_clean() -> None:
     targets = [p for p in folders if (REPO / p).exists()]
     out = subprocess.run([ruff, "check", *targets], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, f"ruff found problems:\n{out.stdout}{out.stderr}"
+    fmt = subprocess.run([ruff, "format", "--check", *targets], cwd=REPO, capture_output=True, text=True)
+    assert fmt.returncode == 0, f"not ruff-formatted (run `ruff format`):\n{fmt.stdout}{fmt.stderr}"
