@@ -26,8 +26,9 @@ class ModelSection:
     memory_policy: str = "auto"
     compile: bool | None = None  # torch.compile each transformer block; None = on CUDA without FSDP
     # Self-attention kernel (cosmos_ros.model.perf): auto | default | cudnn | flash | efficient | cudnn_eager.
-    # auto = cudnn on CUDA: left to SDPA's choice, compiled blocks got cuDNN in some compiles and
-    # FlashAttention-2 in others (0.37 vs 0.50 s per LoRA step on an H100, benchmarks/NOTES_gpu.md).
+    # auto = cudnn on CUDA in bf16/fp16 (float32: default). Left to SDPA's choice, compiled blocks got
+    # cuDNN in some compiles and FlashAttention-2 in others (0.37 vs 0.50 s per LoRA step on an H100,
+    # benchmarks/NOTES_gpu.md).
     attention: str = "auto"
 
 

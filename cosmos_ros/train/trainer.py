@@ -339,8 +339,9 @@ class Trainer:
         if policy == "auto" and cuda and not compile_blocks:
             policy = "selective"
         attention = cfg.model.attention
-        if attention == "auto":
-            attention = "cudnn" if cuda else "default"
+        if attention == "auto":  # cuDNN's fused attention takes bf16/fp16 only: float32 keeps SDPA's choice
+            half = cfg.run.mixed_precision in ("bf16", "fp16") or cfg.model.dtype != "float32"
+            attention = "cudnn" if cuda and half else "default"
         self.perf_report = optimize_for_training(
             self.wm.transformer, policy=policy, compile=compile_blocks, attention=attention
         )
