@@ -386,7 +386,7 @@ def decode_probe(wm0: Any, batch: int) -> None:
             if ref is None:
                 ref = out
             else:
-                r["rel_err_vs_plain"] = round(float((out - ref).norm() / ref.norm()), 5)
+                r["rel_err_vs_plain"] = _rel(out, ref)
             emit(r)
             del vae, out
         except Exception as e:

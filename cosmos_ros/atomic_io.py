@@ -21,7 +21,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-__all__ = ["fsync_path", "write_json_atomic"]
+__all__ = ["fsync_path", "save_safetensors_atomic", "write_json_atomic"]
 
 
 def fsync_path(path: str | Path) -> None:
@@ -34,6 +34,35 @@ def fsync_path(path: str | Path) -> None:
             os.close(fd)
 
 
+def _temp_name(path: Path) -> Path:
+    # A unique temp name (pid + random) so that two writers of the same file (threads, or a stale process)
+    # never write into each other's temp file.
+    return path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+
+
+def save_safetensors_atomic(
+    tensors: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """Replace ``path`` with a safetensors file of ``tensors``, atomically and durably (as JSON below).
+
+    Adapters, prompt caches and latent caches are read back by later runs: a killed writer must leave the
+    previous file (or none), never a truncated one.
+    """
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = _temp_name(path)
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        fsync_path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_path(path.parent)
+
+
 def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> None:
     """Replace ``path`` with ``obj`` as JSON atomically and durably (temp file + fsync + ``os.replace``).
 
@@ -42,10 +71,9 @@ def write_json_atomic(path: str | Path, obj: Any, *, indent: int | None = 2) -> 
     """
     path = Path(path)
     text = json.dumps(obj, indent=indent)
-    # A unique temp name (pid + random) so that two writers of the same file (threads, or a stale process)
-    # never write into each other's temp file; O_EXCL guarantees it. Mode 0o666 lets the umask decide the
-    # final permissions, like open(path, "w") would (mkstemp would make every index file 0600).
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # O_EXCL: the unique temp name is ours alone. Mode 0o666 lets the umask decide the final permissions,
+    # like open(path, "w") would (mkstemp would make every index file 0600).
+    tmp = _temp_name(path)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
     try:
         with open(fd, "w", encoding="utf-8", closefd=True) as fh:

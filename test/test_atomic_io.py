@@ -105,3 +105,24 @@ def test_every_json_writer_uses_the_shared_helper(tmp_path: Path, monkeypatch: p
     assert calls and calls[0].parent == tmp_path and calls[0].name.startswith(".tokenizer.json.")
     assert (tmp_path / "tokenizer.json").read_text() == before
     assert leftovers(tmp_path) == []
+
+
+def test_safetensors_writer_replaces_atomically_and_cleans_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    target = tmp_path / "w.safetensors"
+    atomic_io.save_safetensors_atomic({"a": torch.ones(3)}, target, {"k": "v"})
+    atomic_io.save_safetensors_atomic({"a": torch.zeros(2)}, target)
+    assert torch.equal(load_file(str(target))["a"], torch.zeros(2))
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(atomic_io.os, "replace", broken_replace)
+    with pytest.raises(OSError, match="disk gone"):
+        atomic_io.save_safetensors_atomic({"a": torch.full((4,), 7.0)}, target)
+    assert torch.equal(load_file(str(target))["a"], torch.zeros(2))  # the previous file, intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w.safetensors"]  # no temp file left

@@ -108,11 +108,10 @@ def count_parameters(module: nn.Module) -> tuple[int, int]:
 
 
 def _safe_save(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    from safetensors.torch import save_file
+    from cosmos_ros.atomic_io import save_safetensors_atomic
 
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file({k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    cpu = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    save_safetensors_atomic(cpu, path, metadata)
 
 
 def adapter_state_dict(wm: WorldModel, cfg: AdapterConfig) -> dict[str, torch.Tensor]:

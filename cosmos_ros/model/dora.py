@@ -51,11 +51,9 @@ def _make_variant() -> type:
 
         @staticmethod
         def forward(module: Any, active_adapter: str, x: torch.Tensor, result: torch.Tensor, **kwargs: Any):
+            # installed only with the cached norm present and no lora dropout (enable_step_norm_dora)
             dora = module.lora_magnitude_vector[active_adapter]
-            norm = getattr(dora, _NORM_ATTR, None)
-            dropout = module.lora_dropout[active_adapter]
-            if norm is None or (module.training and not isinstance(dropout, nn.Identity)):
-                return base_cls.forward(module, active_adapter, x, result, **kwargs)
+            norm = getattr(dora, _NORM_ATTR)
             lora_a = module.lora_A[active_adapter]
             lora_b = module.lora_B[active_adapter]
             bias = module.get_base_layer().bias
@@ -231,11 +229,11 @@ def enable_step_norm_dora(
     layers = list(_dora_layers(model))
     if not layers:
         return StepNormDoRA([], None)
+    handle = StepNormDoRA(layers, None, cuda_graph)
+    handle.refresh()  # the cached norms exist before the variant that reads them is installed
     variant = _variant()
     for layer, name in layers:
         layer.lora_variant[name] = variant()
-    handle = StepNormDoRA(layers, None, cuda_graph)
-    handle.refresh()
     if optimizer is not None:
         opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer wraps one
         handle._hook = opt.register_step_post_hook(lambda *_: handle.refresh())

@@ -234,7 +234,7 @@ def build_prompt_cache(
     merge: bool = True,
 ) -> Path:
     """Embed the prompts not yet in `out` and (re)write the cache file atomically; return its path."""
-    from safetensors.torch import save_file
+    from cosmos_ros.atomic_io import save_safetensors_atomic
 
     out = Path(out)
     existing: dict[str, torch.Tensor] = {}
@@ -259,9 +259,7 @@ def build_prompt_cache(
         "max_sequence_length": str(next(iter(shapes))[0]),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    save_file(tensors, str(tmp), metadata=meta)
-    tmp.replace(out)
+    save_safetensors_atomic(tensors, out, meta)
     return out
 
 

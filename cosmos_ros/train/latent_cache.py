@@ -213,7 +213,7 @@ def build_latents(
 
     `identity` (`cache_identity`) is stored next to the fingerprint so that a later mismatch can be named.
     """
-    from safetensors.torch import save_file
+    from cosmos_ros.atomic_io import save_safetensors_atomic
 
     if len(dataset) == 0:
         raise ValueError("the dataset has no clips; record episodes and run build_clips first")
@@ -242,16 +242,14 @@ def build_latents(
         tensors["actions"] = actions.contiguous()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    save_file(
+    save_safetensors_atomic(
         tensors,
-        str(tmp),
-        metadata={
+        path,
+        {
             "fingerprint": fp,
             "prompts": json.dumps(prompts),
             "clip_ids": json.dumps(ids),
             "identity": json.dumps(identity or {}, default=str),
         },
     )
-    tmp.replace(path)
     return LatentSet(latents, actions, prompts, ids)
