@@ -70,9 +70,39 @@ def test_raising_callback_after_frames_were_queued_stops_the_thread(tmp_path: Pa
     assert set(threading.enumerate()) <= before
 
 
-def test_successful_build_still_stops_the_thread(tmp_path: Path) -> None:
-    cfg = _config(tmp_path)
+@pytest.mark.parametrize("caller_aborts", [False, True], ids=["run-returns", "caller-aborts-at-the-end"])
+def test_successful_build_still_stops_the_thread(tmp_path: Path, caller_aborts: bool) -> None:
+    """Every episode of the build succeeds (frames stored on the thread, all drained); then either ``run``
+    returns or the caller aborts from the progress callback of the last episode, when nothing is left to do
+    but stop the thread. Both ways out must stop it.
+
+    A build that returns cannot tell a ``close`` in ``finally`` from one after the episode loop (both run
+    the same statement on that path), which is why the abort right at the end is a case of this test: with
+    the close after the loop, the idle thread outlives the build there.
+    """
+    bags = tmp_path / "bags"
+    for i, name in enumerate(("ep_a", "ep_b")):
+        write_bag(bags / name, BagSpec(duration=2.0, t0=1000.0 + 10 * i))
+    cfg = ClipsConfig(
+        inputs=[str(bags)], output=str(tmp_path / "out"), joint_names=JOINTS, progress=False, val_fraction=0.0
+    )
     before = set(threading.enumerate())
-    res = ClipBuilder(cfg).run()
-    assert res.ok, res.reports
+    seen: list[tuple[str, bool, bool]] = []
+
+    def on_episode(rep: Any) -> None:
+        seen.append((rep.episode_id, rep.ok, bool(_frame_threads())))
+        if caller_aborts and len(seen) == 2:
+            raise KeyboardInterrupt  # e.g. Ctrl-C in the CLI's progress output after the last episode
+
+    builder = ClipBuilder(cfg)
+    if caller_aborts:
+        with pytest.raises(KeyboardInterrupt):
+            builder.run(on_episode=on_episode)
+    else:
+        res = builder.run(on_episode=on_episode)
+        assert res.ok and res.clips["train"] > 0, res.reports
+    # both episodes went through, their frames through the thread, which was still up after each of them
+    assert seen == [("ep_a", True, True), ("ep_b", True, True)]
+    assert _frame_threads() == [], "the frame thread outlived the build"
+    assert builder.worker.thread is None
     assert set(threading.enumerate()) <= before

@@ -16,7 +16,9 @@ lets the builder decide which camera frames it needs before paying for deseriali
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
+import os
 import struct
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -141,6 +143,58 @@ def discover_episodes(inputs: Sequence[str | Path]) -> tuple[list[EpisodeSpec], 
         if n:
             ep.episode_id = f"{ep.episode_id}-{n + 1}"
     return episodes, errors
+
+
+# Bytes read from each end of a storage file for `content_digest`.
+_DIGEST_EDGE = 64 * 1024
+
+
+def content_digest(ep: EpisodeSpec) -> str:
+    """What identifies the recorded data of an episode, whatever its path, without reading its messages.
+
+    Hashes, per segment in the episode's order, its ``metadata.yaml`` (message counts per topic, start
+    time and duration in ns, storage file names and compression: a bag's own record of what it holds, with
+    no absolute path in it) and, per storage file, its name, size and first and last 64 KiB (MCAP: header
+    and first chunk, summary section (statistics, chunk indexes) and footer; SQLite: the database header
+    with its change counter and page count, and the last pages). Two recordings differ in the nanosecond
+    start time and counts already; the file ends catch a bag rewritten in place with its metadata kept
+    (converted, recompressed, truncated, appended to). Not caught: bytes changed in the middle of a file,
+    size and metadata unchanged, which no recording or conversion tool does. Cost: 128 KiB per storage
+    file, whatever the bag size.
+
+    Moving or renaming the folders keeps the digest. Never raises: what cannot be read is hashed as such
+    (the bag then fails when it is opened, with its own message).
+    """
+    h = hashlib.sha256(b"cosmos_ros.episode-content/1")
+
+    def put(tag: str, data: bytes) -> None:
+        h.update(f"\0{tag}\0{len(data)}\0".encode())
+        h.update(data)
+
+    for seg in ep.segments:
+        put("segment", b"")
+        try:
+            put("metadata.yaml", (seg / "metadata.yaml").read_bytes())
+        except OSError as err:
+            put("metadata.yaml unreadable", type(err).__name__.encode())
+        try:
+            files = sorted(p for p in seg.iterdir() if p.name.endswith(_STORAGE_SUFFIXES) and p.is_file())
+        except OSError:
+            files = []
+        for f in files:
+            put("file", f.name.encode())
+            try:
+                with open(f, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    head = fh.read(_DIGEST_EDGE)
+                    fh.seek(max(size - _DIGEST_EDGE, 0))
+                    tail = fh.read(_DIGEST_EDGE)
+                put("size", str(size).encode())
+                put("head", head)
+                put("tail", tail)
+            except OSError as err:
+                put("unreadable", type(err).__name__.encode())
+    return h.hexdigest()[:32]
 
 
 def parse_header_stamp(rawdata: bytes | memoryview) -> int:

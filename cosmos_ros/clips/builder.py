@@ -33,6 +33,7 @@ from cosmos_ros.clips.bags import (
     BagError,
     EpisodeReader,
     EpisodeSpec,
+    content_digest,
     discover_episodes,
     parse_header_stamp,
 )
@@ -58,6 +59,7 @@ class EpisodeReport:
     error: str | None = None
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    content: str = ""  # `content_digest` of the bag: what the trainer's latent cache is keyed on
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -527,6 +529,7 @@ class ClipBuilder:
                     ep.episode_id, ep.label, splits[ep.episode_id], warnings=list(ep.warnings)
                 )
                 e0 = time.perf_counter()
+                rep.content = content_digest(ep)
                 try:
                     self.process_episode(ep, rep.split, rep)
                     rep.ok = True
@@ -574,7 +577,13 @@ class ClipBuilder:
         for info in shards:
             result.clips[info.split] = result.clips.get(info.split, 0) + len(info.clips)
         episodes = {
-            r.episode_id: {"split": r.split, "prompt": r.prompt, "source": r.source, "clips": r.clips}
+            r.episode_id: {
+                "split": r.split,
+                "prompt": r.prompt,
+                "source": r.source,
+                "content": r.content,
+                "clips": r.clips,
+            }
             for r in result.reports
             if r.ok
         }

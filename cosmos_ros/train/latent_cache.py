@@ -3,8 +3,13 @@
 One safetensors file per split: `latents` [N, 16, t, h, w] (normalised, float32), `actions` [N, A, D] when
 the clips carry actions, metadata `clip_ids`, `prompts` (JSON lists), `fingerprint` and `identity` (what the
 fingerprint hashes, see `cache_identity`): a cache built for other clips, another VAE, or clips rebuilt
-under the same ids with another clip configuration or action tokenizer is rebuilt, not silently reused,
-and `stale_reason` says which of these changed.
+under the same ids with another clip configuration, action tokenizer or other recordings is rebuilt, not
+silently reused, and `stale_reason` says which of these changed.
+
+The identity holds no path of the data: the source bags enter by content (the digest the clip builder
+records per episode, `cosmos_ros.clips.bags.content_digest`), so bags moved or copied elsewhere and clips
+rebuilt from there reuse the cache, while a bag replaced by another recording under the same path and
+episode id does not.
 """
 
 from __future__ import annotations
@@ -36,27 +41,51 @@ class LatentSet:
 _INDEX_LISTINGS = frozenset({"counts", "episodes", "shards"})
 # build_clips options that change where and how the files are written, never a frame or an action.
 _CLIP_OPTIONS_WITHOUT_CONTENT = frozenset({"output", "overwrite", "progress", "shard_mb"})
+# Where the bags were read from: stands for their content only in an index without content digests.
+_CLIP_INPUT_PATHS = "inputs"
+
+
+def _source_contents(dataset: Any, meta: dict[str, Any]) -> dict[str, str] | None:
+    """Episode id -> content digest of its bag, for the episodes of `dataset`'s split; None when the clip
+    index predates the digests (then the input paths stay in the identity, as they were)."""
+    episodes = meta.get("episodes")
+    if not isinstance(episodes, dict):
+        return None
+    digests = {str(k): v.get("content") for k, v in episodes.items() if isinstance(v, dict)}
+    if not digests or not all(isinstance(d, str) and d for d in digests.values()):
+        return None
+    ids = getattr(dataset, "episodes", None)  # ClipDataset: the episodes of its split
+    ids = sorted(digests) if ids is None else [str(i) for i in (ids() if callable(ids) else ids)]
+    return {i: digests.get(i, "") for i in ids}
 
 
 def data_identity(dataset: Any, tokenizer: dict[str, Any] | None = None) -> dict[str, Any]:
     """What besides the clip ids decides the cached latents, actions and prompts of `dataset`.
 
     Clip ids name a clip by episode and start frame only, so clips rebuilt with another action mode,
-    tokenizer (statistics, bins), frame size or fps keep their ids while their frames and actions change.
-    From a `ClipDataset` this takes the clip index's build description (`meta`: fps, size, action mode, the
-    build_clips config, ...), its action tokenizer (`tokenizer.to_dict()`) and the prompts; for other
-    datasets whatever of these they expose, and `tokenizer` (the trainer's tokenizer dict) when the dataset
-    carries none. Reads no frames.
+    tokenizer (statistics, bins), frame size or fps, or from another recording of an episode, keep their
+    ids while their frames and actions change. From a `ClipDataset` this takes the clip index's build
+    description (`meta`: fps, size, action mode, the build_clips config without paths, ...), the content
+    digest of each source bag of the split (`sources`), its action tokenizer (`tokenizer.to_dict()`) and
+    the prompts; for other datasets whatever of these they expose, and `tokenizer` (the trainer's tokenizer
+    dict) when the dataset carries none. Reads no frames and no bag.
+
+    The bags' paths (`config.inputs`) are left out when the index records content digests: the digests
+    say which data the clips came from, wherever it lies, so moving the bags and rebuilding the clips
+    from the new place keeps the cache. An index written before the digests keeps the paths (and the
+    identity, hence caches, it had).
     """
     ident: dict[str, Any] = {}
     meta = getattr(dataset, "meta", None)
     if isinstance(meta, dict):
+        sources = _source_contents(dataset, meta)
+        skip = _CLIP_OPTIONS_WITHOUT_CONTENT | ({_CLIP_INPUT_PATHS} if sources is not None else set())
         build = {k: v for k, v in meta.items() if k not in _INDEX_LISTINGS}
         if isinstance(build.get("config"), dict):
-            build["config"] = {
-                k: v for k, v in build["config"].items() if k not in _CLIP_OPTIONS_WITHOUT_CONTENT
-            }
+            build["config"] = {k: v for k, v in build["config"].items() if k not in skip}
         ident["clip_build"] = build
+        if sources is not None:
+            ident["sources"] = sources
     tok = getattr(dataset, "tokenizer", None)
     if tok is not None and callable(getattr(tok, "to_dict", None)):
         ident["tokenizer"] = tok.to_dict()
@@ -79,7 +108,8 @@ def cache_identity(
 ) -> dict[str, Any]:
     """The parts a cache's fingerprint covers, as stored in its metadata so that a mismatch can be named.
 
-    Small parts (base, clip build description, tokenizer) are kept whole; the VAE config, clip ids and
+    Small parts (base, clip build description, tokenizer) and the source digests per episode (so that a
+    rebuild can name the episodes whose recording changed) are kept whole; the VAE config, clip ids and
     prompts, which can be long, by digest.
     """
     data = data or {}
@@ -90,7 +120,7 @@ def cache_identity(
     }
     if "prompts" in data:
         ident["prompts"] = _digest(data["prompts"])
-    for key in ("clip_build", "tokenizer"):
+    for key in ("clip_build", "sources", "tokenizer"):
         if key in data:
             ident[key] = data[key]
     return ident
@@ -101,9 +131,9 @@ def fingerprint(
 ) -> str:
     """Identity of a cache: same base/VAE, the same clips in the same order, built the same way.
 
-    `data` is `data_identity(dataset)`: the clip build config, action tokenizer and prompts. Without it (a
-    dataset exposing none of these) the fingerprint is the one caches had before `data` existed, so they
-    stay valid.
+    `data` is `data_identity(dataset)`: the clip build config, source bag digests, action tokenizer and
+    prompts. Without it (a dataset exposing none of these) the fingerprint is the one caches had before
+    `data` existed, so they stay valid.
     """
     parts: dict[str, Any] = {"base": base, "vae": vae_config, "clips": clip_ids}
     if data:
@@ -123,6 +153,15 @@ def _changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
         if old.get(k) != new.get(k):
             out += _changed_keys(old.get(k), new.get(k), f"{prefix}{k}" if not prefix else f"{prefix}.{k}")
     return out
+
+
+def _changed_sources(old: Any, new: Any) -> list[str]:
+    """The episodes whose recording differs between two `sources` dicts (episode id -> content digest)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return ["not recorded before" if new else "not recorded now"]
+    out = [f"{e}: other recording" for e in sorted(set(old) & set(new), key=str) if old[e] != new[e]]
+    out += [f"{e}: new" for e in sorted(set(new) - set(old), key=str)]
+    return out + [f"{e}: gone" for e in sorted(set(old) - set(new), key=str)]
 
 
 def stale_reason(
@@ -157,6 +196,7 @@ def stale_reason(
         "clip_ids": "clip ids",
         "prompts": "prompts",
         "clip_build": "clip build config",
+        "sources": "source bag content",
         "tokenizer": "action tokenizer",
     }
     reasons = []
@@ -166,6 +206,8 @@ def stale_reason(
         detail = []
         if key in ("clip_build", "tokenizer"):  # small dicts kept whole: name the keys that changed
             detail = _changed_keys(old.get(key), identity.get(key))
+        elif key == "sources":
+            detail = _changed_sources(old.get(key), identity.get(key))
         shown = "; ".join(detail[:6]) + ("; ..." if len(detail) > 6 else "")
         reasons.append(f"{name} differs" + (f" ({shown})" if shown else ""))
     return ", ".join(reasons) if reasons else "its fingerprint differs"

@@ -223,7 +223,8 @@ class Trainer:
         """Rank 0: (re)build each split's cache that is missing or stale; returns the datasets (every rank).
 
         A cache is stale when its fingerprint differs: base model, VAE config, clip ids, or (clips rebuilt
-        under the same ids) the clip build config, action tokenizer or prompts; the log line names which.
+        under the same ids) the clip build config, the content of the source bags, action tokenizer or
+        prompts; the log line names which. Where the bags lie is not part of it (`data_identity`).
         """
         from diffusers import AutoencoderKLWan
 
