@@ -8,6 +8,9 @@
 The predictor subscribes to /camera/image_raw and /joint_states; the launch arguments remap those names to
 the robot's topics, so config/predictor.yaml stays the same for every robot. `base_model` and `adapter`
 override the YAML (an empty base_model takes the base recorded in the adapter card).
+
+The predictor is a lifecycle node that configures and activates itself; `autostart:=false` leaves it
+`unconfigured` for a lifecycle manager (`ros2 lifecycle set /predictor configure`, then `activate`).
 """
 
 from launch.actions import DeclareLaunchArgument
@@ -26,6 +29,7 @@ def generate_launch_description() -> LaunchDescription:
     base_model = LaunchConfiguration("base_model")
     adapter = LaunchConfiguration("adapter")
     device = LaunchConfiguration("device")
+    autostart = LaunchConfiguration("autostart")
     predictor_params = LaunchConfiguration("predictor_params")
     sim_params = LaunchConfiguration("sim_params")
     config_dir = PathJoinSubstitution([FindPackageShare("cosmos_ros"), "config"])
@@ -44,6 +48,11 @@ def generate_launch_description() -> LaunchDescription:
             ),
             DeclareLaunchArgument("adapter", default_value="", description="Adapter directory from `train`"),
             DeclareLaunchArgument("device", default_value="auto", description="auto | cpu | cuda | cuda:N"),
+            DeclareLaunchArgument(
+                "autostart",
+                default_value="true",
+                description="Predictor configures + activates itself (false: wait for a lifecycle manager)",
+            ),
             DeclareLaunchArgument(
                 "predictor_params",
                 default_value=PathJoinSubstitution([config_dir, "predictor.yaml"]),
@@ -69,7 +78,7 @@ def generate_launch_description() -> LaunchDescription:
                 name="predictor",
                 parameters=[
                     predictor_params,
-                    {"base_model": base_model, "adapter": adapter, "device": device},
+                    {"base_model": base_model, "adapter": adapter, "device": device, "autostart": autostart},
                 ],
                 remappings=[("/camera/image_raw", camera_topic), ("/joint_states", joint_state_topic)],
                 output="screen",

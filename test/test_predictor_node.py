@@ -1,9 +1,11 @@
 """The predictor node as a real process next to the simulated arm: a planner-like client process calls both
 services and subscribes to predicted frames; malformed requests (a table) each get a clean error while the
-node keeps serving; a burst beyond the queue gets BUSY answers without memory growth; launch file checks.
+node keeps serving; a burst beyond the queue gets BUSY answers without memory growth; the lifecycle (started
+with autostart:=false, driven through lifecycle_msgs services like `ros2 lifecycle set`); launch file checks.
 
 One sim_arm + predictor pair (tiny model, adapter trained by the real trainer in a session fixture) serves
-the whole module, so the model is loaded and warmed up once.
+the whole module, so the model is loaded and warmed up once. The SIGINT test starts a predictor of its own
+with the default autostart (configures and activates itself, as `ros2 run` without a lifecycle manager).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, NodeProcess, installed_executable, requires_ros
+from conftest import REPO, NodeProcess, installed_executable, requires_ros, wait_for
 from helpers_predict import (  # noqa: F401 - predict_assets is a session fixture
     HEIGHT,
     JOINTS,
@@ -38,9 +40,36 @@ pytestmark = requires_ros
 OK, INVALID_REQUEST, BUSY, DEADLINE_EXCEEDED, NOT_READY, INTERNAL_ERROR = range(6)
 
 
+def _offered_services(probe: Any, node: str = "predictor") -> set[str]:
+    """Service names the graph lists for `node` (empty until the node is discovered)."""
+    try:
+        return {name for name, _ in probe.node.get_service_names_and_types_by_node(node, "/")}
+    except Exception:  # NodeNameNonExistentError before discovery
+        return set()
+
+
+def _lifecycle_state(probe: Any, timeout: float = 30.0) -> str:
+    """Label of the predictor's lifecycle state (lifecycle_msgs/srv/GetState, as `ros2 lifecycle get`)."""
+    from lifecycle_msgs.srv import GetState
+
+    return probe.call(
+        GetState, "/predictor/get_state", GetState.Request(), timeout=timeout
+    ).current_state.label
+
+
+def _change_state(probe: Any, label: str) -> bool:
+    """A transition by label (configure, activate, deactivate, cleanup, shutdown), as `ros2 lifecycle set`."""
+    from lifecycle_msgs.srv import ChangeState
+
+    req = ChangeState.Request()
+    req.transition.label = label
+    return probe.call(ChangeState, "/predictor/change_state", req, timeout=60.0).success
+
+
 @pytest.fixture(scope="module")
 def served(predict_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:  # noqa: F811
-    """sim_arm + predictor processes on a domain of their own, and an rclpy probe in this process."""
+    """sim_arm + predictor processes on a domain of their own, and an rclpy probe in this process. The
+    predictor is brought up and shut down through its lifecycle services."""
     import rclpy
     from helpers_record import RosProbe
     from rclpy.context import Context
@@ -50,7 +79,9 @@ def served(predict_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     env = dict(
         os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1"
     )
-    params = predictor_params(tmp / "predictor.yaml", predict_assets)
+    # autostart:=false: the node waits in 'unconfigured'; it is configured and activated here through its
+    # lifecycle services (what `ros2 lifecycle set` / a lifecycle manager does) and shut down the same way
+    params = predictor_params(tmp / "predictor.yaml", predict_assets, autostart=False)
     procs = [
         NodeProcess([str(installed_executable("sim_arm"))], env, tmp / "sim_arm.log"),
         NodeProcess(
@@ -62,14 +93,37 @@ def served(predict_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     ctx = Context()
     rclpy.init(context=ctx, domain_id=domain)
     probe = RosProbe(ctx, "predictor_test_probe")
+    info: dict[str, Any] = {"env": env, "sim": procs[0], "predictor": procs[1], "probe": probe, "tmp": tmp}
+    shut_down = False
     try:
-        yield {"env": env, "sim": procs[0], "predictor": procs[1], "probe": probe, "tmp": tmp}
+        # what the node offered in each state on the way up: unconfigured, inactive, active
+        info["states"] = [_lifecycle_state(probe, timeout=60.0)]
+        lifecycle_services = {
+            f"/predictor/{n}" for n in ("get_state", "change_state", "get_available_transitions")
+        }
+        wait_for(
+            lambda: lifecycle_services <= _offered_services(probe),
+            10.0,
+            what="the predictor's lifecycle services in the graph",
+        )
+        info["services"] = [_offered_services(probe)]
+        for transition in ("configure", "activate"):
+            assert _change_state(probe, transition), f"{transition} failed:\n{procs[1].output()[-3000:]}"
+            info["states"].append(_lifecycle_state(probe))
+            info["services"].append(_offered_services(probe))
+        yield info
+        # the shutdown transition (from whatever state the tests left): deactivate + cleanup, exit 0
+        shut_down = _change_state(probe, "shutdown")
+        if shut_down:
+            procs[1].wait(timeout=30)
     finally:
         probe.close()
         rclpy.shutdown(context=ctx)
         codes = [p.stop() for p in reversed(procs)]
-        # SIGINT is a clean stop: exit code 0 (deactivate, destroy, shutdown) - not a traceback
-        assert codes[0] == 0, f"predictor exited with {codes[0]}:\n{procs[1].output()[-3000:]}"
+    log = procs[1].log_path.read_text(errors="replace")
+    assert shut_down, f"shutdown transition failed:\n{log[-3000:]}"
+    assert codes[0] == 0, f"predictor exited with {codes[0]}:\n{log[-3000:]}"
+    assert "Traceback" not in log, log[-3000:]
 
 
 def _wait_ready(served: dict[str, Any], timeout: float = 240.0) -> None:
@@ -334,6 +388,51 @@ def test_burst_beyond_the_queue_gets_busy_without_memory_growth(served: dict[str
     assert "Traceback" not in served["predictor"].output()
 
 
+def test_lifecycle_services_drive_serving_and_the_model_stays_loaded(served: dict[str, Any]) -> None:
+    """autostart:=false: unconfigured without the predict services; configure -> inactive (still none);
+    activate -> serving. Deactivate answers the request in flight and takes the services away (process
+    alive); activate again serves at once (the model was kept). The fixture ends with the shutdown
+    transition and checks exit code 0."""
+    from cosmos_ros.srv import CheckCollision, PredictFuture
+
+    predict_srv, check_srv = "/predictor/predict_future", "/predictor/check_collision"
+    assert served["states"] == ["unconfigured", "inactive", "active"], served["states"]
+    unconfigured, inactive, _ = served["services"]
+    assert "/predictor/change_state" in unconfigured and "/predictor/get_state" in unconfigured
+    assert predict_srv not in unconfigured and check_srv not in unconfigured, unconfigured
+    assert predict_srv not in inactive and check_srv not in inactive, inactive
+    _wait_ready(served)  # configured + activated through the services: it serves
+    probe, proc = served["probe"], served["predictor"]
+    context = [image_msg(np.full((HEIGHT, WIDTH, 3), 90, np.uint8))]
+
+    # deactivate with a long request in flight: it is answered (served or "shutting down"), not dropped
+    heavy = probe.node.create_client(CheckCollision, check_srv)
+    assert heavy.wait_for_service(timeout_sec=10)
+    fut = heavy.call_async(
+        CheckCollision.Request(candidates=[action_msg(plan(24))] * 4, num_steps=30, context_frames=context)
+    )
+    time.sleep(0.5)
+    assert _change_state(probe, "deactivate"), proc.output()[-3000:]
+    assert _lifecycle_state(probe) == "inactive"
+    wait_for(fut.done, 10.0, what="the answer to the request in flight")
+    answer = fut.result()
+    assert answer.code in (OK, NOT_READY), (answer.code, answer.message)
+    if answer.code == NOT_READY:
+        assert "shutting down" in answer.message, answer.message
+    probe.node.destroy_client(heavy)
+    wait_for(lambda: predict_srv not in _offered_services(probe), 10.0, what="predict_future to go away")
+    assert check_srv not in _offered_services(probe)
+    assert proc.alive(), proc.output()[-3000:]
+
+    # activate again: the first request is served (no NOT_READY), the model was loaded once
+    assert _change_state(probe, "activate") and _lifecycle_state(probe) == "active", proc.output()[-3000:]
+    req = PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, context_frames=context)
+    resp = probe.call(PredictFuture, predict_srv, req, timeout=60.0)
+    assert resp.success and len(resp.prediction.frames) == 4, resp.message
+    assert proc.output().count("model ready on") == 1, proc.output()[-3000:]
+    served["ready"] = False  # a later test waits for camera frames again (activate empties the buffer)
+
+
 def test_launch_file_is_consistent_with_the_installed_nodes() -> None:
     """Static check (no `launch` here): executables installed, YAML keys declared, arguments declared."""
     from launch_static import check_launch_file
@@ -390,3 +489,75 @@ def test_sigint_answers_requests_in_flight_and_exits_cleanly(
         assert "Traceback" not in proc.output()
     finally:
         probe.close()
+
+
+def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
+    predict_assets: Any,  # noqa: F811
+    rclpy_context: Any,
+) -> None:
+    """The transitions called directly (no executor needed): a bad parameter fails configure and leaves the
+    node unconfigured; configure reads the parameters again; cleanup stops the worker and releases the model,
+    the checker and the lifecycle publishers; an exception in a transition ends in on_error (released, back
+    to unconfigured); shutdown from unconfigured ends in finalized."""
+    from lifecycle_msgs.msg import State
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+
+    from cosmos_ros.nodes.predictor_node import _make_node_class
+
+    overrides = [
+        Parameter("autostart", value=False),
+        Parameter("base_model", value=str(predict_assets.model_dir)),
+        Parameter("adapter", value=str(predict_assets.adapter_dir)),
+        Parameter("device", value="cpu"),
+        Parameter("warmup", value=False),
+        Parameter("collision_checker", value="no_such_checker"),
+    ]
+    node = _make_node_class()(context=rclpy_context, parameter_overrides=overrides)
+    try:
+        assert node.lifecycle_state() == (State.PRIMARY_STATE_UNCONFIGURED, "unconfigured")
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.lifecycle_state()[0] == State.PRIMARY_STATE_UNCONFIGURED
+        assert "no_such_checker" in node.last_error
+        assert node.worker is None and node.pub_latency is None
+
+        assert node.set_parameters([Parameter("collision_checker", value="keepout")])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state()[0] == State.PRIMARY_STATE_INACTIVE
+        worker, pubs = node.worker, (node.pub_frames, node.pub_latency)
+        assert worker.ready.wait(120) and worker.warmup_error is None, worker.warmup_error
+        assert node.predictor is not None and node.checker is not None
+        assert all(p in list(node.publishers) and not p.is_activated for p in pubs)
+
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state()[0] == State.PRIMARY_STATE_UNCONFIGURED
+        assert node.worker is None and node.predictor is None and node.checker is None
+        assert not worker.alive
+        assert not any(p in list(node.publishers) for p in pubs)
+
+        # an exception in a transition (an invalid topic name at activate): on_error releases everything and
+        # the node is back in unconfigured, ready for another configure
+        assert node.set_parameters([Parameter("camera_topics", value=["bad topic!"])])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        worker = node.worker
+        assert node.trigger_activate() == TransitionCallbackReturn.ERROR
+        assert node.lifecycle_state()[0] == State.PRIMARY_STATE_UNCONFIGURED
+        assert "activate failed" in node.last_error and "bad topic!" in node.last_error
+        assert node.worker is None and node.predictor is None and not worker.alive
+
+        assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+        assert node.lifecycle_state()[0] == State.PRIMARY_STATE_FINALIZED
+    finally:
+        node.destroy_node()
+
+
+def test_sigint_while_unconfigured_exits_cleanly(start_node: Any) -> None:
+    """autostart:=false and no lifecycle manager yet: Ctrl-C still ends the process with 0 (no abort from a
+    thread left in rcl; no callback has run in this process)."""
+    import signal
+
+    proc = start_node("predictor", "--ros-args", "-p", "autostart:=false")
+    wait_for(lambda: "autostart is false" in proc.output(), 30.0, what="the predictor to start unconfigured")
+    proc.signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == 0, proc.output()[-2000:]
+    assert "terminate called" not in proc.output() and "Traceback" not in proc.output()

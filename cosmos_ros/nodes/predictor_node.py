@@ -11,14 +11,32 @@ answer at once). Service callbacks only validate, enqueue and wait for their own
 reentrant callback group on a MultiThreadedExecutor with more threads than the queue can hold, so there is
 always a free thread to take new requests (and answer BUSY) and the camera / joint-state callbacks (their own
 mutually exclusive group) never starve. Each request has a deadline; on expiry the job is cancelled at its
-next denoising step. The model is loaded and warmed up on the worker thread, so the node is on the graph at
-once and answers NOT_READY until then. `activate()` / `deactivate()` start and stop serving (what a
-lifecycle manager would call); SIGINT deactivates and exits 0.
+next denoising step. The model is loaded and warmed up on the worker thread, so the node answers NOT_READY
+until then.
+
+Managed (lifecycle) node, `rclpy.lifecycle.LifecycleNode`; the standard transitions map onto the work:
+- configure: read the parameters, create the (lifecycle) publishers, load the collision checker and start
+  the model worker, which loads + warms up the model on its own thread (the transition returns at once);
+  a bad parameter fails the transition (the node stays `unconfigured`, the error is logged).
+- activate: reset the sensor buffers, create the subscriptions and the two services: the node serves.
+- deactivate: stop taking requests; waiting callers are answered NOT_READY ("shutting down") and their jobs
+  cancelled; subscriptions and services go away; the publishers stop publishing; the model stays loaded,
+  so activating again serves at once.
+- cleanup: stop the worker, release the model and the checker, destroy the publishers.
+- shutdown (from any state): as deactivate + cleanup; the process then exits 0.
+- error (an exception in a transition): release everything, log it, back to `unconfigured`.
+
+With `autostart` (default true) the node configures and activates itself at start, so it serves without a
+lifecycle manager. With `autostart:=false` it waits in `unconfigured` for one (`ros2 lifecycle set
+/predictor configure`, then `activate`). SIGINT / SIGTERM deactivates (answering the waiting callers),
+shuts the node down and exits 0. The executor's thread count is sized from `queue_size` at process start.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import gc
 import itertools
 import sys
 import threading
@@ -47,6 +65,12 @@ NODE_NAME = "predictor"
 
 # The node declares exactly these (cosmos_ros.nodes.param_table); test/launch_static.py reads them.
 PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "autostart",
+        True,
+        "Configure and activate at start; false = wait in 'unconfigured' for a lifecycle manager.",
+        read_only=True,
+    ),
     Param("base_model", "", "Base world model: local directory or hub id (empty = the adapter card's base)."),
     Param("base_revision", "", "Hub revision of base_model (empty = default / the card's)."),
     Param("adapter", "", "Adapter directory written by the trainer (empty = base model, no actions)."),
@@ -139,8 +163,9 @@ class _Rejected(Exception):
 
 def _make_node_class() -> type:
     from builtin_interfaces.msg import Time
+    from lifecycle_msgs.msg import State
     from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
-    from rclpy.node import Node
+    from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
     from rclpy.qos import QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import Image, JointState
 
@@ -148,47 +173,140 @@ def _make_node_class() -> type:
     from cosmos_ros.predict import worker as wk
     from cosmos_ros.srv import CheckCollision, PredictFuture
 
-    class PredictorNode(Node):
+    SUCCESS, FAILURE, ERROR = (
+        TransitionCallbackReturn.SUCCESS,
+        TransitionCallbackReturn.FAILURE,
+        TransitionCallbackReturn.ERROR,
+    )
+
+    class PredictorNode(LifecycleNode):
         """The predictor node; see the module docstring."""
+
+        # how long deactivate waits for the callbacks in flight to answer (they notice within 0.1 s)
+        DRAIN_TIMEOUT_S = 5.0
+        # then this long for the executor to send those answers before the services are destroyed
+        SEND_GRACE_S = 0.2
 
         def __init__(self, **kwargs: Any) -> None:
             super().__init__(NODE_NAME, **kwargs)
+            # declared once (descriptors, ranges, choices); configure reads the current values again
             self.p = declare_parameters(self, PARAMETERS)
+            self.start_queue_size = int(self.p["queue_size"])  # sizes the executor (see main)
             self.predictor: Any = None
             self.checker: Any = None
             self.limits: Any = None
-            self.defaults = SamplingParams(
-                num_steps=int(self.p["num_steps"]),
-                guidance=float(self.p["guidance"]),
-                seed=int(self.p["seed"]),
-                timeout=float(self.p["timeout"]),
-            )
+            self.default_prompt = ""
+            self.defaults: SamplingParams | None = None
             self.worker: wk.ModelWorker | None = None
+            self.pub_frames: Any = None
+            self.pub_latency: Any = None
+            self.last_error = ""
+            self.exit_code = 0  # 1 once the node ended in 'finalized' because an error could not be handled
+            # bumped by every configure and release: a model load that finishes after a cleanup (or for an
+            # earlier configuration) is dropped instead of installed
+            self._generation = 0
             self._request_ids = itertools.count(1)
             self._state_lock = threading.Lock()
             self._camera_frames: dict[str, collections.deque] = {}
             self._joint_state: tuple[Any, list[str], np.ndarray] | None = None
             self._warned_resize: set[str] = set()
             self._camera_frame_id = ""
+            # set = not serving; each activation gets a fresh event, so a straggler of an earlier activation
+            # keeps seeing its own (set) event
             self._stopping = threading.Event()
+            self._stopping.set()
+            self._in_flight = 0
+            self._in_flight_cv = threading.Condition()
             self._sensor_group = MutuallyExclusiveCallbackGroup()
             self._request_group = ReentrantCallbackGroup()
             self._pn_subs: list[Any] = []
             self._pn_srvs: list[Any] = []
-            self.pub_frames = self.create_publisher(PredictedFrames, self.p["predicted_frames_topic"], 2)
-            self.pub_latency = self.create_publisher(StageLatency, self.p["latency_topic"], 10)
 
         # ---------------------------------------------------------------- lifecycle
-        def activate(self) -> None:
-            """Start the worker (loads + warms the model on its thread) and the subscriptions/services."""
-            self._stopping.clear()
+        def lifecycle_state(self) -> tuple[int, str]:
+            """(id, label) of the current lifecycle state (lifecycle_msgs/msg/State ids)."""
+            # rclpy keeps it on the state machine (the same attribute its trigger_shutdown reads, Humble..)
+            state_id, label = self._state_machine.current_state
+            return int(state_id), str(label)
+
+        def _transition(self, name: str, work: Any, on_exception: Any = ERROR) -> Any:
+            """Run a transition's work; an exception is logged (rclpy would swallow it) and returned as
+            `on_exception` (FAILURE: stay in the previous state; ERROR: on_error releases everything)."""
+            try:
+                work()
+            except Exception as exc:
+                self.last_error = f"{name} failed: {type(exc).__name__}: {exc}"
+                self.get_logger().error(self.last_error)
+                return on_exception
+            return SUCCESS
+
+        def on_configure(self, state: LifecycleState) -> Any:
+            """Parameters, publishers, checker, model worker (it loads + warms up the model on its thread)."""
+            ret = self._transition("configure", self._configure, on_exception=FAILURE)
+            if ret != SUCCESS:
+                self._release()  # whatever the failed configure created
+                return ret
+            return super().on_configure(state)
+
+        def _configure(self) -> None:
+            self.p = self._read_parameters()
+            if int(self.p["queue_size"]) > self.start_queue_size:
+                self.get_logger().warning(
+                    f"queue_size {self.p['queue_size']} > {self.start_queue_size} (the value at start, which "
+                    "sized the executor's threads): restart the node for BUSY answers without delay"
+                )
+            self.defaults = SamplingParams(
+                num_steps=int(self.p["num_steps"]),
+                guidance=float(self.p["guidance"]),
+                seed=int(self.p["seed"]),
+                timeout=float(self.p["timeout"]),
+            )
             from cosmos_ros.predict.checkers import load_checker
 
             self.checker = load_checker(self.p["collision_checker"], self._checker_options())
-            self.worker = wk.ModelWorker(queue_size=int(self.p["queue_size"]), warmup=self._load_and_warm_up)
+            # lifecycle publishers: publish() is a no-op unless the node is active
+            self.pub_frames = self.create_lifecycle_publisher(
+                PredictedFrames, self.p["predicted_frames_topic"], 2
+            )
+            self.pub_latency = self.create_lifecycle_publisher(StageLatency, self.p["latency_topic"], 10)
+            self._generation += 1
+            generation = self._generation
+            self.worker = wk.ModelWorker(
+                queue_size=int(self.p["queue_size"]), warmup=lambda: self._load_and_warm_up(generation)
+            )
             self.worker.start()
+            self.get_logger().info(
+                f"configured: loading {self.p['base_model']!r} + adapter {self.p['adapter']!r} on the "
+                "model worker"
+            )
+
+        def _read_parameters(self) -> dict[str, Any]:
+            """Current values of the declared parameters (set since start with `ros2 param set`, say);
+            ranges are enforced by rclpy, choices here."""
+            values: dict[str, Any] = {}
+            for prm in PARAMETERS:
+                value = self.get_parameter(prm.name).value
+                if prm.choices and value not in prm.choices:
+                    raise ValueError(
+                        f"parameter {prm.name}={value!r} is not valid; use one of "
+                        f"{', '.join(repr(c) for c in prm.choices)}"
+                    )
+                values[prm.name] = value
+            return values
+
+        def on_activate(self, state: LifecycleState) -> Any:
+            """Subscriptions and services: the node serves."""
+            ret = super().on_activate(state)  # enable the lifecycle publishers first
+            if ret != SUCCESS:
+                return ret
+            return self._transition("activate", self._start_serving)
+
+        def _start_serving(self) -> None:
+            with self._state_lock:  # frames from an earlier activation are stale context
+                self._camera_frames = {t: collections.deque(maxlen=8) for t in self.p["camera_topics"]}
+                self._joint_state = None
+            self._stopping = threading.Event()  # a fresh one: see __init__
             for topic in self.p["camera_topics"]:
-                self._camera_frames[topic] = collections.deque(maxlen=8)
                 self._pn_subs.append(
                     self.create_subscription(
                         Image,
@@ -211,7 +329,7 @@ def _make_node_class() -> type:
                 self.create_subscription(
                     ActionSequence,
                     self.p["planned_actions_topic"],
-                    self._on_planned_actions,
+                    self._counted(self._on_planned_actions),
                     10,
                     callback_group=self._request_group,
                 )
@@ -220,7 +338,7 @@ def _make_node_class() -> type:
                 self.create_service(
                     PredictFuture,
                     "~/predict_future",
-                    self._on_predict,
+                    self._counted(self._on_predict),
                     qos_profile=self._service_qos(),
                     callback_group=self._request_group,
                 )
@@ -229,14 +347,17 @@ def _make_node_class() -> type:
                 self.create_service(
                     CheckCollision,
                     "~/check_collision",
-                    self._on_check,
+                    self._counted(self._on_check),
                     qos_profile=self._service_qos(),
                     callback_group=self._request_group,
                 )
             )
+            ready = (
+                "model ready" if self.predictor is not None else "model still loading (NOT_READY until then)"
+            )
             self.get_logger().info(
-                f"serving ~/predict_future, ~/check_collision, {self.p['planned_actions_topic']}; "
-                f"loading {self.p['base_model']!r} + adapter {self.p['adapter']!r} on the model worker"
+                "active: serving ~/predict_future, ~/check_collision, "
+                f"{self.p['planned_actions_topic']}; {ready}"
             )
 
         def _service_qos(self) -> Any:
@@ -253,26 +374,103 @@ def _make_node_class() -> type:
             )
             return qos
 
-        def deactivate(self, drain_s: float = 0.5) -> None:
-            """Stop taking requests, answer the waiting ones ("shutting down"), release the model.
+        def _counted(self, callback: Any) -> Any:
+            """A request callback that deactivate can wait for (it answers before the service goes)."""
 
-            Waiting service callbacks see the stop flag within 0.1 s and answer NOT_READY; `drain_s` gives
-            the executor time to send those answers before the services are destroyed.
-            """
+            def counted(*args: Any) -> Any:
+                with self._in_flight_cv:
+                    self._in_flight += 1
+                try:
+                    return callback(*args)
+                finally:
+                    with self._in_flight_cv:
+                        self._in_flight -= 1
+                        self._in_flight_cv.notify_all()
+
+            return counted
+
+        def on_deactivate(self, state: LifecycleState) -> Any:
+            """Stop taking requests, answer the waiting ones ("shutting down"); the model stays loaded."""
+            ret = self._transition("deactivate", self._stop_serving)
+            if ret != SUCCESS:
+                return ret
+            self.get_logger().info("inactive: not serving; the model stays loaded")
+            return super().on_deactivate(state)  # disable the lifecycle publishers
+
+        def _stop_serving(self) -> None:
+            """Waiting service callbacks see the stop flag within 0.1 s, cancel their job (the worker drops
+            it, or stops it at its next denoising step) and answer NOT_READY; the services are destroyed
+            once those answers are out. The worker keeps running with the model loaded."""
             self._stopping.set()
-            if self.worker is not None:
-                self.worker.stop(timeout=0.0)  # cancel queued jobs, ask the running one to stop
-            time.sleep(drain_s)
+            with self._in_flight_cv:
+                drained = self._in_flight_cv.wait_for(lambda: self._in_flight == 0, self.DRAIN_TIMEOUT_S)
+                left = self._in_flight
+            if not drained:
+                self.get_logger().warning(f"{left} request callback(s) still running after deactivation")
+            if self._pn_srvs or self._pn_subs:
+                time.sleep(self.SEND_GRACE_S)
             for s in self._pn_srvs:
                 self.destroy_service(s)
             for s in self._pn_subs:
                 self.destroy_subscription(s)
             self._pn_srvs.clear()
             self._pn_subs.clear()
-            if self.worker is not None:
-                self.worker.stop()
-                self.worker = None
+
+        def on_cleanup(self, state: LifecycleState) -> Any:
+            """Stop the worker, release the model, the checker and the publishers."""
+            ret = self._transition("cleanup", self._release)
+            if ret != SUCCESS:
+                return ret
+            self.get_logger().info("unconfigured: model, checker and publishers released")
+            return super().on_cleanup(state)
+
+        def _release(self) -> None:
+            self._generation += 1  # a load still running is dropped when it ends
+            worker, self.worker = self.worker, None
+            if worker is not None:
+                worker.stop()  # cancel queued jobs, stop the running one; joins (a load in progress: 10 s)
             self.predictor = None
+            self.limits = None
+            self.checker = None
+            for pub in (self.pub_frames, self.pub_latency):
+                if pub is not None:
+                    self.destroy_lifecycle_publisher(pub)
+            self.pub_frames = self.pub_latency = None
+            if worker is not None:
+                self._free_accelerator_memory()
+
+        @staticmethod
+        def _free_accelerator_memory() -> None:
+            """Hand the released model's GPU memory back to the driver (torch keeps it cached otherwise)."""
+            gc.collect()
+            torch = sys.modules.get("torch")
+            if torch is not None and torch.cuda.is_available():
+                with contextlib.suppress(Exception):
+                    torch.cuda.empty_cache()
+
+        def on_shutdown(self, state: LifecycleState) -> Any:
+            """From any state: deactivate (if active) and clean up. Always ends in `finalized`."""
+            if state.state_id == State.PRIMARY_STATE_ACTIVE or self._pn_srvs or self._pn_subs:
+                self._transition("shutdown (deactivate)", self._stop_serving)
+            super().on_shutdown(state)
+            self._transition("shutdown (cleanup)", self._release)
+            self.get_logger().info("shut down: model released")
+            return SUCCESS
+
+        def on_error(self, state: LifecycleState) -> Any:
+            """A transition raised: release everything and go back to `unconfigured` (FAILURE: finalized)."""
+            self.get_logger().error(
+                f"lifecycle error (from state {state.label!r}): {self.last_error or 'unknown'}; "
+                "releasing the model; configure again to retry"
+            )
+            try:
+                self._stop_serving()
+                self._release()
+            except Exception as exc:
+                self.get_logger().fatal(f"could not release after an error: {exc!r}")
+                self.exit_code = 1
+                return FAILURE
+            return SUCCESS
 
         def _checker_options(self) -> dict[str, Any]:
             if self.p["collision_checker"] == "keepout":
@@ -292,44 +490,50 @@ def _make_node_class() -> type:
                 raise ValueError(f"checker_params_file {path}: expected a YAML mapping of options")
             return data
 
-        def _load_and_warm_up(self) -> None:
-            """Runs on the worker thread: all model work, including loading, stays there."""
+        def _load_and_warm_up(self, generation: int) -> None:
+            """Runs on the worker thread: all model work, including loading, stays there. The model is
+            installed only if no cleanup / new configuration happened meanwhile (`generation`)."""
             from cosmos_ros.predict.core import OptimizeOptions, Predictor
 
+            p, defaults = self.p, self.defaults
             t0 = time.perf_counter()
-            if not self.p["base_model"] and not self.p["adapter"]:
+            if not p["base_model"] and not p["adapter"]:
                 raise ValueError(
                     "parameters base_model and adapter are empty: set base_model to the base model "
                     "directory or hub id (and adapter to the trainer's adapter directory)"
                 )
             predictor = Predictor.load(
-                self.p["base_model"] or None,
-                adapter=self.p["adapter"] or None,
-                revision=self.p["base_revision"] or None,
-                device=self.p["device"],
-                dtype=self.p["dtype"],
-                merge=bool(self.p["merge_adapter"]),
-                optimize=OptimizeOptions(compile=bool(self.p["compile"]), fp8=bool(self.p["fp8"])),
-                batch_size=int(self.p["batch_size"]),
-                action_dim=int(self.p["action_dim"]) or None,
-                height=int(self.p["height"]) or None,
-                width=int(self.p["width"]) or None,
+                p["base_model"] or None,
+                adapter=p["adapter"] or None,
+                revision=p["base_revision"] or None,
+                device=p["device"],
+                dtype=p["dtype"],
+                merge=bool(p["merge_adapter"]),
+                optimize=OptimizeOptions(compile=bool(p["compile"]), fp8=bool(p["fp8"])),
+                batch_size=int(p["batch_size"]),
+                action_dim=int(p["action_dim"]) or None,
+                height=int(p["height"]) or None,
+                width=int(p["width"]) or None,
             )
-            self.limits = predictor.request_limits(
-                max_horizon=int(self.p["max_horizon"]),
-                max_candidates=int(self.p["max_candidates"]),
+            limits = predictor.request_limits(
+                max_horizon=int(p["max_horizon"]),
+                max_candidates=int(p["max_candidates"]),
                 convert_absolute=True,
             )
-            if self.p["prompt"] and self.p["prompt"] not in predictor.prompts:
+            if p["prompt"] and p["prompt"] not in predictor.prompts:
                 raise ValueError(
-                    f"parameter prompt {self.p['prompt']!r} is not in the prompt cache "
+                    f"parameter prompt {p['prompt']!r} is not in the prompt cache "
                     f"(cached: {list(predictor.prompts)[:5]})"
                 )
-            self.default_prompt = self.p["prompt"] or predictor.default_prompt
             t1 = time.perf_counter()
-            if self.p["warmup"]:
-                predictor.warmup(num_steps=self.defaults.num_steps, guidance=self.defaults.guidance)
-            self.predictor = predictor
+            if p["warmup"]:
+                predictor.warmup(num_steps=defaults.num_steps, guidance=defaults.guidance)
+            if generation != self._generation:
+                self.get_logger().info("dropping a model loaded for a configuration that was cleaned up")
+                return
+            self.limits = limits
+            self.default_prompt = p["prompt"] or predictor.default_prompt
+            self.predictor = predictor  # last: requests check it
             self.get_logger().info(
                 f"model ready on {predictor.device} ({predictor.height}x{predictor.width}, "
                 f"{predictor.num_frames} frames/chunk, action dim {predictor.action_dim}): "
@@ -374,12 +578,14 @@ def _make_node_class() -> type:
         # ---------------------------------------------------------------- request plumbing
         def _require_ready(self) -> Any:
             w = self.worker
-            if w is None:
+            if w is None or self._stopping.is_set():
                 raise _Rejected(NOT_READY, "the predictor is not active")
             if w.warmup_error is not None:
                 raise _Rejected(
                     NOT_READY,
-                    f"the model failed to load: {w.warmup_error}; fix the parameters and restart the node",
+                    f"the model failed to load: {w.warmup_error}; fix the parameters, then `ros2 lifecycle "
+                    f"set {self.get_fully_qualified_name()}` deactivate, cleanup, configure, activate (or "
+                    "restart the node)",
                 )
             if self.predictor is None:
                 raise _Rejected(NOT_READY, "the model is still loading / warming up; retry in a moment")
@@ -470,7 +676,9 @@ def _make_node_class() -> type:
             arrival: float,
         ) -> tuple[np.ndarray, list, dict[str, float]]:
             """Queue the model (+ checker) work and wait for it (this thread only; the executor has more)."""
-            pred, checker = self.predictor, self.checker
+            pred, checker, worker, stopping = self.predictor, self.checker, self.worker, self._stopping
+            if worker is None or stopping.is_set():
+                raise _Rejected(NOT_READY, "the predictor is not active")
 
             def job(ctx: wk.JobContext) -> tuple[np.ndarray, list]:
                 # a checker that takes tensors scores the frames where the model left them (the GPU)
@@ -499,7 +707,7 @@ def _make_node_class() -> type:
 
             remaining = params.timeout - (time.monotonic() - arrival)
             try:
-                handle = self.worker.submit(job, timeout=remaining)
+                handle = worker.submit(job, timeout=remaining)
             except wk.Busy as exc:
                 raise _Rejected(BUSY, str(exc)) from None
             except wk.NotReady as exc:
@@ -508,7 +716,7 @@ def _make_node_class() -> type:
                 # wait in short slices so that a shutdown never leaves this executor thread blocked
                 end = time.monotonic() + remaining + 1.0
                 while not handle.future.done():
-                    if self._stopping.is_set():
+                    if stopping.is_set():
                         handle.cancel()
                         raise _Rejected(NOT_READY, "the predictor is shutting down")
                     if time.monotonic() > end:
@@ -522,10 +730,10 @@ def _make_node_class() -> type:
                 raise _Rejected(
                     DEADLINE_EXCEEDED,
                     f"not served within {params.timeout:.3g} s (queue depth "
-                    f"{self.worker.queue_depth}); raise timeout or send fewer candidates",
+                    f"{worker.queue_depth}); raise timeout or send fewer candidates",
                 ) from None
             except (wk.DeadlineExceeded, wk.Cancelled) as exc:
-                if self._stopping.is_set():
+                if stopping.is_set():
                     raise _Rejected(NOT_READY, "the predictor is shutting down") from None
                 raise _Rejected(
                     DEADLINE_EXCEEDED,
@@ -549,7 +757,9 @@ def _make_node_class() -> type:
                 setattr(lat, key, float(timings.get(key, 0.0)))
             lat.total = float(time.monotonic() - arrival)
             if timings:
-                self.pub_latency.publish(lat)
+                pub = self.pub_latency  # a lifecycle publisher: silent unless active
+                if pub is not None:
+                    pub.publish(lat)
                 self.get_logger().info(
                     f"{service} {request_id}: batch {batch}, total {lat.total * 1e3:.1f} ms (queue "
                     f"{lat.queue_wait * 1e3:.1f}, encode {lat.encode * 1e3:.1f}, "
@@ -684,7 +894,9 @@ def _make_node_class() -> type:
                 frames, _, timings = self._serve(
                     "planned_actions", rid, context, plans, self.default_prompt, self.defaults, False, arrival
                 )
-                self.pub_frames.publish(self._prediction_msg(rid, stamp, frames[0], msg, arrival))
+                pub = self.pub_frames
+                if pub is not None:
+                    pub.publish(self._prediction_msg(rid, stamp, frames[0], msg, arrival))
                 self._latency("planned_actions", rid, 1, timings, arrival)
             except (RequestError, _Rejected) as exc:
                 self.get_logger().warning(f"planned_actions {rid} dropped: {exc}", throttle_duration_sec=2.0)
@@ -694,16 +906,43 @@ def _make_node_class() -> type:
     return PredictorNode
 
 
+def _shut_down(node: Any) -> None:
+    """End of the process (SIGINT, or main's end): deactivate if active (waiting callers are answered),
+    then the shutdown transition (= cleanup). A transition in progress (a manager's call) is waited for."""
+    from lifecycle_msgs.msg import State
+
+    primary = (State.PRIMARY_STATE_UNCONFIGURED, State.PRIMARY_STATE_INACTIVE, State.PRIMARY_STATE_ACTIVE)
+    deadline = time.monotonic() + 30.0
+    while time.monotonic() < deadline:
+        state_id, _ = node.lifecycle_state()
+        if state_id == State.PRIMARY_STATE_FINALIZED:
+            return
+        if state_id not in primary:  # another thread is in a transition
+            time.sleep(0.05)
+            continue
+        try:
+            if state_id == State.PRIMARY_STATE_ACTIVE:
+                node.trigger_deactivate()
+            else:
+                node.trigger_shutdown()
+        except Exception as exc:  # a concurrent ~/change_state call won the race: look again
+            node.get_logger().debug(f"shutdown: {exc!r}; retrying")
+            time.sleep(0.05)
+    node.get_logger().error("the node did not reach 'finalized' within 30 s; exiting anyway")
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run the predictor node until SIGINT / shutdown."""
+    """Run the predictor node until SIGINT / SIGTERM or its shutdown transition."""
     import signal
 
     import rclpy
+    from lifecycle_msgs.msg import State
     from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+    from rclpy.lifecycle import TransitionCallbackReturn
 
     # Our own SIGINT/SIGTERM handling: rclpy's default handler shuts the context down at once, so requests
     # in flight could not be answered. Here a signal first deactivates the node (waiting callbacks answer
-    # "shutting down"), then the context is shut down.
+    # "shutting down"), then shuts it down (releasing the model), then the context is shut down.
     try:
         from rclpy.signals import SignalHandlerOptions
 
@@ -721,33 +960,67 @@ def main(argv: list[str] | None = None) -> int:
         rclpy.shutdown()
         return 1
     # Threads: up to queue_size waiting requests + the running one + spare threads for BUSY answers, the
-    # sensors and the topic input.
-    executor = MultiThreadedExecutor(num_threads=int(node.p["queue_size"]) + 4)
+    # sensors, the topic input and the lifecycle services.
+    executor = MultiThreadedExecutor(num_threads=node.start_queue_size + 4)
     executor.add_node(node)
+    spin_failed = threading.Event()
 
     def spin() -> None:
+        errors = 0
         try:
-            executor.spin()
-        except ExternalShutdownException:
-            pass
+            while not stop.is_set():
+                try:
+                    executor.spin()
+                    return
+                except ExternalShutdownException:
+                    return
+                except Exception as exc:
+                    if stop.is_set():  # on the way out: nothing left to serve
+                        return
+                    # one callback's failure (say, the answer to a request that raced a deactivation and
+                    # found its service destroyed) must not end the node
+                    errors += 1
+                    if errors > 100:
+                        spin_failed.set()
+                        raise
+                    node.get_logger().warning(f"executor: {exc!r}; spinning on")
         finally:
             stop.set()
 
     spinner = threading.Thread(target=spin, name="predictor-executor", daemon=True)
     try:
-        node.activate()
+        if node.p["autostart"]:
+            for name, trigger in (("configure", node.trigger_configure), ("activate", node.trigger_activate)):
+                if trigger() != TransitionCallbackReturn.SUCCESS:
+                    raise RuntimeError(node.last_error or f"the {name} transition failed")
+        else:
+            node.get_logger().info(
+                "autostart is false: unconfigured until a lifecycle manager configures and activates the "
+                f"node (`ros2 lifecycle set {node.get_fully_qualified_name()} configure`, then `activate`)"
+            )
         spinner.start()
         while not stop.wait(0.2):
-            pass
+            if node.lifecycle_state()[0] == State.PRIMARY_STATE_FINALIZED:
+                # shut down through ~/change_state: let the executor send that call's answer, then exit
+                time.sleep(0.3)
+                break
     except Exception as exc:
         node.get_logger().fatal(f"predictor failed: {exc}")
         code = 1
     finally:
-        node.deactivate()
+        _shut_down(node)
         executor.shutdown(timeout_sec=5.0)
+        # the spinner must be out of rcl before the node and the context go: a thread still waiting in rcl
+        # at interpreter exit aborts the process ("terminate called without an active exception")
+        if spinner.is_alive():
+            spinner.join(timeout=5.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()
+        if spinner.is_alive():  # the context's shutdown wakes any wait left
+            spinner.join(timeout=5.0)
+    if spin_failed.is_set() or node.exit_code:
+        code = 1
     return code
 
 
