@@ -310,7 +310,11 @@ def fp8_layer_error(wm: Any) -> None:
     emit(dict(kind="fp8_error", rel_err_vs_fp64=errs))
 
 
-_NO_VAE = dict(vae_fuse_norms=False, vae_channels_last=False, vae_conv_padding=False)
+# what the variants measured in sessions 1-2 ran (the options added later, off)
+_SESSION2 = dict(
+    fuse_qkv=False, constant_prompt_shortcut=False, attention="default", vae_shared_context=False
+)
+_NO_VAE = dict(vae_fuse_norms=False, vae_channels_last=False, vae_conv_padding=False, **_SESSION2)
 # name: (OptimizeOptions, fast.accelerate_for_inference hooks or None, checker on GPU tensors)
 VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, bool]] = {
     "core_bf16": (dict(fast=True, **_NO_VAE), None, False),
@@ -332,13 +336,173 @@ VARIANTS: dict[str, tuple[dict[str, Any], dict[str, Any] | None, bool]] = {
         True,
     ),
     "fp8_gpucheck_vae_nopad": (
-        dict(fast=True, compile=True, fp8=True, vae_conv_padding=False),
+        dict(fast=True, compile=True, fp8=True, vae_conv_padding=False, **_SESSION2),
         None,
         True,
     ),
-    "fp8_gpucheck_vae": (dict(fast=True, compile=True, fp8=True), None, True),
-    "compile_gpucheck_vae": (dict(fast=True, compile=True), None, True),
+    "fp8_gpucheck_vae": (dict(fast=True, compile=True, fp8=True, **_SESSION2), None, True),
+    "compile_gpucheck_vae": (dict(fast=True, compile=True, **_SESSION2), None, True),
+    # session 3 (each on by default now): q/k/v as one GEMM, the zero unconditional prompt's rows skip the
+    # cross-attention, SDPA pinned to cuDNN, the shared context frame decoded once
+    "fp8_all": (dict(fast=True, compile=True, fp8=True), None, True),
+    "fp8_all_epilogue": (dict(fast=True, compile=True, fp8=True, fp8_scaling="epilogue"), None, True),
+    "fp8_all_flash": (dict(fast=True, compile=True, fp8=True, attention="flash"), None, True),
+    "fp8_all_noqkv": (dict(fast=True, compile=True, fp8=True, fuse_qkv=False), None, True),
+    "fp8_all_noconst": (dict(fast=True, compile=True, fp8=True, constant_prompt_shortcut=False), None, True),
+    "fp8_all_noshared": (dict(fast=True, compile=True, fp8=True, vae_shared_context=False), None, True),
+    "bf16_all": (dict(fast=True, compile=True), None, True),
+    # its compile did not finish within the ~5 minutes left of run 20: not measured
+    "fp8_all_autotune": (
+        dict(fast=True, compile=True, fp8=True, compile_mode="max-autotune-no-cudagraphs"),
+        None,
+        True,
+    ),
+    "fp8_all_eagerattn": (dict(fast=True, compile=True, fp8=True, attention="cudnn_eager"), None, True),
+    # + inductor's coordinate-descent tuning of its kernels' block sizes (set for this variant only)
+    "fp8_all_cdt": (dict(fast=True, compile=True, fp8=True), None, True),
 }
+INDUCTOR_CONFIG: dict[str, dict[str, Any]] = {"fp8_all_cdt": {"coordinate_descent_tuning": True}}
+
+
+def _cuda_time(fn: Any, iters: int = 20) -> float:
+    """Seconds per call of `fn` (CUDA events, after 3 warm-up calls)."""
+    for _ in range(3):
+        fn()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        fn()
+    end.record()
+    sync()
+    return start.elapsed_time(end) / 1e3 / iters
+
+
+def _gemm_rates(rows: int, k: int, n: int) -> dict[str, Any]:
+    x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16)
+    xq, wq = x.to(torch.float8_e4m3fn), w.to(torch.float8_e4m3fn)
+    xs, ws = torch.ones(rows, 1, device="cuda"), torch.ones(1, n, device="cuda")
+    one = torch.ones((), device="cuda")
+    flop = 2 * rows * k * n
+    r: dict[str, Any] = {}
+    for label, fn in (
+        ("bf16", lambda: x @ w.t()),
+        ("fp8_rowwise", lambda: torch._scaled_mm(xq, wq.t(), xs, ws, out_dtype=torch.bfloat16)),
+        ("fp8_unit", lambda: torch._scaled_mm(xq, wq.t(), one, one, out_dtype=torch.bfloat16)),
+    ):
+        try:
+            r[f"{label}_tflops"] = round(flop / _cuda_time(fn) / 1e12, 1)
+        except Exception as e:
+            r[f"{label}_tflops"] = f"{type(e).__name__}: {e}"[:120]
+    return r
+
+
+def gemm_probe(rows: int) -> None:
+    """The blocks' GEMM shapes at `rows` tokens (CFG batch x 1280): bf16, FP8 row-wise, FP8 unit-scale."""
+    shapes = {"qkv": (2048, 6144), "q|k|v|out": (2048, 2048), "ff1": (2048, 8192), "ff2": (8192, 2048)}
+    for name, (k, n) in shapes.items():
+        emit(dict(kind="gemm_probe", shape=name, m=rows, k=k, n=n, **_gemm_rates(rows, k, n)))
+
+
+def attn_probe(batch: int) -> None:
+    """SDPA forward per kernel: self-attention at 1280 tokens, cross-attention folded onto 512 text keys."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    s, hd = 1280, 128
+    q = torch.randn(batch, s, 16, hd, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # as fast_block
+    qc = torch.randn(1, 16, (batch // 2) * s, hd, device="cuda", dtype=torch.bfloat16)
+    kc = torch.randn(1, 16, 512, hd, device="cuda", dtype=torch.bfloat16)
+    cases = {
+        "self": (4 * batch * s * s * 16 * hd, lambda: sdpa(q, q, q)),
+        "cross_folded": (4 * (batch // 2) * s * 512 * 16 * hd, lambda: sdpa(qc, kc, kc)),
+    }
+    for name, (flop, fn) in cases.items():
+        r: dict[str, Any] = dict(kind="attn_probe", case=name, batch=batch)
+        for be in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION"):
+            try:
+                with sdpa_kernel(getattr(SDPBackend, be)):
+                    r[be.split("_")[0].lower() + "_tflops"] = round(flop / _cuda_time(fn) / 1e12, 1)
+            except Exception as e:
+                r[be.split("_")[0].lower() + "_tflops"] = f"{type(e).__name__}: {e}"[:120]
+        emit(r)
+
+
+def profile_variant(name: str, wm0: Any, batch: int, steps: int, top: int = 30) -> None:
+    """Kernel time table of one CFG prediction (denoise + decode) with variant `name`: where the time goes."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from cosmos_ros.predict.core import OptimizeOptions, Predictor
+
+    opt, _hooks, _tensor = VARIANTS[name]
+    torch._dynamo.reset()
+    wm = copy.deepcopy(wm0)
+    emb = torch.randn(512, 100352, device="cuda", dtype=torch.bfloat16)
+    pred = Predictor(
+        wm,
+        None,
+        _Prompts(emb),
+        height=256,
+        width=320,
+        num_frames=13,
+        batch_size=batch,
+        optimize=OptimizeOptions(**opt),
+        action_dim=ACTION_DIM,
+    )
+    rng = np.random.default_rng(0)
+    context = rng.integers(0, 255, (256, 320, 3), dtype=np.uint8)
+    actions = rng.normal(0, 1, (batch, 12, ACTION_DIM)).astype(np.float32)
+    pred.predict(context, actions, num_steps=steps, guidance=7.0, output="tensor")
+    sync()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU], record_shapes=True) as prof:
+        pred.predict(context, actions, num_steps=steps, guidance=7.0, output="tensor")
+        sync()
+    copies = []  # which tensors get copied outside the compiled kernels (aten copy/clone/contiguous)
+    for e in prof.key_averages(group_by_input_shape=True):
+        if e.key in ("aten::copy_", "aten::clone", "aten::contiguous", "aten::_to_copy"):
+            dt = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if dt > 1000:
+                copies.append([e.key, str(e.input_shapes)[:160], round(dt / 1e3, 2), e.count])
+    copies.sort(key=lambda x: -x[2])
+    rows = []
+    for e in prof.key_averages():
+        dt = getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0)
+        if dt > 0 and e.device_type == torch.autograd.DeviceType.CUDA:
+            rows.append([e.key[:110], round(dt / 1e3, 2), e.count])
+    rows.sort(key=lambda x: -x[1])
+    total = sum(x[1] for x in rows)
+    groups: dict[str, float] = {}
+    for key, ms, _n in rows:
+        k = key.lower()
+        if "sdpa" in k or "flash" in k or "fmha" in k or "attention" in k:
+            g = "attention"
+        elif "f8" in k or "fp8" in k or "e4m3" in k:
+            g = "gemm_fp8"
+        elif "conv" in k or "implicit" in k or "fprop" in k:
+            g = "conv"
+        elif "gemm" in k or "cutlass" in k or "nvjet" in k or "xmma" in k:
+            g = "gemm"
+        elif "triton" in k:
+            g = "triton"
+        else:
+            g = "other"
+        groups[g] = groups.get(g, 0.0) + ms
+    (OUT / f"profile_rollout_{name}.txt").write_text(
+        f"total kernel ms {total:.1f}\n" + "\n".join(f"{ms:9.2f} ms {n:6d}  {k}" for k, ms, n in rows) + "\n"
+    )
+    emit(
+        dict(
+            kind="profile",
+            variant=name,
+            total_kernel_ms=round(total, 1),
+            groups_ms={k: round(v, 1) for k, v in sorted(groups.items(), key=lambda x: -x[1])},
+            top=rows[:top],
+            copies=copies[:12],
+        )
+    )
+    del pred, wm
+    gc.collect()
+    torch.cuda.empty_cache()
 
 
 def _rel(a: torch.Tensor, ref: torch.Tensor | None) -> float | None:
@@ -428,6 +592,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--variants", default="core_bf16,core_compile_fp8,hooks_compile_fp8,core_compile")
     ap.add_argument("--decode-probe", action="store_true", help="time the VAE decode per vae_perf setting")
     ap.add_argument("--skip-baseline", action="store_true", help="ours only (e.g. a second run)")
+    ap.add_argument("--probes", action="store_true", help="GEMM and attention kernel rates at these shapes")
+    ap.add_argument("--profile", default="", help="variant whose CFG prediction gets a kernel time table")
     ap.add_argument("--budget-s", type=float, default=480.0, help="skip remaining variants after this")
     ap.add_argument("--out", default=os.environ.get("OUT", "bench_out"))
     ap.add_argument(
@@ -449,8 +615,21 @@ def main(argv: list[str] | None = None) -> int:
         fp8_layer_error(wm0)
     except Exception as e:
         emit(dict(kind="fp8_error", error=f"{type(e).__name__}: {e}"[:300]))
+    if a.probes:
+        try:
+            gemm_probe(2 * a.batch * 1280)
+            attn_probe(2 * a.batch)
+        except Exception as e:
+            traceback.print_exc()
+            emit(dict(kind="probe_error", error=f"{type(e).__name__}: {e}"[:300]))
     if a.decode_probe:
         decode_probe(wm0, a.batch)
+    if a.profile:
+        try:
+            profile_variant(a.profile, wm0, a.batch, a.steps)
+        except Exception as e:
+            traceback.print_exc()
+            emit(dict(kind="profile", variant=a.profile, error=f"{type(e).__name__}: {e}"[:500]))
     ref: dict[bool, np.ndarray] = {}
     for name in [v for v in a.variants.split(",") if v]:
         if time.perf_counter() - T0 > a.budget_s:
@@ -458,7 +637,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         opt, hooks, tensor_check = VARIANTS[name]
         try:
-            run_ours(name, wm0, opt, hooks, [True, False], a.batch, a.steps, a.repeats, ref, tensor_check)
+            import torch._inductor.config as inductor_config
+
+            with inductor_config.patch(INDUCTOR_CONFIG.get(name, {})):
+                run_ours(name, wm0, opt, hooks, [True, False], a.batch, a.steps, a.repeats, ref, tensor_check)
         except Exception as e:
             traceback.print_exc()
             emit(dict(who="ours", variant=name, error=f"{type(e).__name__}: {e}"[:500]))

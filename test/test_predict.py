@@ -413,6 +413,93 @@ def test_fast_path_matches_reference_and_is_seeded(predictor: Any) -> None:
         assert torch.allclose(ref, fast, atol=1e-5, rtol=1e-4), (ref - fast).abs().max()
 
 
+def test_constant_prompt_rows_skip_cross_attention_and_match_reference(predictor: Any) -> None:
+    """CFG's zero unconditional prompt: every key/value equal, so its rows take a precomputed output."""
+    import torch
+
+    from cosmos_ros.model.world_model import CONDITIONAL_FRAME_TIMESTEP
+
+    p = predictor
+    wm = p.model
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(4, 16, 4, 8, 10, generator=gen)
+    cond = torch.randn(4, 16, 4, 8, 10, generator=gen)
+    acts = torch.randn(4, 12, 3, generator=gen)
+    emb = p.prompt_cache.get("move the arm")[None]
+    both = torch.cat([emb, torch.zeros_like(emb)])
+    kv = p.fast.prepare_text(both)
+    assert kv.prompts == 2 and kv.n_const == 1 and kv.ks[0].shape[0] == 1  # only the real prompt attends
+    assert p.fast.prepare_text(emb).n_const == 0
+    rows = torch.cat([emb.expand(2, -1, -1), torch.zeros_like(emb).expand(2, -1, -1)])
+    for sigma in (0.9, 0.05):
+        ref = wm.denoise_velocity(x, torch.tensor(sigma), rows, acts, cond, 1)
+        fast = p.fast.velocity(x, torch.full((4,), sigma), kv, acts, cond, 1, CONDITIONAL_FRAME_TIMESTEP)
+        assert torch.allclose(ref, fast, atol=1e-5, rtol=1e-4), (ref - fast).abs().max()
+    # every row on the constant prompt (no row attends)
+    zeros = p.fast.prepare_text(torch.zeros_like(emb))
+    assert zeros.n_const == 1 and zeros.prompts == 1
+    ref = wm.denoise_velocity(x, torch.tensor(0.5), torch.zeros_like(rows), acts, cond, 1)
+    fast = p.fast.velocity(x, torch.full((4,), 0.5), zeros, acts, cond, 1, CONDITIONAL_FRAME_TIMESTEP)
+    assert torch.allclose(ref, fast, atol=1e-5, rtol=1e-4), (ref - fast).abs().max()
+    with pytest.raises(ValueError, match="split evenly"):
+        p.fast.velocity(x[:3], torch.full((3,), 0.5), kv, acts[:3], cond[:3], 1, CONDITIONAL_FRAME_TIMESTEP)
+
+
+def test_fused_qkv_and_fp8_layers_compute_their_parts() -> None:
+    """q/k/v fused into one layer (bf16/fp32 and FP8) = the three layers, which keep working on views."""
+    import torch
+    from torch import nn
+
+    from cosmos_ros.predict.core import Fp8Linear, fuse_linears
+
+    torch.manual_seed(0)
+    parts = [nn.Linear(64, 32, bias=False), nn.Linear(64, 32, bias=True), nn.Linear(64, 48, bias=False)]
+    x = torch.randn(5, 7, 64)
+    want = torch.cat([m(x) for m in parts], -1).detach()
+    fused = fuse_linears(parts)
+    assert fused is not None and fused.out_features == 112
+    assert torch.allclose(fused(x), want, atol=1e-6)
+    assert parts[1].weight.data_ptr() == fused.weight[32:].data_ptr()  # a view, not a copy
+    assert torch.allclose(torch.cat([m(x) for m in parts], -1), want, atol=1e-6)
+    # FP8 (CPU _scaled_mm here; CUDA on the GPU): row-wise and epilogue scaling agree, concat = parts
+    xb = x.to(torch.bfloat16)
+    for scaling in ("rowwise", "epilogue"):
+        f8 = [Fp8Linear(m, scaling) for m in parts]
+        ref = torch.cat([m(xb) for m in f8], -1).float()
+        cat = Fp8Linear.concat(f8)
+        assert torch.allclose(cat(xb).float(), ref, atol=1e-2, rtol=1e-2)
+        assert torch.allclose(torch.cat([m(xb) for m in f8], -1).float(), ref)  # parts on views
+        err = float((ref - want).norm() / want.norm())
+        assert err < 0.08, err  # e4m3 rounding, not a wrong scale
+    assert fuse_linears([parts[0], Fp8Linear(parts[1])]) is None  # mixed kinds: left unfused
+    with pytest.raises(ValueError, match="fp8_scaling"):
+        from cosmos_ros.predict.core import OptimizeOptions
+
+        OptimizeOptions(fp8_scaling="columnwise")
+
+
+def test_shared_context_decode_equals_plain_decode(predictor: Any) -> None:
+    import torch
+
+    wm = predictor.model
+    gen = torch.Generator().manual_seed(4)
+    lat = torch.randn(3, 16, 4, 8, 10, generator=gen)
+    lat[1:, :, :1] = lat[:1, :, :1]  # the context frame, as every candidate of a request has it
+    plain = wm.decode_latents(lat)
+    shared = wm.decode_latents(lat, shared_prefix=1)
+    assert shared.shape == plain.shape == (3, 13, 64, 80, 3)
+    assert (shared.int() - plain.int()).abs().max() <= 1
+    # the shared path itself ran (not its fallback to a plain decode), in [-1, 1] like `vae.decode`
+    from cosmos_ros.model.vae_perf import decode_shared_prefix
+
+    z = lat * wm.latents_std + wm.latents_mean
+    with torch.no_grad():
+        video = decode_shared_prefix(wm.vae, z, 1)
+        ref = wm.vae.decode(z, return_dict=False)[0]
+    assert video is not None and torch.allclose(video, ref, atol=1e-5)
+    assert decode_shared_prefix(wm.vae, z, 4) is None  # nothing left to decode per row: plain decode
+
+
 def test_tensor_output_holds_the_numpy_frames(predictor: Any) -> None:
     """`output="tensor"` (frames left on the model's device for a tensor checker) = the numpy output."""
     import torch

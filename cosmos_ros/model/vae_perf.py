@@ -18,6 +18,11 @@ they patch the residual blocks and convolutions of the encoder too (the predicto
 
 `optimize_vae(vae, ...)` applies them in place and returns what it did; idempotent (a second call returns
 the first call's report and changes nothing, whatever its switches).
+
+`decode_shared_prefix(vae, z, n)` decodes latents whose first `n` frames are equal in every row (a batch of
+candidates predicted from one context) with those frames run once at batch 1: the decoder is causal, frame
+by frame, so what it carries forward from them (its frame cache) is the same for every row and is expanded
+to the batch instead of recomputed.
 """
 
 from __future__ import annotations
@@ -120,3 +125,54 @@ def optimize_vae(
         done["channels_last"] = True
     vae._cosmos_vae_perf = done
     return done
+
+
+def decode_shared_prefix(vae: nn.Module, z: torch.Tensor, n_shared: int) -> torch.Tensor | None:
+    """`vae.decode(z)` for z [B, C, T, h, w] whose first `n_shared` latent frames are equal in every row.
+
+    Runs the decoder's frame loop (diffusers `AutoencoderKLWan._decode`) itself: the shared frames at
+    batch 1, then the frame cache expanded to B rows, then the other frames at batch B. Returns the video
+    [B, 3, T', H, W] clamped to [-1, 1] as `decode` does, or None where this VAE does not have the layout
+    this relies on (tiling on, patchified latents, no frame cache): the caller then decodes normally.
+    """
+    needed = ("decoder", "post_quant_conv", "clear_cache")
+    if not all(hasattr(vae, n) for n in needed) or getattr(vae, "use_tiling", False):
+        return None
+    if getattr(vae.config, "patch_size", None) is not None:
+        return None
+    b, _, t = z.shape[:3]
+    if not 0 < n_shared < t:
+        return None
+    vae.clear_cache()
+    if not isinstance(getattr(vae, "_feat_map", None), list):  # another diffusers layout
+        return None
+    try:
+        x = vae.post_quant_conv(z[:1, :, :n_shared])
+        outs = []
+        for i in range(n_shared):
+            vae._conv_idx = [0]
+            outs.append(
+                vae.decoder(
+                    x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx, first_chunk=i == 0
+                )
+            )
+        head = torch.cat(outs, 2)
+        # the frame cache, now the same for every row: one copy per row, in each entry's memory layout
+        vae._feat_map = [_expand_rows(c, b) if isinstance(c, torch.Tensor) else c for c in vae._feat_map]
+        x = vae.post_quant_conv(z[:, :, n_shared:])
+        outs = [head.expand(b, *head.shape[1:])]
+        for i in range(t - n_shared):
+            vae._conv_idx = [0]
+            outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=vae._feat_map, feat_idx=vae._conv_idx))
+        return torch.clamp(torch.cat(outs, 2), min=-1.0, max=1.0)
+    finally:
+        vae.clear_cache()
+
+
+def _expand_rows(c: torch.Tensor, rows: int) -> torch.Tensor:
+    fmt = (
+        torch.channels_last_3d
+        if c.dim() == 5 and c.is_contiguous(memory_format=torch.channels_last_3d) and not c.is_contiguous()
+        else torch.contiguous_format
+    )
+    return c.expand(rows, *c.shape[1:]).contiguous(memory_format=fmt)

@@ -265,12 +265,24 @@ class WorldModel(nn.Module):
         return (z - self.latents_mean) / self.latents_std
 
     @torch.no_grad()
-    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """Normalised latents [B, 16, t, h, w] -> uint8 frames [B, 4(t-1)+1, 8h, 8w, 3] (RGB)."""
+    def decode_latents(self, latents: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
+        """Normalised latents [B, 16, t, h, w] -> uint8 frames [B, 4(t-1)+1, 8h, 8w, 3] (RGB).
+
+        `shared_prefix`: the caller guarantees that the first that many latent frames are the same in every
+        row (the context of a batch of candidates); they are then decoded once, not once per row
+        (`cosmos_ros.model.vae_perf.decode_shared_prefix`).
+        """
         vae = self._require_vae()
         vdtype = next(vae.parameters()).dtype
-        z = latents.to(self.device).float() * self.latents_std + self.latents_mean
-        video = vae.decode(z.to(vdtype), return_dict=False)[0].float()  # [B, 3, T, H, W] in [-1, 1]
+        z = (latents.to(self.device).float() * self.latents_std + self.latents_mean).to(vdtype)
+        video = None
+        if shared_prefix > 0 and z.shape[0] > 1:
+            from cosmos_ros.model.vae_perf import decode_shared_prefix
+
+            video = decode_shared_prefix(vae, z, shared_prefix)
+        if video is None:
+            video = vae.decode(z, return_dict=False)[0]
+        video = video.float()  # [B, 3, T, H, W] in [-1, 1]
         video = ((video.clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8)
         return video.permute(0, 2, 3, 4, 1).contiguous()
 
