@@ -199,6 +199,23 @@ def build_world_model() -> Any:
     )
 
 
+def make_predictor(wm: Any, prompts: Any, batch: int, opt: dict[str, Any]) -> Any:
+    """The predictor core at the benchmark's geometry (13 frames 256x320) with OptimizeOptions `opt`."""
+    from cosmos_ros.predict.core import OptimizeOptions, Predictor
+
+    return Predictor(
+        wm,
+        None,
+        prompts,
+        height=256,
+        width=320,
+        num_frames=13,
+        batch_size=batch,
+        optimize=OptimizeOptions(**opt),
+        action_dim=ACTION_DIM,
+    )
+
+
 def run_ours(
     name: str,
     wm0: Any,
@@ -213,7 +230,7 @@ def run_ours(
 ) -> None:
     from cosmos_ros.predict import fast
     from cosmos_ros.predict.checkers import KeepOutRegionChecker
-    from cosmos_ros.predict.core import OptimizeOptions, Predictor, StageTimer
+    from cosmos_ros.predict.core import StageTimer
 
     torch._dynamo.reset()
     wm = copy.deepcopy(wm0)
@@ -223,17 +240,7 @@ def run_ours(
             512, 100352, device="cuda", generator=torch.Generator("cuda").manual_seed(1), dtype=torch.bfloat16
         )
     )
-    pred = Predictor(
-        wm,
-        None,
-        prompts,
-        height=256,
-        width=320,
-        num_frames=13,
-        batch_size=batch,
-        optimize=OptimizeOptions(**opt),
-        action_dim=ACTION_DIM,
-    )
+    pred = make_predictor(wm, prompts, batch, opt)
     checker = KeepOutRegionChecker(regions=["table_edge:0.0,0.8,1.0,1.0", "person:0.7,0.0,1.0,0.6"])
     rng = np.random.default_rng(0)
     context = rng.integers(0, 255, (1, 256, 320, 3), dtype=np.uint8)
@@ -432,23 +439,11 @@ def profile_variant(name: str, wm0: Any, batch: int, steps: int, top: int = 30) 
     """Kernel time table of one CFG prediction (denoise + decode) with variant `name`: where the time goes."""
     from torch.profiler import ProfilerActivity, profile
 
-    from cosmos_ros.predict.core import OptimizeOptions, Predictor
-
     opt, _hooks, _tensor = VARIANTS[name]
     torch._dynamo.reset()
     wm = copy.deepcopy(wm0)
     emb = torch.randn(512, 100352, device="cuda", dtype=torch.bfloat16)
-    pred = Predictor(
-        wm,
-        None,
-        _Prompts(emb),
-        height=256,
-        width=320,
-        num_frames=13,
-        batch_size=batch,
-        optimize=OptimizeOptions(**opt),
-        action_dim=ACTION_DIM,
-    )
+    pred = make_predictor(wm, _Prompts(emb), batch, opt)
     rng = np.random.default_rng(0)
     context = rng.integers(0, 255, (256, 320, 3), dtype=np.uint8)
     actions = rng.normal(0, 1, (batch, 12, ACTION_DIM)).astype(np.float32)

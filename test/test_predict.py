@@ -393,6 +393,16 @@ def test_core_reads_geometry_tokenizer_and_prompts_from_the_adapter(predictor: A
     assert np.allclose(acts, [[[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]]], atol=1e-6)
 
 
+def _velocity_inputs(rows: int, seed: int) -> tuple[Any, Any, Any]:
+    """(noisy latents, conditioning latents, actions) for `rows` rows of the tiny model's geometry."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(rows, 16, 4, 8, 10, generator=gen)
+    cond = torch.randn(rows, 16, 4, 8, 10, generator=gen)
+    return x, cond, torch.randn(rows, 12, 3, generator=gen)
+
+
 def test_fast_path_matches_reference_and_is_seeded(predictor: Any) -> None:
     import torch
 
@@ -400,10 +410,7 @@ def test_fast_path_matches_reference_and_is_seeded(predictor: Any) -> None:
 
     p = predictor
     wm = p.model
-    gen = torch.Generator().manual_seed(1)
-    x = torch.randn(3, 16, 4, 8, 10, generator=gen)
-    cond = torch.randn(3, 16, 4, 8, 10, generator=gen)
-    acts = torch.randn(3, 12, 3, generator=gen)
+    x, cond, acts = _velocity_inputs(3, seed=1)
     emb = p.prompt_cache.get("move the arm")[None]
     for sigma in (0.9, 0.05):
         ref = wm.denoise_velocity(x, torch.tensor(sigma), emb.expand(3, -1, -1), acts, cond, 1)
@@ -421,10 +428,7 @@ def test_constant_prompt_rows_skip_cross_attention_and_match_reference(predictor
 
     p = predictor
     wm = p.model
-    gen = torch.Generator().manual_seed(2)
-    x = torch.randn(4, 16, 4, 8, 10, generator=gen)
-    cond = torch.randn(4, 16, 4, 8, 10, generator=gen)
-    acts = torch.randn(4, 12, 3, generator=gen)
+    x, cond, acts = _velocity_inputs(4, seed=2)
     emb = p.prompt_cache.get("move the arm")[None]
     both = torch.cat([emb, torch.zeros_like(emb)])
     kv = p.fast.prepare_text(both)

@@ -58,14 +58,22 @@ def declare_parameters(node: Any, table: Sequence[Param]) -> dict[str, Any]:
     rclpy enforces the ranges (a YAML value out of range fails at start-up with rclpy's message); choices
     are checked here, with an error that names the parameter, the value and the accepted values.
     """
-    values: dict[str, Any] = {}
-    for p in table:
-        param = node.declare_parameter(p.name, p.default, _descriptor(p))
-        value = param.value
-        if p.choices and value not in p.choices:
-            raise ValueError(
-                f"parameter {p.name}={value!r} is not valid; use one of "
-                f"{', '.join(repr(c) for c in p.choices)}"
-            )
-        values[p.name] = value
-    return values
+    return {
+        p.name: _checked(p, node.declare_parameter(p.name, p.default, _descriptor(p)).value) for p in table
+    }
+
+
+def read_parameters(node: Any, table: Sequence[Param]) -> dict[str, Any]:
+    """The current values of the (declared) parameters of ``table``, choices checked as at declaration.
+
+    For a node that reads its parameters again later (a lifecycle node's configure: values set since
+    start with ``ros2 param set`` then apply)."""
+    return {p.name: _checked(p, node.get_parameter(p.name).value) for p in table}
+
+
+def _checked(p: Param, value: Any) -> Any:
+    if p.choices and value not in p.choices:
+        raise ValueError(
+            f"parameter {p.name}={value!r} is not valid; use one of {', '.join(repr(c) for c in p.choices)}"
+        )
+    return value

@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_ros.nodes.param_table import Param, declare_parameters
+from cosmos_ros.nodes.param_table import Param, declare_parameters, read_parameters
 from cosmos_ros.predict.validation import (
     KIND_JOINT_POSITION,
     ActionFields,
@@ -249,7 +249,7 @@ def _make_node_class() -> type:
             return super().on_configure(state)
 
         def _configure(self) -> None:
-            self.p = self._read_parameters()
+            self.p = read_parameters(self, PARAMETERS)
             if int(self.p["queue_size"]) > self.start_queue_size:
                 self.get_logger().warning(
                     f"queue_size {self.p['queue_size']} > {self.start_queue_size} (the value at start, which "
@@ -279,20 +279,6 @@ def _make_node_class() -> type:
                 f"configured: loading {self.p['base_model']!r} + adapter {self.p['adapter']!r} on the "
                 "model worker"
             )
-
-        def _read_parameters(self) -> dict[str, Any]:
-            """Current values of the declared parameters (set since start with `ros2 param set`, say);
-            ranges are enforced by rclpy, choices here."""
-            values: dict[str, Any] = {}
-            for prm in PARAMETERS:
-                value = self.get_parameter(prm.name).value
-                if prm.choices and value not in prm.choices:
-                    raise ValueError(
-                        f"parameter {prm.name}={value!r} is not valid; use one of "
-                        f"{', '.join(repr(c) for c in prm.choices)}"
-                    )
-                values[prm.name] = value
-            return values
 
         def on_activate(self, state: LifecycleState) -> Any:
             """Subscriptions and services: the node serves."""
