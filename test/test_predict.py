@@ -502,6 +502,11 @@ def test_shared_context_decode_equals_plain_decode(predictor: Any) -> None:
         ref = wm.vae.decode(z, return_dict=False)[0]
     assert video is not None and torch.allclose(video, ref, atol=1e-5)
     assert decode_shared_prefix(wm.vae, z, 4) is None  # nothing left to decode per row: plain decode
+    wm.vae.enable_slicing()  # a user who asked for the memory-saving decode keeps it
+    try:
+        assert decode_shared_prefix(wm.vae, z, 1) is None
+    finally:
+        wm.vae.disable_slicing()
 
 
 def test_tensor_output_holds_the_numpy_frames(predictor: Any) -> None:

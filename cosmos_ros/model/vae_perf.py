@@ -133,11 +133,14 @@ def decode_shared_prefix(vae: nn.Module, z: torch.Tensor, n_shared: int) -> torc
     Runs the decoder's frame loop (diffusers `AutoencoderKLWan._decode`) itself: the shared frames at
     batch 1, then the frame cache expanded to B rows, then the other frames at batch B. Returns the video
     [B, 3, T', H, W] clamped to [-1, 1] as `decode` does, or None where this VAE does not have the layout
-    this relies on (tiling on, patchified latents, no frame cache): the caller then decodes normally.
+    this relies on (patchified latents, no frame cache) or decodes in tiles or slices to save memory: the
+    caller then decodes normally.
     """
     needed = ("decoder", "post_quant_conv", "clear_cache")
-    if not all(hasattr(vae, n) for n in needed) or getattr(vae, "use_tiling", False):
+    if not all(hasattr(vae, n) for n in needed):
         return None
+    if getattr(vae, "use_tiling", False) or getattr(vae, "use_slicing", False):
+        return None  # the user asked for the memory-saving decode: keep it
     if getattr(vae.config, "patch_size", None) is not None:
         return None
     b, _, t = z.shape[:3]
