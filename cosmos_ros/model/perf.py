@@ -184,7 +184,8 @@ def enable_frame_modulation(transformer: nn.Module) -> int:
 
 
 # ------------------------------------------------------------------------------------ attention backend
-_BACKEND_ORDER = {
+# SDPA backend priority per attention choice (the trainer's set_attention_backend, the predictor's pin)
+SDPA_BACKEND_ORDER = {
     "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
     "flash": ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
     "efficient": ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH"),
@@ -231,7 +232,7 @@ def set_attention_backend(name: str) -> bool:
     if name == "default":
         setter(_DEFAULT_SDP_ORDER)
         return True
-    order = [int(getattr(SDPBackend, n)) for n in _BACKEND_ORDER[name]]
+    order = [int(getattr(SDPBackend, n)) for n in SDPA_BACKEND_ORDER[name]]
     order += [b for b in _DEFAULT_SDP_ORDER if b not in order]
     setter(order)
     return True

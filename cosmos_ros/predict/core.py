@@ -149,6 +149,7 @@ class Fp8Linear(nn.Module):
         )
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.scaling = scaling
+        self.register_buffer("unit_scale", torch.ones((), device=w.device), persistent=False)  # epilogue
 
     @classmethod
     def concat(cls, layers: list[Fp8Linear]) -> Fp8Linear:
@@ -158,6 +159,7 @@ class Fp8Linear(nn.Module):
         nn.Module.__init__(fused)
         fused.register_buffer("weight_fp8", torch.cat([m.weight_fp8 for m in layers]))
         fused.register_buffer("weight_scale", torch.cat([m.weight_scale for m in layers], dim=1))
+        fused.register_buffer("unit_scale", first.unit_scale.clone(), persistent=False)
         biases = [m.bias for m in layers]
         fused.bias = None
         if any(b is not None for b in biases):
@@ -188,7 +190,7 @@ class Fp8Linear(nn.Module):
                 xq, self.weight_fp8.t(), scale_a=xs, scale_b=self.weight_scale, out_dtype=torch.bfloat16
             )
         else:
-            one = torch.ones((), device=x.device, dtype=torch.float32)
+            one = self.unit_scale
             y = torch._scaled_mm(xq, self.weight_fp8.t(), scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
             y = (y.float() * xs * self.weight_scale).to(torch.bfloat16)
         if self.bias is not None:  # added outside: not every torch version fuses a bias with row-wise scales
@@ -365,13 +367,6 @@ class TextKV:
     const_out: list[torch.Tensor] | None = None
 
 
-_SDPA_ORDER = {
-    "cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
-    "flash": ("FLASH_ATTENTION", "CUDNN_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
-    "efficient": ("EFFICIENT_ATTENTION", "FLASH_ATTENTION", "CUDNN_ATTENTION", "MATH"),
-}
-
-
 class FastDenoiser:
     """Velocities equal to `WorldModel.denoise_velocity`, with the per-request constant work hoisted.
 
@@ -437,7 +432,9 @@ class FastDenoiser:
             return contextlib.nullcontext()
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
-        order = [getattr(SDPBackend, n) for n in _SDPA_ORDER[self.attention]]
+        from cosmos_ros.model.perf import SDPA_BACKEND_ORDER
+
+        order = [getattr(SDPBackend, n) for n in SDPA_BACKEND_ORDER[self.attention]]
         return sdpa_kernel(order, set_priority=True)
 
     @torch.no_grad()
