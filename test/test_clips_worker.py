@@ -71,11 +71,17 @@ def test_raising_callback_after_frames_were_queued_stops_the_thread(tmp_path: Pa
         started.append(bool(_frame_threads()))  # the episode's frames went through the thread
         raise KeyboardInterrupt  # e.g. Ctrl-C in the CLI's progress callback
 
+    out = Path(cfg.output)
+    out.mkdir()
+    (out / "clips.json").write_text("{}")  # an earlier build: an interrupted --overwrite must keep it
+    cfg.overwrite = True
     with pytest.raises(KeyboardInterrupt):
         ClipBuilder(cfg).run(on_episode=on_episode)
     assert started == [True]
     assert _frame_threads() == [], "the frame thread outlived the interrupted build"
     assert set(threading.enumerate()) <= before
+    assert [p.name for p in out.iterdir()] == ["clips.json"] and (out / "clips.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "out"]  # the new build's folder is gone
 
 
 @pytest.mark.parametrize("caller_aborts", [False, True], ids=["run-returns", "caller-aborts-at-the-end"])
