@@ -48,10 +48,10 @@ def test_split_is_drawn_over_the_bags_that_built(tmp_path: Path) -> None:
 
 
 def test_bag_failing_after_a_shard_was_written_leaves_no_orphan_shard(tmp_path: Path) -> None:
-    """Item 16/4: a bag that fails half-way (a clock jump at 4.5 s), after its frames filled a shard: that
+    """Item 16/4: a bag that fails half-way (a clock jump at 3.5 s), after its frames filled a shard: that
     shard holds no clip, and goes too."""
     bags = tmp_path / "bags"
-    write_bag(bags / "a_jumps", BagSpec(duration=6.0, clock_jump_at=4.5))
+    write_bag(bags / "a_jumps", BagSpec(duration=4.5, clock_jump_at=3.5))
     write_bag(bags / "b_good", BagSpec(duration=2.0, t0=3000.0))
     out = tmp_path / "out"
     rc = main([str(bags), "-o", str(out), *SMALL, "--val-fraction", "0", "--shard-mb", "0.05"])
