@@ -17,8 +17,18 @@ Conventions
   * ``"absolute"``: ``positions[i+1]`` (the next target position);
   * ``"velocity"``: measured ``velocities[i+1]`` when given, else ``(positions[i+1] - positions[i]) * fps``.
 
+  * ``"ee_delta"``: the end effector's motion in its own (the previous pose's) frame, NVIDIA's
+    action-conditioned Bridge convention: ``pose_joints`` name six joints that hold the end-effector pose
+    (x, y, z and three Euler angles in the ``euler`` convention, see :mod:`cosmos_ros.rotations`); with
+    ``R_i`` the rotation of frame ``i``, the action is ``R_i^T (xyz[i+1] - xyz[i])`` and the Euler angles
+    of ``R_i^T R_{i+1}``. Other joints get ``"delta"`` actions.
+
   Gripper joints (``gripper_joints``) are a state in every mode: their action is the absolute next
   position ``positions[i+1]`` (an open/close command, as in Bridge and NVIDIA's action-conditioned model).
+- Angles wrap: a joint that crosses +-pi (Bridge's roll sits near +-pi) would otherwise give a delta of
+  about 2*pi for a motion of a few hundredths. ``angle_joints`` names the joints whose deltas (and
+  finite-difference velocities) are wrapped to (-pi, pi]; ``None`` (the default) wraps any delta whose
+  magnitude exceeds pi, which no real joint moves between two frames.
 - Normalization: ``(raw - mean) / std`` per dimension, with the train split's statistics; ``std`` is
   floored so a joint that never moved does not divide by zero.
 - Quantization (``num_bins`` = K): K equal bins per dimension over ``[low, high]`` in normalized units
@@ -40,8 +50,11 @@ from typing import Any
 import numpy as np
 
 from cosmos_ros.atomic_io import write_json_atomic
+from cosmos_ros.rotations import check_convention, euler_to_matrix, matrix_to_euler, wrap_angle
 
-MODES = ("delta", "absolute", "velocity")
+MODES = ("delta", "absolute", "velocity", "ee_delta")
+# Bridge's (and most drivers') layout of an end-effector pose published as joints
+DEFAULT_POSE_JOINTS = ("x", "y", "z", "roll", "pitch", "yaw")
 FORMAT_VERSION = 1
 _STD_FLOOR = 1e-6
 
@@ -137,13 +150,17 @@ class ActionTokenizer:
 
     Args:
         joint_names: joint order of ``positions`` and of the action dimensions.
-        mode: ``"delta"`` | ``"absolute"`` | ``"velocity"`` (see the module docstring).
+        mode: ``"delta"`` | ``"absolute"`` | ``"velocity"`` | ``"ee_delta"`` (see the module docstring).
         gripper_joints: joints whose action is always the absolute next position.
         fps: frame rate of the clips (velocity mode without measured velocities; metadata otherwise).
         stats: ``{"mean", "std", "min", "max", "count"}`` per dimension (``ActionStats.to_dict()``);
             ``None`` until fitted (normalize/quantize then raise).
         num_bins: K bins per dimension; ``None`` or 0 disables quantization.
         bin_range: ``(low, high)`` lists per dimension in normalized units; default from stats min/max.
+        angle_joints: joints whose deltas wrap to (-pi, pi]; ``None``: any delta beyond +-pi wraps.
+        pose_joints: ``ee_delta`` only: the x, y, z, and three Euler-angle joints of the end-effector pose.
+        euler: ``ee_delta`` only: the Euler convention of the pose angles (``"xyz"``: fixed-axis roll,
+            pitch, yaw, as ROS and Bridge).
     """
 
     def __init__(
@@ -155,6 +172,9 @@ class ActionTokenizer:
         stats: dict[str, Any] | None = None,
         num_bins: int | None = None,
         bin_range: tuple[Sequence[float], Sequence[float]] | None = None,
+        angle_joints: Sequence[str] | None = None,
+        pose_joints: Sequence[str] | None = None,
+        euler: str = "xyz",
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown action mode {mode!r}: use one of {', '.join(MODES)}")
@@ -170,6 +190,32 @@ class ActionTokenizer:
             raise ValueError(f"fps must be > 0, got {fps}")
         if num_bins is not None and num_bins != 0 and num_bins < 2:
             raise ValueError(f"num_bins must be >= 2 (or 0/None for no quantization), got {num_bins}")
+        if angle_joints is not None:
+            unknown = [a for a in angle_joints if a not in self.joint_names]
+            if unknown:
+                raise ValueError(f"angle joints {unknown} are not among joint_names {self.joint_names}")
+        self.angle_joints = None if angle_joints is None else [str(a) for a in angle_joints]
+        self.pose_joints = [str(p) for p in (pose_joints or DEFAULT_POSE_JOINTS)]
+        check_convention(euler)
+        self.euler = euler
+        self._pose_cols: np.ndarray | None = None
+        if mode == "ee_delta":
+            missing = [p for p in self.pose_joints if p not in self.joint_names]
+            if len(self.pose_joints) != 6 or missing:
+                raise ValueError(
+                    f"action mode ee_delta needs pose_joints: six joints x, y, z, angle1, angle2, angle3 "
+                    f"holding the end-effector pose; got {self.pose_joints}"
+                    + (
+                        f", of which {missing} are not among joint_names {self.joint_names}"
+                        if missing
+                        else ""
+                    )
+                    + "; set pose_joints (build_clips --pose-joints) and euler (--euler)"
+                )
+            bad = [p for p in self.pose_joints if p in gripper_joints]
+            if bad:
+                raise ValueError(f"pose joints {bad} cannot also be gripper joints")
+            self._pose_cols = np.array([self.joint_names.index(p) for p in self.pose_joints])
         self.mode = mode
         self.gripper_joints = [str(g) for g in gripper_joints]
         self.fps = float(fps)
@@ -189,9 +235,35 @@ class ActionTokenizer:
     @property
     def action_names(self) -> list[str]:
         """Human-readable name of each action dimension (for logs and plots)."""
-        prefix = {"delta": "d_", "absolute": "next_", "velocity": "vel_"}[self.mode]
-        pairs = zip(self.joint_names, self._gripper_mask, strict=True)
-        return [f"next_{n}" if g else f"{prefix}{n}" for n, g in pairs]
+        prefix = {"delta": "d_", "absolute": "next_", "velocity": "vel_", "ee_delta": "d_"}[self.mode]
+        names = [
+            f"next_{n}" if g else f"{prefix}{n}"
+            for n, g in zip(self.joint_names, self._gripper_mask, strict=True)
+        ]
+        if self._pose_cols is not None:
+            for col in self._pose_cols:
+                names[col] = f"ee_d_{self.joint_names[col]}"
+        return names
+
+    def _wrap(self, delta: np.ndarray) -> np.ndarray:
+        """Wrap joint deltas ``[N, J]`` in place (see ``angle_joints``) and return them."""
+        if self.angle_joints is None:
+            far = np.abs(delta) > np.pi
+            delta[far] = wrap_angle(delta[far])
+        elif self.angle_joints:
+            cols = [self.joint_names.index(a) for a in self.angle_joints]
+            delta[:, cols] = wrap_angle(delta[:, cols])
+        return delta
+
+    def _ee_delta(self, cur: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+        """End-effector motion in the previous pose's frame: ``[N, 6]`` (dx, dy, dz, Euler angles)."""
+        assert self._pose_cols is not None
+        p0, p1 = cur[:, self._pose_cols], nxt[:, self._pose_cols]
+        r0 = euler_to_matrix(p0[:, 3:], self.euler)
+        r1 = euler_to_matrix(p1[:, 3:], self.euler)
+        r0t = np.swapaxes(r0, -1, -2)
+        dxyz = np.einsum("nij,nj->ni", r0t, p1[:, :3] - p0[:, :3])
+        return np.concatenate([dxyz, matrix_to_euler(r0t @ r1, self.euler)], axis=1)
 
     @property
     def fitted(self) -> bool:
@@ -221,8 +293,10 @@ class ActionTokenizer:
         if pos.shape[0] < 2:
             raise ValueError(f"need at least 2 frames to form an action, got {pos.shape[0]}")
         nxt, cur = pos[1:], pos[:-1]
-        if self.mode == "delta":
-            raw = nxt - cur
+        if self.mode in ("delta", "ee_delta"):
+            raw = self._wrap(nxt - cur)
+            if self._pose_cols is not None:
+                raw[:, self._pose_cols] = self._ee_delta(cur, nxt)
         elif self.mode == "absolute":
             raw = nxt.copy()
         else:
@@ -233,7 +307,7 @@ class ActionTokenizer:
                     raise ValueError(f"velocities must match positions {pos.shape}, got {vel.shape}")
                 raw = vel[1:].copy()
             else:
-                raw = (nxt - cur) * self.fps
+                raw = self._wrap(nxt - cur) * self.fps
         raw[:, self._gripper_mask] = nxt[:, self._gripper_mask]
         out = raw.astype(np.float32)
         if torch_in:
@@ -253,8 +327,13 @@ class ActionTokenizer:
         out = np.empty((raw.shape[0] + 1, self.dim))
         out[0] = start
         for i, a in enumerate(raw):
-            if self.mode == "delta":
+            if self.mode in ("delta", "ee_delta"):
                 nxt = out[i] + a
+                if self._pose_cols is not None:
+                    cols = self._pose_cols
+                    r0 = euler_to_matrix(out[i, cols[3:]], self.euler)
+                    nxt[cols[:3]] = out[i, cols[:3]] + r0 @ a[cols[:3]]
+                    nxt[cols[3:]] = matrix_to_euler(r0 @ euler_to_matrix(a[cols[3:]], self.euler), self.euler)
             elif self.mode == "absolute":
                 nxt = a.copy()
             else:
@@ -381,6 +460,9 @@ class ActionTokenizer:
             "stats": self.stats,
             "num_bins": self.num_bins,
             "bin_range": None if self._low is None else [self._low.tolist(), self._high.tolist()],
+            "angle_joints": self.angle_joints,
+            "pose_joints": list(self.pose_joints),
+            "euler": self.euler,
         }
 
     @classmethod
@@ -400,6 +482,9 @@ class ActionTokenizer:
             stats=data.get("stats"),
             num_bins=data.get("num_bins"),
             bin_range=(rng[0], rng[1]) if rng else None,
+            angle_joints=data.get("angle_joints"),
+            pose_joints=data.get("pose_joints"),
+            euler=data.get("euler", "xyz"),
         )
 
     def save(self, path: str | Path) -> None:
@@ -430,4 +515,4 @@ def max_quantization_error(tokenizer: ActionTokenizer) -> np.ndarray:
     )
 
 
-__all__ = ["MODES", "ActionStats", "ActionTokenizer", "max_quantization_error"]
+__all__ = ["DEFAULT_POSE_JOINTS", "MODES", "ActionStats", "ActionTokenizer", "max_quantization_error"]

@@ -110,6 +110,12 @@ class BagSpec:
     joint_stamp_offset: float = 0.0  # joint header stamps shifted by this (a different clock)
     zero_stamps: bool = False  # publishers that leave header stamps at 0
     second_camera: str | None = None  # also publish jpeg CompressedImage frames (15 Hz) on this topic
+    empty_names: bool = False  # JointState.name left empty, as many real drivers do
+    nan_window: tuple[float, float] | None = None  # joint 0 is NaN in [a, b) s after t0
+    size_change_at: float | None = None  # camera frames get 32 px wider and taller after this many s
+    cam_early_ns: int = 0  # camera stamps after the first come this much before their period (jitter)
+    extra_topics: int = 0  # add this many std_msgs/String topics (a real robot's busy bag)
+    drop_joint_every: int = 0  # one JointState in N (between frames) lacks its last configured joint
 
 
 def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
@@ -134,8 +140,11 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
     if spec.with_camera:
         n = int(spec.duration * spec.cam_hz)
         for i in range(n):
-            ns = t0 + round(i * NS / spec.cam_hz)
-            cam_type, msg = image_msg(render(i, *spec.size), stamp_of(ns), spec.image_format)
+            ns = t0 + round(i * NS / spec.cam_hz) - (spec.cam_early_ns if i else 0)
+            size = spec.size
+            if spec.size_change_at is not None and ns - t0 >= spec.size_change_at * NS:
+                size = (size[0] + 32, size[1] + 32)
+            cam_type, msg = image_msg(render(i, *size), stamp_of(ns), spec.image_format)
             msgs.append((ns, "cam", TS.serialize_cdr(msg, cam_type)))
             cam_stamps.append(stamp_of(ns))
     if spec.second_camera:
@@ -157,8 +166,21 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
                 if spec.extra_joints
                 else joint_positions(st, spec.joint_names)
             )
+            if spec.nan_window and spec.nan_window[0] <= rel < spec.nan_window[1]:
+                pos[0] = np.nan
+            msg_names = list(names)
+            if spec.drop_joint_every and i % spec.drop_joint_every == spec.drop_joint_every // 2:
+                drop = names.index(spec.joint_names[-1])
+                msg_names.pop(drop)
+                pos = np.delete(pos, drop)
+            if spec.empty_names:
+                msg_names = []
             msg = JointState(
-                header=_stamp(st), name=names, position=pos, velocity=np.zeros(len(names)), effort=np.zeros(0)
+                header=_stamp(st),
+                name=msg_names,
+                position=pos,
+                velocity=np.zeros(len(pos)),
+                effort=np.zeros(0),
             )
             msgs.append((ns, "joint", TS.serialize_cdr(msg, "sensor_msgs/msg/JointState")))
             joint_stamps.append(st)
@@ -173,6 +195,13 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
             )
         if spec.with_joints:
             conns["joint"] = wr.add_connection(spec.joint_topic, "sensor_msgs/msg/JointState", typestore=TS)
+        for k in range(spec.extra_topics):
+            conns[f"extra{k}"] = wr.add_connection(
+                f"/diagnostics_{k:02d}", "std_msgs/msg/String", typestore=TS
+            )
+            text = TS.types["std_msgs/msg/String"](data="ok")
+            msgs.append((t0 + k, f"extra{k}", TS.serialize_cdr(text, "std_msgs/msg/String")))
+        msgs.sort(key=lambda m: m[0])
         for ns, key, data in msgs:
             wr.write(conns[key], ns, data)
     return {"cam_stamps": cam_stamps, "joint_stamps": joint_stamps}

@@ -142,11 +142,16 @@ def test_split_is_by_episode_and_stats_come_from_train(built: dict) -> None:
     assert set(train.episodes) | set(val.episodes) == set(built["truth"])
     from safetensors.numpy import load_file
 
+    # a shard is listed once per split it holds clips of, with the rows of each of its episodes
     rows = [
-        load_file(str(built["out"] / s["file"]))["raw_actions"]
+        load_file(str(built["out"] / s["file"]))["raw_actions"][lo:hi]
         for s in train.meta["shards"]
         if s["split"] == "train"
+        for lo, hi in s["episodes"].values()
     ]
+    assert all(
+        set(s["episodes"]) <= set(train.episodes) for s in train.meta["shards"] if s["split"] == "train"
+    )
     raw = np.concatenate(rows)
     raw = raw[np.isfinite(raw).all(1)]
     stats = train.tokenizer.stats
@@ -365,7 +370,7 @@ def test_clip_ids_stay_unique_when_a_gap_splits_an_episode(tmp_path: Path) -> No
     from cosmos_ros.tokens import ActionTokenizer
 
     (tmp_path / "shards").mkdir()
-    w = ShardWriter(tmp_path, "train", "/cam", None, ActionTokenizer(["a", "b"]), 5, 5, 16, 16)
+    w = ShardWriter(tmp_path, "/cam", None, ActionTokenizer(["a", "b"]), 5, 5, 16, 16)
     w.begin_episode("ep0", "p")
     frame = np.zeros((16, 16, 3), np.uint8)
     for run in range(2):

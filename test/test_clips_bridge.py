@@ -60,24 +60,24 @@ def bridge(tmp_path_factory: pytest.TempPathFactory) -> dict:
             )
             wr.write(js, ns, TS.serialize_cdr(jmsg, "sensor_msgs/msg/JointState"))
             wr.write(cam, ns + 1000, TS.serialize_cdr(msg, "sensor_msgs/msg/Image"))
+    common = [str(bag), "--fps", "3", "--prompt", ann["texts"][0], "--no-progress", "--val-fraction", "0"]
+    common += ["--gripper-joints", "gripper"]
     out = root / "clips"
-    rc = main(
-        [
-            str(bag),
-            "-o",
-            str(out),
-            "--fps",
-            "3",
-            "--prompt",
-            ann["texts"][0],
-            "--no-progress",
-            "--val-fraction",
-            "0",
-            "--gripper-joints",
-            "gripper",
-        ]
-    )
-    return {"rc": rc, "out": out, "ann": ann, "state": state, "frames": frames, "t0": t0, "period": period}
+    rc = main([*common, "-o", str(out)])
+    # NVIDIA's action convention: end-effector motion in the gripper frame (small frames: actions only)
+    ee_out = root / "clips_ee"
+    ee_rc = main([*common, "-o", str(ee_out), "--action-mode", "ee_delta", "--width", "32", "--height", "32"])
+    return {
+        "rc": rc,
+        "out": out,
+        "ee_rc": ee_rc,
+        "ee_out": ee_out,
+        "ann": ann,
+        "state": state,
+        "frames": frames,
+        "t0": t0,
+        "period": period,
+    }
 
 
 def test_bridge_episode_becomes_clips(bridge: dict) -> None:
@@ -106,3 +106,28 @@ def test_bridge_state_actions_and_frames_match_the_recording(bridge: dict) -> No
         for f in (0, 12):
             expected = fit_image(bridge["frames"][idx[f]], 320, 256, "crop")
             np.testing.assert_array_equal(item["frames"][f], expected)
+
+
+def test_bridge_roll_crossing_pi_gives_small_deltas(bridge: dict) -> None:
+    """Issue 16 item 1: the roll sits near +-pi; a crossing gave a delta of about 2 pi."""
+    ds = ClipDataset(bridge["out"], "train", as_numpy=True)
+    roll = np.concatenate([ds[i]["raw_actions"][:, 3] for i in range(len(ds))])
+    idx = np.concatenate(
+        [(ds[i]["stamps_ns"][:-1] - bridge["t0"]) // bridge["period"] for i in range(len(ds))]
+    )
+    crossing = np.abs(np.diff(bridge["state"][:, 3]))[idx] > np.pi
+    assert crossing.any(), "no clip holds a crossing: the test tests nothing"
+    assert np.abs(roll).max() < 0.5, roll
+
+
+def test_bridge_ee_delta_clips_hold_nvidias_actions(bridge: dict) -> None:
+    """Issue 16 item 2: in ee_delta mode the clips' raw actions are the sample's annotated actions."""
+    assert bridge["ee_rc"] == 0
+    ds = ClipDataset(bridge["ee_out"], "train", as_numpy=True)
+    assert ds.tokenizer.mode == "ee_delta" and ds.tokenizer.euler == "xyz"
+    recorded = np.asarray(bridge["ann"]["action"], np.float64)
+    assert len(ds) == 2
+    for i in range(len(ds)):
+        item = ds[i]
+        idx = (item["stamps_ns"] - bridge["t0"]) // bridge["period"]
+        np.testing.assert_allclose(item["raw_actions"], recorded[idx[:-1]], atol=1e-6, rtol=0)

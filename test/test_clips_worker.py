@@ -1,5 +1,6 @@
-"""The clip builder's frame thread is stopped and joined on every way out of ``ClipBuilder.run``, including
-an exception that is not a bad bag (which aborts the build): no thread outlives a failed build."""
+"""The clip builder's frame thread (a ``concurrent.futures`` pool of one) is stopped and joined on every way
+out of ``ClipBuilder.run``: a bag whose frame work raises (that bag fails, the others build), an exception
+that aborts the build (KeyboardInterrupt from a callback), and a build that succeeds."""
 
 from __future__ import annotations
 
@@ -26,32 +27,39 @@ def _config(tmp_path: Path) -> ClipsConfig:
 
 
 def _frame_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name == "clips-frames"]
+    return [t for t in threading.enumerate() if t.name.startswith("clips-frames")]
 
 
 class Boom(Exception):
-    """Not a BagError/OSError: the builder does not treat it as one bad bag, so the run aborts."""
+    """Not a BagError: a bug met on one bag's data. That bag fails with it; the build goes on."""
 
 
-def test_frame_task_error_aborts_the_build_and_stops_the_thread(
+def test_frame_task_error_fails_that_bag_and_stops_the_thread(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cfg = _config(tmp_path)
+    write_bag(tmp_path / "bag2", BagSpec(duration=2.0, t0=3000.0))
+    cfg.inputs.append(str(tmp_path / "bag2"))
     before = set(threading.enumerate())
     ran = threading.Event()
+    store = ClipBuilder._store_frame
 
-    def store_frame(self: ClipBuilder, *args: Any) -> None:  # runs on the frame thread
-        ran.set()
-        raise Boom("frame resize failed")
+    def store_frame(self: ClipBuilder, w: Any, rd: Any, *args: Any) -> None:  # runs on the frame thread
+        if rd.episode.episode_id == "bag":
+            ran.set()
+            raise Boom("frame resize failed")
+        store(self, w, rd, *args)
 
     monkeypatch.setattr(ClipBuilder, "_store_frame", store_frame)
     builder = ClipBuilder(cfg)
-    with pytest.raises(Boom, match="frame resize failed"):
-        builder.run()
+    res = builder.run()
     assert ran.is_set(), "the failure must come from the frame thread"
-    assert _frame_threads() == [], "the frame thread outlived the failed build"
+    reps = {r.episode_id: r for r in res.reports}
+    assert not reps["bag"].ok and "Boom: frame resize failed" in (reps["bag"].error or "")
+    assert reps["bag2"].ok and res.clips["train"] >= 1
+    assert _frame_threads() == [], "the frame thread outlived the build"
     assert set(threading.enumerate()) <= before
-    assert builder.worker.thread is None
+    assert not builder.worker.running
 
 
 def test_raising_callback_after_frames_were_queued_stops_the_thread(tmp_path: Path) -> None:
@@ -63,11 +71,17 @@ def test_raising_callback_after_frames_were_queued_stops_the_thread(tmp_path: Pa
         started.append(bool(_frame_threads()))  # the episode's frames went through the thread
         raise KeyboardInterrupt  # e.g. Ctrl-C in the CLI's progress callback
 
+    out = Path(cfg.output)
+    out.mkdir()
+    (out / "clips.json").write_text("{}")  # an earlier build: an interrupted --overwrite must keep it
+    cfg.overwrite = True
     with pytest.raises(KeyboardInterrupt):
         ClipBuilder(cfg).run(on_episode=on_episode)
     assert started == [True]
     assert _frame_threads() == [], "the frame thread outlived the interrupted build"
     assert set(threading.enumerate()) <= before
+    assert [p.name for p in out.iterdir()] == ["clips.json"] and (out / "clips.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bag", "out"]  # the new build's folder is gone
 
 
 @pytest.mark.parametrize("caller_aborts", [False, True], ids=["run-returns", "caller-aborts-at-the-end"])
@@ -104,5 +118,5 @@ def test_successful_build_still_stops_the_thread(tmp_path: Path, caller_aborts: 
     # both episodes went through, their frames through the thread, which was still up after each of them
     assert seen == [("ep_a", True, True), ("ep_b", True, True)]
     assert _frame_threads() == [], "the frame thread outlived the build"
-    assert builder.worker.thread is None
+    assert not builder.worker.running
     assert set(threading.enumerate()) <= before

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from cosmos_ros.rotations import EULER_CONVENTIONS, euler_to_matrix, matrix_to_euler
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
 JOINTS = ["j0", "j1", "j2", "gripper"]
@@ -113,3 +115,74 @@ def test_reorder_and_errors() -> None:
         tok.normalize(np.zeros((2, 4)))
     with pytest.raises(ValueError, match=r"\[T, 4\]"):
         tok.from_joint_positions(np.zeros((5, 3)))
+
+
+# ---------------------------------------------------------------- real robot data (issue 16, items 1-2)
+BRIDGE = Path(__file__).parent / "data" / "bridge_sample"
+POSE = ["x", "y", "z", "roll", "pitch", "yaw"]
+
+
+def _bridge(episode: int) -> tuple[np.ndarray, np.ndarray]:
+    ann = json.loads((BRIDGE / str(episode) / "annotation.json").read_text())
+    return np.asarray(ann["state"], np.float64), np.asarray(ann["action"], np.float64)
+
+
+@pytest.mark.parametrize("episode", [0, 1, 3])
+def test_ee_delta_reproduces_the_bridge_annotation(episode: int) -> None:
+    """NVIDIA's action-conditioned Bridge actions: R_prev^T (xyz_next - xyz_prev), the fixed-axis xyz
+    (roll, pitch, yaw) Euler angles of R_prev^T R_next, and the next gripper state."""
+    state, action = _bridge(episode)
+    tok = ActionTokenizer([*POSE, "gripper"], mode="ee_delta", gripper_joints=["gripper"], euler="xyz")
+    raw = tok.from_joint_positions(state)
+    np.testing.assert_allclose(raw, action, atol=1e-6, rtol=0)  # float32 storage of float64 math
+    assert tok.action_names[:3] == ["ee_d_x", "ee_d_y", "ee_d_z"] and tok.action_names[6] == "next_gripper"
+    # and back: integrating the actions from the first pose gives the recorded poses (angles mod 2 pi)
+    back = tok.to_joint_positions(state[0], action)
+    np.testing.assert_allclose(back[:, :3], state[:, :3], atol=1e-9)
+    np.testing.assert_allclose(np.cos(back[:, 3:6] - state[:, 3:6]), 1.0, atol=1e-9)
+    assert ActionTokenizer.from_dict(tok.to_dict()).from_joint_positions(state).tolist() == raw.tolist()
+
+
+def test_ee_delta_needs_its_pose_joints() -> None:
+    with pytest.raises(ValueError, match="pose_joints"):
+        ActionTokenizer(["a", "b", "gripper"], mode="ee_delta")
+    with pytest.raises(ValueError, match="Euler convention 'xyx'"):
+        ActionTokenizer([*POSE], mode="ee_delta", euler="xyx")
+
+
+@pytest.mark.parametrize("convention", EULER_CONVENTIONS)
+def test_euler_round_trip(convention: str) -> None:
+    rng = np.random.default_rng(1)
+    angles = rng.uniform(-1.4, 1.4, (50, 3)) * [2.2, 1.0, 2.2]  # outer angles over most of the circle
+    mats = euler_to_matrix(angles, convention)
+    np.testing.assert_allclose(
+        mats @ np.swapaxes(mats, -1, -2), np.broadcast_to(np.eye(3), mats.shape), atol=1e-12
+    )
+    np.testing.assert_allclose(matrix_to_euler(mats, convention), angles, atol=1e-9)
+
+
+def test_bridge_roll_near_pi_does_not_wrap_into_big_deltas() -> None:
+    """Bridge's roll sits near +-pi: world-frame deltas must be the small real motion, not +-2 pi."""
+    deltas = []
+    for episode in (0, 1, 3):
+        state, _ = _bridge(episode)
+        tok = ActionTokenizer([*POSE, "gripper"], gripper_joints=["gripper"])
+        deltas.append(tok.from_joint_positions(state)[:, 3])
+    roll = np.concatenate(deltas)
+    assert np.abs(roll).max() < 0.5, np.abs(roll).max()
+    crossing = np.concatenate([np.abs(np.diff(_bridge(e)[0][:, 3])) > np.pi for e in (0, 1, 3)])
+    assert crossing.any(), "the sample no longer crosses +-pi: this test tests nothing"
+
+
+def test_angle_joints_wrap_only_the_named_joints() -> None:
+    pos = np.array([[3.1, 3.1, 0.0], [-3.1, -3.1, 0.0]])
+    auto = ActionTokenizer(["a", "b", "c"]).from_joint_positions(pos)[0]
+    np.testing.assert_allclose(auto[:2], 2 * np.pi - 6.2, atol=1e-6)
+    named = ActionTokenizer(["a", "b", "c"], angle_joints=["a"]).from_joint_positions(pos)[0]
+    np.testing.assert_allclose(named[:2], [2 * np.pi - 6.2, -6.2], atol=1e-6)  # b is not an angle: kept
+    vel = ActionTokenizer(["a", "b", "c"], mode="velocity", fps=10.0).from_joint_positions(pos)[0]
+    np.testing.assert_allclose(vel[0], (2 * np.pi - 6.2) * 10, atol=1e-5)
+    tok = ActionTokenizer(["a", "b", "c"], angle_joints=["a"])
+    assert ActionTokenizer.from_dict(tok.to_dict()).angle_joints == ["a"]
+    with pytest.raises(ValueError, match=r"angle joints \['z'\]"):
+        ActionTokenizer(["a"], angle_joints=["z"])

@@ -8,6 +8,10 @@ Accepted inputs (any mix, each given as a path):
   ``segments``: relative folder names in time order) plus rosbag2 segment folders, concatenated in time;
 - a parent folder whose children are bag folders or episode folders (one episode each).
 
+Per-bag settings: a ``prompt.txt`` in a bag or episode folder is that episode's prompt, and the
+``per_bag`` mapping (a YAML file or a dict; :func:`load_per_bag`) gives, per bag, a prompt and/or a
+topic mapping (configured topic -> the topic this bag records it on).
+
 Why our own stamp parsing: every sensor message we read (``Image``, ``CompressedImage``, ``JointState``)
 starts with a ``std_msgs/Header``, whose stamp sits at a fixed offset of the CDR buffer. Reading it there
 lets the builder decide which camera frames it needs before paying for deserialization.
@@ -25,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection
 from rosbags.rosbag2.errors import ReaderError
@@ -51,6 +56,11 @@ class EpisodeSpec:
     source: Path = field(default_factory=Path)
     meta: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    topics: dict[str, str] = field(default_factory=dict)  # configured topic -> this bag's topic
+
+    def topic(self, configured: str) -> str:
+        """The topic this episode records ``configured`` on (per-bag mapping, else the same)."""
+        return self.topics.get(configured, configured)
 
     @property
     def label(self) -> str:
@@ -95,9 +105,93 @@ def _episode_from_dir(path: Path) -> EpisodeSpec:
             raise BagError(f"{path}: episode.json lists no closed segment ({'; '.join(warnings) or 'none'})")
     else:
         segs = sorted(p for p in path.iterdir() if _is_bag_dir(p))
-    prompt = meta.get("task") or meta.get("prompt")
+    prompt = _sidecar_prompt(path) or meta.get("task") or meta.get("prompt")
     eid = str(meta.get("episode_id") or meta.get("id") or path.name)
     return EpisodeSpec(eid, segs, str(prompt) if prompt else None, path, meta, warnings)
+
+
+PROMPT_SIDECAR = "prompt.txt"
+
+
+def _sidecar_prompt(folder: Path) -> str | None:
+    """The prompt in ``<folder>/prompt.txt`` (stripped), or None when there is none."""
+    try:
+        text = (folder / PROMPT_SIDECAR).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return text or None
+
+
+def _bag_episode(path: Path) -> EpisodeSpec:
+    return EpisodeSpec(path.name, [path], _sidecar_prompt(path), path)
+
+
+def load_per_bag(value: str | Path | dict | None) -> tuple[dict[str, dict[str, Any]], Path | None]:
+    """Read the ``per_bag`` option: ``{bag: prompt}`` or ``{bag: {prompt: .., topics: {from: to}}}``.
+
+    ``value`` is a YAML/JSON file or an inline mapping. Returns the normalised mapping and the folder that
+    relative bag paths in it are taken from (the file's). Raises ValueError naming the entry and the fix.
+    """
+    if value is None or value == {}:
+        return {}, None
+    base: Path | None = None
+    if isinstance(value, (str, Path)):
+        path = Path(value).expanduser()
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise ValueError(f"per_bag file {path}: cannot read ({err})") from None
+        base, where = path.parent, f"per_bag file {path}"
+    else:
+        data, where = value, "per_bag"
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping of bag -> prompt or bag -> {{prompt, topics}}")
+    out: dict[str, dict[str, Any]] = {}
+    for key, entry in data.items():
+        if isinstance(entry, str):
+            entry = {"prompt": entry}
+        if not isinstance(entry, dict) or set(entry) - {"prompt", "topics"}:
+            raise ValueError(
+                f"{where}: entry {key!r} must be a prompt string or a mapping with 'prompt' and/or 'topics'"
+            )
+        topics = entry.get("topics") or {}
+        if not isinstance(topics, dict) or not all(isinstance(v, str) for v in topics.values()):
+            raise ValueError(f"{where}: {key!r}.topics must map configured topics to this bag's topics")
+        prompt = entry.get("prompt")
+        out[str(key)] = {
+            "prompt": str(prompt) if prompt else None,
+            "topics": {str(k): v for k, v in topics.items()},
+        }
+    return out, base
+
+
+def apply_per_bag(
+    episodes: list[EpisodeSpec], per_bag: dict[str, dict[str, Any]], base: Path | None, known_topics: set[str]
+) -> list[str]:
+    """Give each episode its per-bag prompt and topics; returns warnings for entries that match no bag.
+
+    A key matches an episode by its id, its folder name, or its path (relative keys from ``base``).
+    Raises ValueError for a topic mapping of a topic that is not configured (a typo would be ignored).
+    """
+    used: set[str] = set()
+    for ep in episodes:
+        src = ep.source.resolve() if ep.source != Path() else None
+        for key, entry in per_bag.items():
+            path = Path(key).expanduser()
+            if not path.is_absolute() and base is not None:
+                path = base / path
+            if key in (ep.episode_id, ep.source.name) or (src is not None and path.resolve() == src):
+                used.add(key)
+                if entry["prompt"]:
+                    ep.prompt = entry["prompt"]
+                unknown = sorted(set(entry["topics"]) - known_topics)
+                if unknown:
+                    raise ValueError(
+                        f"per_bag {key!r}: topics {unknown} are not configured topics "
+                        f"({', '.join(sorted(known_topics))}); map configured topics to this bag's"
+                    )
+                ep.topics.update(entry["topics"])
+    return [f"per_bag entry {k!r} matches no bag of this run" for k in per_bag if k not in used]
 
 
 def discover_episodes(inputs: Sequence[str | Path]) -> tuple[list[EpisodeSpec], list[str]]:
@@ -116,7 +210,7 @@ def discover_episodes(inputs: Sequence[str | Path]) -> tuple[list[EpisodeSpec], 
             except BagError as err:
                 errors.append(str(err))
         elif _is_bag_dir(path):
-            episodes.append(EpisodeSpec(path.name, [path], None, path))
+            episodes.append(_bag_episode(path))
         elif path.is_dir():
             found = 0
             for child in sorted(path.iterdir()):
@@ -127,7 +221,7 @@ def discover_episodes(inputs: Sequence[str | Path]) -> tuple[list[EpisodeSpec], 
                         errors.append(str(err))
                     found += 1
                 elif _is_bag_dir(child):
-                    episodes.append(EpisodeSpec(child.name, [child], None, child))
+                    episodes.append(_bag_episode(child))
                     found += 1
             if not found:
                 errors.append(
@@ -283,11 +377,22 @@ class EpisodeReader:
         """Connections of ``topic``; BagError when missing or of a type we cannot read."""
         conns = [c for c in self.reader.connections if c.topic == topic]
         if not conns:
-            present = ", ".join(f"{t} [{m}]" for t, m in sorted(self.topics().items())) or "none"
+            # A real robot's bag holds dozens of topics: name the ones of the right type first, and only
+            # a few of the others.
+            topics = self.topics()
+            kinds = " or ".join(a.rsplit("/", 1)[-1] for a in allowed)
+            fitting = sorted(t for t, m in topics.items() if m in allowed)
+            others = sorted(t for t, m in topics.items() if m not in allowed)
+            shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
+            if fitting:
+                found = f"its {kinds} topics: {', '.join(fitting)}"
+                if others:
+                    found += f" (and {len(others)} topics of other types)"
+            else:
+                found = f"the bag has no {kinds} topic at all ({len(others)} topics of other types: {shown})"
             raise BagError(
-                f"{self.episode.label}: {what} topic {topic!r} is not in the bag "
-                f"(topics present: {present}); "
-                f"set the {what} topic in the config or with the CLI"
+                f"{self.episode.label}: {what} topic {topic!r} is not in the bag; {found}; "
+                f"set the {what} topic (config or command line) or map it for this bag (--per-bag)"
             )
         bad = [c.msgtype for c in conns if c.msgtype not in allowed]
         if bad:

@@ -6,19 +6,26 @@ its stamp is decided (see :mod:`cosmos_ros.clips.sync`). Memory holds one shard 
 camera) plus about ``max_wait`` seconds of pending messages, whatever the bag size.
 
 Each episode is a transaction: any failure (missing topic, corrupt or truncated bag, unknown encoding,
-clock jump, too short...) drops that episode's clips, is recorded in the per-bag report with the bag's
-path and the reason, and the run goes on with the next episode.
+clock jump, too short, even a bug met on one bag's data) drops that episode's clips, is recorded in the
+per-bag report with the bag's path and the reason, and the run goes on with the next episode. The split is
+drawn at the end, over the episodes that built.
+
+The build goes into a new folder beside the output (``.<name>.build-<pid>``) and replaces the output only
+when it is complete, so an earlier build survives any failure (a full disk, no train clips, an interrupt),
+``--overwrite`` included. Writing problems (:class:`OutputError`) end the build with a message naming the
+file and the fix.
 """
 
 from __future__ import annotations
 
 import hashlib
-import queue
+import os
 import shutil
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,13 +40,15 @@ from cosmos_ros.clips.bags import (
     BagError,
     EpisodeReader,
     EpisodeSpec,
+    apply_per_bag,
     content_digest,
     discover_episodes,
+    load_per_bag,
     parse_header_stamp,
 )
 from cosmos_ros.clips.config import DEFAULT_PROMPT, ClipsConfig
 from cosmos_ros.clips.images import ImageError, decode_image, fit_image
-from cosmos_ros.clips.storage import FORMAT_VERSION, ShardWriter, write_labels
+from cosmos_ros.clips.storage import FORMAT_VERSION, OutputError, ShardWriter, output_error, write_labels
 from cosmos_ros.clips.sync import NS, ClockJumpError, GridSelector, JointBuffer, TopicStats
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
@@ -50,7 +59,7 @@ class EpisodeReport:
 
     episode_id: str
     source: str
-    split: str
+    split: str = "-"  # drawn at the end of the build, over the episodes that built
     ok: bool = False
     clips: int = 0
     frames: int = 0
@@ -79,6 +88,8 @@ class BuildResult:
     bytes_read: int = 0
     seconds: float = 0.0
     fatal: str | None = None
+    warnings: list[str] = field(default_factory=list)
+    kept_previous: bool = False  # the build failed and an earlier build in `output` was left as it was
 
     @property
     def failed(self) -> list[EpisodeReport]:
@@ -92,17 +103,19 @@ class BuildResult:
 
 
 def assign_splits(
-    episodes: list[EpisodeSpec], val_fraction: float, seed: int, val_episodes: list[str]
+    episodes: list[EpisodeSpec], val_fraction: float, seed: int, val_episodes: list[str], strict: bool = True
 ) -> dict[str, str]:
     """Episode id -> "train"/"val". By episode, never by clip; deterministic for a given set of episodes.
 
     Explicit ``val_episodes`` win; otherwise the episodes are ordered by a seeded hash of their id and the
     first ``round(n * val_fraction)`` (at least one when n >= 2 and the fraction is > 0) go to val.
+    ``strict``: an explicit val episode missing from ``episodes`` is an error (a typo); the builder checks
+    that up front and then draws the split over the episodes that built, where a failed one may be missing.
     """
     ids = [e.episode_id for e in episodes]
     if val_episodes:
         unknown = sorted(set(val_episodes) - set(ids))
-        if unknown:
+        if unknown and strict:
             raise ValueError(f"val_episodes {unknown} are not among the episodes found: {ids}")
         return {i: ("val" if i in val_episodes else "train") for i in ids}
     n = len(ids)
@@ -113,75 +126,72 @@ def assign_splits(
     return {i: ("val" if i in val else "train") for i in ids}
 
 
-class _Worker:
-    """One background thread that decodes, resizes and stores kept frames, in submission order.
+class FrameWorker:
+    """Decodes, resizes and stores kept frames on one background thread, in submission order.
 
     Why: reading the bag (Python) and image work (OpenCV, numpy copies, shard writes) overlap on two
-    cores. The queue is short, so memory stays bounded; every writer operation of an episode runs on this
-    thread, and the main thread touches writers only after :meth:`drain`. An exception in a task is kept
-    and re-raised in the main thread at the next ``submit``/``drain``; later tasks are skipped until then.
-    The owner must :meth:`close` it on every path (``ClipBuilder.run`` does so in a ``finally``): the thread
-    blocks on its queue forever otherwise, and tasks queued by a failed build would still run against a
-    bag reader that is already closed.
+    cores. A ``concurrent.futures`` pool of one thread; at most ``depth`` tasks are in flight, so memory
+    stays bounded. Every writer operation of an episode runs on this thread, and the main thread touches
+    writers only after :meth:`drain`. A task's exception is re-raised in the main thread at a later
+    ``submit`` or at ``drain``; tasks queued after a failed one are skipped (their episode is failing).
+    The owner must :meth:`close` it on every path (``ClipBuilder.run`` does so in a ``finally``), or the
+    pool's thread outlives the build.
     """
 
     def __init__(self, depth: int = 8) -> None:
-        self.q: queue.Queue = queue.Queue(maxsize=depth)
-        self.err: BaseException | None = None
-        self.thread: threading.Thread | None = None
-        self._cancel = False
+        self.depth = depth
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: deque[Future] = deque()
+        self._failed = threading.Event()
+
+    @property
+    def running(self) -> bool:
+        """Whether the pool (and its thread) exists."""
+        return self._pool is not None
 
     def submit(self, fn: Callable[..., None], *args: Any) -> None:
-        """Queue ``fn(*args)``; raises a pending error from an earlier task."""
-        self._raise()
-        if self.thread is None:
-            self._cancel = False
-            self.thread = threading.Thread(target=self._run, name="clips-frames", daemon=True)
-            self.thread.start()
-        self.q.put((fn, args))
+        """Queue ``fn(*args)``; raises the error of an earlier task."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clips-frames")
+        while self._pending and (len(self._pending) >= self.depth or self._pending[0].done()):
+            self._pending.popleft().result()
+        self._pending.append(self._pool.submit(self._call, fn, args))
+
+    def _call(self, fn: Callable[..., None], args: tuple) -> None:
+        if self._failed.is_set():
+            return
+        try:
+            fn(*args)
+        except BaseException:
+            self._failed.set()
+            raise
 
     def drain(self, quiet: bool = False) -> None:
         """Wait for every queued task; raise (unless ``quiet``) the first error."""
-        if self.thread is not None:
-            self.q.join()
-        if quiet:
-            self.err = None
-        else:
-            self._raise()
+        first: BaseException | None = None
+        while self._pending:
+            try:
+                self._pending.popleft().result()
+            except BaseException as err:  # handed to the caller below
+                first = first or err
+        self._failed.clear()
+        if first is not None and not quiet:
+            raise first
 
     def close(self, cancel: bool = False) -> None:
         """Stop the thread and wait for it; ``cancel`` skips queued tasks instead of running them.
 
         Cancel is for the error path: the tasks belong to an episode that failed, whose reader and shard
-        writers are being abandoned, so running them would only raise or write into a rolled-back episode.
-        A task already running is finished (it cannot be interrupted), so the join is bounded by one frame.
+        writers are being abandoned. A task already running is finished (it cannot be interrupted), so
+        the wait is bounded by one frame.
         """
-        if self.thread is not None:
-            self._cancel = cancel
-            self.q.put(None)
-            self.thread.join()
-            self.thread = None
-        self._cancel = False
-        self.err = None
-
-    def _raise(self) -> None:
-        if self.err is not None:
-            err, self.err = self.err, None
-            raise err
-
-    def _run(self) -> None:
-        while True:
-            item = self.q.get()
-            try:
-                if item is None:
-                    return
-                if self.err is None and not self._cancel:
-                    fn, args = item
-                    fn(*args)
-            except BaseException as err:  # handed to the main thread
-                self.err = err
-            finally:
-                self.q.task_done()
+        if self._pool is not None:
+            if cancel:
+                self._failed.set()
+            self._pool.shutdown(wait=True, cancel_futures=cancel)
+            self._pool = None
+        self._pending.clear()
+        self._failed.clear()
 
 
 def _bag_message_count(ep: EpisodeSpec, topics: set[str]) -> int:
@@ -204,27 +214,58 @@ class ClipBuilder:
     def __init__(self, cfg: ClipsConfig, progress: Callable[[int], None] | None = None) -> None:
         cfg.validate()
         self.cfg = cfg
-        self.out = Path(cfg.output)
+        self.final = Path(cfg.output)
+        # the new build goes here and replaces `final` only when complete (see the module docstring)
+        self.out = self.final.parent / f".{self.final.name}.build-{os.getpid()}"
         self.progress = progress
         self.tokenizer: ActionTokenizer | None = None
-        self.writers: dict[tuple[str, str], ShardWriter] = {}
+        self.writers: dict[str, ShardWriter] = {}
         self.sync_stats: dict[str, TopicStats] = {}
         self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
-        self.worker = _Worker()
+        self._frame_size: dict[str, tuple[int, int]] = {}
+        self._report: EpisodeReport | None = None
+        self.worker = FrameWorker()
 
     # ------------------------------------------------------------------ setup
     def prepare_output(self) -> None:
-        """Create the output dir; refuse to mix with an earlier build unless ``overwrite``."""
-        out = self.out
-        if out.exists() and any(out.iterdir()):
-            ours = (out / "clips.json").exists() or (out / "shards").exists() or (out / "stats.json").exists()
+        """Check the output folder and create the build folder beside it (OutputError if impossible).
+
+        Refuses an output holding something other than an earlier build, and an earlier build without
+        ``overwrite``; nothing in the output is touched until the new build is complete.
+        """
+        out = self.final
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            ours = out.is_dir() and any((out / n).exists() for n in ("clips.json", "shards", "stats.json"))
             if not (self.cfg.overwrite and ours):
                 hint = "pass --overwrite to replace it" if ours else "choose an empty or new directory"
                 raise FileExistsError(f"output directory {out} is not empty: {hint}")
-            for name in ("clips.json", "tokenizer.json", "stats.json"):
-                (out / name).unlink(missing_ok=True)
-            shutil.rmtree(out / "shards", ignore_errors=True)
-        (out / "shards").mkdir(parents=True, exist_ok=True)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            if self.out.exists():  # left by a killed build of an earlier process with this pid
+                shutil.rmtree(self.out)
+            (self.out / "shards").mkdir(parents=True)
+        except OSError as err:
+            raise output_error(out, err) from None
+
+    def _discard_build(self) -> None:
+        shutil.rmtree(self.out, ignore_errors=True)
+
+    def _swap_in(self) -> None:
+        """Replace the output folder with the finished build (the old one is removed only after)."""
+        final, old = self.final, self.final.parent / f".{self.final.name}.old-{os.getpid()}"
+        try:
+            if final.exists():
+                os.rename(final, old)
+                try:
+                    os.rename(self.out, final)
+                except OSError:
+                    os.rename(old, final)
+                    raise
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(self.out, final)
+        except OSError as err:
+            raise output_error(final, err) from None
 
     def _ensure_tokenizer(self, names: list[str]) -> ActionTokenizer:
         if self.tokenizer is None:
@@ -239,17 +280,19 @@ class ClipBuilder:
                 gripper_joints=grip,
                 fps=self.cfg.fps,
                 num_bins=self.cfg.num_bins or None,
+                angle_joints=self.cfg.angle_joints,
+                pose_joints=self.cfg.pose_joints,
+                euler=self.cfg.euler,
             )
         return self.tokenizer
 
-    def _writer(self, split: str, cam: str) -> ShardWriter:
-        key = (split, cam)
+    def _writer(self, cam: str) -> ShardWriter:
+        key = cam
         if key not in self.writers:
             assert self.tokenizer is not None
             multi = len(self.cfg.camera_topics) > 1
             self.writers[key] = ShardWriter(
                 self.out,
-                split,
                 cam,
                 self.cfg.camera_topics.index(cam) if multi else None,
                 self.tokenizer,
@@ -277,17 +320,20 @@ class ClipBuilder:
         return idx
 
     # ------------------------------------------------------------------ one episode
-    def process_episode(self, ep: EpisodeSpec, split: str, report: EpisodeReport) -> None:
-        """Stream one episode into the writers of its split (raises BagError on any problem)."""
+    def process_episode(self, ep: EpisodeSpec, report: EpisodeReport) -> None:
+        """Stream one episode into the writers (raises BagError on any problem)."""
         cfg = self.cfg
         label = ep.label
         use_log = cfg.time_source == "log"
         max_wait = round(cfg.max_wait * NS)
         ep_stats: dict[str, TopicStats] = {}
+        self._frame_size = {}
+        self._report = report
         with EpisodeReader(ep) as rd:
-            cam_conns = {t: rd.connections(t, IMAGE_TYPES, "camera") for t in cfg.camera_topics}
-            jconns = rd.connections(cfg.joint_topic, (JOINT_TYPE,), "joint state")
-            conn_topic = {c.id: c for cs in cam_conns.values() for c in cs}
+            # topics are named by their configured name from here on; `ep.topic` is this bag's name
+            cam_conns = {t: rd.connections(ep.topic(t), IMAGE_TYPES, "camera") for t in cfg.camera_topics}
+            jconns = rd.connections(ep.topic(cfg.joint_topic), (JOINT_TYPE,), "joint state")
+            conn_topic = {c.id: t for t, cs in cam_conns.items() for c in cs}
             jids = {c.id for c in jconns}
             all_conns = [c for cs in cam_conns.values() for c in cs] + jconns
             for t in cfg.camera_topics:
@@ -295,24 +341,39 @@ class ClipBuilder:
             ep_stats[cfg.joint_topic] = TopicStats(cfg.joint_topic, "joint_state")
             jstats = ep_stats[cfg.joint_topic]
 
-            def decode_joints(payload: tuple[Any, bytes]) -> tuple[np.ndarray, np.ndarray | None]:
-                conn, raw = payload
+            def decode_joints(conn: Any, raw: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+                """Every JointState is decoded (about 30 us): one lacking a configured joint fails the bag
+                whether or not a frame would have used it, as docs/CLIPS.md says."""
                 msg = rd.deserialize(conn, raw)
                 names = tuple(msg.name)
                 pos = msg.position
+                if not names:  # many real drivers leave `name` empty: --joint-names names them by index
+                    if not cfg.joint_names:
+                        raise BagError(
+                            f"{label}: JointState on {conn.topic} has no joint names ({len(pos)} positions); "
+                            "pass --joint-names naming its positions in order, e.g. --joint-names "
+                            + ",".join(f"joint{i + 1}" for i in range(len(pos)))
+                        )
+                    if len(cfg.joint_names) != len(pos):
+                        raise BagError(
+                            f"{label}: JointState on {conn.topic} has no joint names and {len(pos)} "
+                            f"positions, but --joint-names names {len(cfg.joint_names)} joints; "
+                            "name every position in order"
+                        )
+                    names = tuple(cfg.joint_names)
                 if len(pos) != len(names):
                     raise BagError(
                         f"{label}: JointState on {conn.topic} has {len(names)} names but {len(pos)} positions"
                     )
+                self._ensure_tokenizer(list(names))
                 idx = self._reorder_index(names, label)
                 vel = msg.velocity
                 return np.asarray(pos, np.float64)[idx], (
                     np.asarray(vel, np.float64)[idx] if len(vel) == len(names) else None
                 )
 
-            jb = JointBuffer(
-                cfg.joint_sync, cfg.max_age, cfg.clock_jump_tolerance, cfg.joint_topic, decode=decode_joints
-            )
+            jb = JointBuffer(cfg.joint_sync, cfg.max_age, cfg.clock_jump_tolerance, cfg.joint_topic)
+            nonfinite = [0, 0, set()]  # frames dropped, first stamp, joints
             sels = {
                 t: GridSelector(cfg.fps, cfg.frame_tolerance, cfg.max_gap, cfg.clock_jump_tolerance, t)
                 for t in cfg.camera_topics
@@ -329,7 +390,7 @@ class ClipBuilder:
 
             def start_writers() -> None:
                 for t in cfg.camera_topics:
-                    w = self._writer(split, t)
+                    w = self._writer(t)
                     w.begin_episode(ep.episode_id, prompt)
                     writers[t] = w
 
@@ -355,6 +416,24 @@ class ClipBuilder:
                         jstats.misses += 1
                         continue
                     pos, vel, joff = ans
+                    if not np.isfinite(pos).all():
+                        assert self.tokenizer is not None
+                        bad = [
+                            n
+                            for n, ok in zip(self.tokenizer.joint_names, np.isfinite(pos), strict=True)
+                            if not ok
+                        ]
+                        if cfg.nonfinite == "fail":
+                            raise BagError(
+                                f"{label}: non-finite (NaN/inf) joint positions of {bad} on "
+                                f"{cfg.joint_topic} at {stamp / NS:.3f} s; fix the driver, or drop "
+                                "those frames with --nonfinite drop"
+                            )
+                        nonfinite[0] += 1
+                        nonfinite[1] = nonfinite[1] or stamp
+                        nonfinite[2].update(bad)
+                        jstats.misses += 1
+                        continue  # the next kept frame starts a new run: no clip spans the hole
                     brk = last_k[topic] is None or k != last_k[topic] + 1
                     last_k[topic] = k
                     self.worker.submit(
@@ -392,11 +471,10 @@ class ClipBuilder:
                         continue
                 try:
                     if conn.id in jids:
+                        state = decode_joints(conn, raw)
                         if not writers:
-                            names = tuple(rd.deserialize(conn, raw).name)
-                            self._ensure_tokenizer(list(names))
                             start_writers()
-                        jb.push(t, (conn, raw))
+                        jb.push(t, state)
                         if not jrange:
                             jrange.append(t)
                         for topic in cfg.camera_topics:
@@ -405,7 +483,7 @@ class ClipBuilder:
                         if len(jb.stamps) > 64:
                             prune()
                     else:
-                        topic = conn_topic[conn.id].topic
+                        topic = conn_topic[conn.id]
                         cam_count[topic] += 1
                         if not cam_range[topic]:
                             cam_range[topic].append(t)
@@ -424,6 +502,8 @@ class ClipBuilder:
             if self.progress is not None:
                 self.progress(n % step)
             report.messages = n
+            for topic in cfg.camera_topics:
+                pending[topic].extend(sels[topic].finish())
             if writers:
                 for topic in cfg.camera_topics:
                     resolve(topic, True)
@@ -433,9 +513,15 @@ class ClipBuilder:
             jstats.out_of_order += jb.out_of_order
 
             # ---- episode-level checks: name what is wrong and where
+            if nonfinite[0]:
+                report.warnings.append(
+                    f"dropped {nonfinite[0]} frames whose joint state had non-finite (NaN/inf) positions "
+                    f"of {sorted(nonfinite[2])}, first at {nonfinite[1] / NS:.3f} s (--nonfinite fail "
+                    "fails such a bag instead)"
+                )
             for topic in [*cfg.camera_topics, cfg.joint_topic]:
-                zeros = zero_stamps.get(topic, 0)
-                if zeros and zeros == rd.count([c for c in all_conns if c.topic == topic]):
+                zeros = zero_stamps.get(ep.topic(topic), 0)
+                if zeros and zeros == rd.count([c for c in all_conns if c.topic == ep.topic(topic)]):
                     raise BagError(
                         f"{label}: {topic} has zero header stamps; rebuild with --time-source log "
                         "(bag receive time) or fix the publisher's stamps"
@@ -485,20 +571,35 @@ class ClipBuilder:
         vel: np.ndarray | None,
         brk: bool,
     ) -> None:
-        """Worker thread: deserialize, decode, resize and store one kept frame (OpenCV releases the GIL)."""
+        """Worker thread: deserialize, decode, resize and store one kept frame (OpenCV releases the GIL).
+
+        A frame size that changes mid-bag (a driver reconfigured, another camera mode) is fitted like any
+        other frame, but starts a new run: a clip never mixes the two, since the field of view may differ.
+        """
         try:
             img = decode_image(rd.deserialize(conn, raw), conn.msgtype)
         except ImageError as err:
             raise BagError(f"{rd.episode.label}: {topic}: {err}") from None
+        size = (img.shape[1], img.shape[0])
+        last = self._frame_size.get(topic)
+        self._frame_size[topic] = size
+        if last is not None and last != size:
+            brk = True
+            if self._report is not None:
+                self._report.warnings.append(
+                    f"{topic}: frame size changed from {last[0]}x{last[1]} to {size[0]}x{size[1]} at "
+                    f"{stamp / NS:.3f} s; frames of both sizes are fitted to {self.cfg.width}x"
+                    f"{self.cfg.height} ({self.cfg.resize}), and no clip spans the change"
+                )
         frame = fit_image(img, self.cfg.width, self.cfg.height, self.cfg.resize)
         if brk:
             w.break_run()
         w.add_frame(frame, stamp, pos, vel)
 
-    def _rollback(self, split: str) -> None:
+    def _rollback(self) -> None:
         self.worker.drain(quiet=True)
-        for (s, _), w in self.writers.items():
-            if s == split and w.in_episode:
+        for w in self.writers.values():
+            if w.in_episode:
                 w.rollback()
 
     # ------------------------------------------------------------------ the run
@@ -507,38 +608,46 @@ class ClipBuilder:
         on_episode: Callable[[EpisodeReport], None] | None = None,
         on_total: Callable[[int], None] | None = None,
     ) -> BuildResult:
-        """Build everything; never raises for a bad bag (see ``BuildResult.reports``)."""
+        """Build everything; never raises for a bad bag (see ``BuildResult.reports``).
+
+        Raises ValueError for a bad ``per_bag`` or ``val_episodes``, FileExistsError / OutputError when the
+        output cannot take the build (before any bag is read). A write failure later (full disk) ends the
+        build with ``result.fatal`` set and the earlier output untouched.
+        """
         cfg = self.cfg
         t0 = time.perf_counter()
-        result = BuildResult(self.out)
+        result = BuildResult(self.final)
         episodes, result.input_errors = discover_episodes(cfg.inputs)
+        per_bag, base = load_per_bag(cfg.per_bag)
+        result.warnings += apply_per_bag(episodes, per_bag, base, {*cfg.camera_topics, cfg.joint_topic})
         if not episodes:
             result.fatal = "no episodes found in the inputs: " + (
                 "; ".join(result.input_errors) or "none given"
             )
             return result
-        splits = assign_splits(episodes, cfg.val_fraction, cfg.split_seed, cfg.val_episodes)
+        assign_splits(episodes, cfg.val_fraction, cfg.split_seed, cfg.val_episodes)  # a typo fails here
         self.prepare_output()
-        topics = {*cfg.camera_topics, cfg.joint_topic}
+        topics = {ep.topic(t) for ep in episodes for t in (*cfg.camera_topics, cfg.joint_topic)}
         if on_total is not None:
             on_total(sum(_bag_message_count(ep, topics) for ep in episodes))
         finished = False
+        swapped = False
         try:
             for ep in episodes:
-                rep = EpisodeReport(
-                    ep.episode_id, ep.label, splits[ep.episode_id], warnings=list(ep.warnings)
-                )
+                rep = EpisodeReport(ep.episode_id, ep.label, warnings=list(ep.warnings))
                 e0 = time.perf_counter()
                 rep.content = content_digest(ep)
                 try:
-                    self.process_episode(ep, rep.split, rep)
+                    self.process_episode(ep, rep)
                     rep.ok = True
+                except OutputError:
+                    raise
                 except BagError as err:
                     rep.error = str(err)
-                    self._rollback(rep.split)
-                except (OSError, MemoryError) as err:  # disk full etc.: this bag fails, say what happened
+                    self._rollback()
+                except Exception as err:  # one bag's failure, whatever it is, never stops the others
                     rep.error = f"{ep.label}: {type(err).__name__}: {err}"
-                    self._rollback(rep.split)
+                    self._rollback()
                 rep.seconds = time.perf_counter() - e0
                 result.reports.append(rep)
                 result.messages += rep.messages
@@ -548,34 +657,94 @@ class ClipBuilder:
                 if on_episode is not None:
                     on_episode(rep)
             finished = True
+            self.worker.close()
+            self._finish(result)
+            result.seconds = time.perf_counter() - t0
+            if result.fatal is None:
+                self._write_stats(result, self.out)
+                self._swap_in()
+                swapped = True
+        except OutputError as err:
+            result.fatal = str(err)
         finally:
             # Any other exception (a bug, KeyboardInterrupt, a raising callback) aborts the run: stop the
             # frame thread here, or it outlives the build blocked on its queue, still holding frames.
             self.worker.close(cancel=not finished)
-        self._finish(result)
-        result.seconds = time.perf_counter() - t0
-        self._write_stats(result)
+            if not swapped:
+                self._discard_build()
+        if result.fatal is not None:
+            result.seconds = time.perf_counter() - t0
+            self._report_failed_build(result)
         return result
 
+    def _report_failed_build(self, result: BuildResult) -> None:
+        """A build that could not finish: keep an earlier build as it is, else leave just the report."""
+        if self.final.exists() and any(self.final.iterdir()):
+            result.kept_previous = True
+            return
+        try:
+            self.final.mkdir(parents=True, exist_ok=True)
+            self._write_stats(result, self.final)
+        except OSError:
+            pass  # the summary on the terminal still says what happened
+
     def _finish(self, result: BuildResult) -> None:
-        """Close shards, fit the statistics on train, write tokenizer.json, labels and clips.json."""
+        """Draw the split over what built; fit the statistics on train; write tokenizer, labels, index.
+
+        Shards left without a clip (frames of a bag that failed later) are deleted.
+        """
         shards = []
         for w in self.writers.values():
             shards.extend(w.close())
         result.sync = [st.summary() for st in self.sync_stats.values()]
-        train = [w for (split, _), w in self.writers.items() if split == "train"]
+        built = [r for r in result.reports if r.ok]
+        splits = assign_splits(
+            [EpisodeSpec(r.episode_id, []) for r in built],
+            self.cfg.val_fraction,
+            self.cfg.split_seed,
+            self.cfg.val_episodes,
+            strict=False,
+        )
+        for r in built:
+            r.split = splits[r.episode_id]
         stats = ActionStats(self.tokenizer.dim) if self.tokenizer else None
-        for w in train:
-            if stats is not None and w.stats.count:
-                stats.merge(w.stats)
+        for w in self.writers.values():
+            for eid, st in w.episode_stats.items():
+                if stats is not None and splits.get(eid) == "train":
+                    stats.merge(st)
         if self.tokenizer is None or stats is None or stats.count == 0:
             result.fatal = "no clips in the train split: nothing to fit the action statistics on"
             return
-        self.tokenizer.set_stats(stats.to_dict())
-        self.tokenizer.save(self.out / "tokenizer.json")
-        write_labels(self.out, shards, self.tokenizer)
+        kept = []
         for info in shards:
-            result.clips[info.split] = result.clips.get(info.split, 0) + len(info.clips)
+            if info.clips:
+                kept.append(info)
+            else:
+                (self.out / "shards" / info.file).unlink(missing_ok=True)
+        self.tokenizer.set_stats(stats.to_dict())
+        try:
+            self.tokenizer.save(self.out / "tokenizer.json")
+        except OSError as err:
+            raise output_error(self.out / "tokenizer.json", err) from None
+        write_labels(self.out, kept, self.tokenizer)
+        entries = []
+        for i in kept:
+            for split in ("train", "val"):
+                clips = [c for c in i.clips if splits.get(c.episode_id) == split]
+                if not clips:
+                    continue
+                result.clips[split] = result.clips.get(split, 0) + len(clips)
+                entries.append(
+                    {
+                        "file": f"shards/{i.file}",
+                        "labels": f"shards/{Path(i.file).with_suffix('.labels.safetensors').name}",
+                        "split": split,
+                        "camera": i.camera,
+                        "rows": i.rows,
+                        "episodes": {e: list(r) for e, r in i.episodes.items() if splits.get(e) == split},
+                        "clips": [c.to_dict() for c in clips],
+                    }
+                )
         episodes = {
             r.episode_id: {
                 "split": r.split,
@@ -584,8 +753,7 @@ class ClipBuilder:
                 "content": r.content,
                 "clips": r.clips,
             }
-            for r in result.reports
-            if r.ok
+            for r in built
         }
         index = {
             "format_version": FORMAT_VERSION,
@@ -605,28 +773,28 @@ class ClipBuilder:
             "joint_sync": self.cfg.joint_sync,
             "counts": {s: result.clips.get(s, 0) for s in ("train", "val")},
             "episodes": episodes,
-            "shards": [
-                {
-                    "file": f"shards/{i.file}",
-                    "labels": f"shards/{Path(i.file).with_suffix('.labels.safetensors').name}",
-                    "split": i.split,
-                    "camera": i.camera,
-                    "rows": i.rows,
-                    "clips": [c.to_dict() for c in i.clips],
-                }
-                for i in shards
-            ],
+            "shards": entries,
             "config": self.cfg.to_dict(),
         }
-        write_json_atomic(self.out / "clips.json", index)
+        try:
+            write_json_atomic(self.out / "clips.json", index)
+        except OSError as err:
+            raise output_error(self.out / "clips.json", err) from None
 
-    def _write_stats(self, result: BuildResult) -> None:
+    def _write_stats(self, result: BuildResult, folder: Path) -> None:
+        try:
+            self._write_stats_json(result, folder)
+        except OSError as err:
+            raise output_error(folder / "stats.json", err) from None
+
+    def _write_stats_json(self, result: BuildResult, folder: Path) -> None:
         write_json_atomic(
-            self.out / "stats.json",
+            folder / "stats.json",
             {
                 "ok": result.ok,
                 "fatal": result.fatal,
                 "input_errors": result.input_errors,
+                "warnings": result.warnings,
                 "clips": result.clips,
                 "messages": result.messages,
                 "bytes_read": result.bytes_read,

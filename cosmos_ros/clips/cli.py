@@ -2,8 +2,9 @@
 
 Config: defaults < ``--config FILE.yaml`` (keys as in ``config/clips.yaml``) < explicit flags <
 ``--set key=value`` (YAML-parsed). Exit status: 0 when every bag went through, 1 when any bag or input
-failed (the others are still built; see the per-bag report printed at the end and ``stats.json``),
-2 for a configuration error.
+failed (the others are still built; see the per-bag report printed at the end and ``stats.json``) or the
+build could not be finished (no train clips, a full disk: an earlier build in the output is kept), 2 for
+a configuration error or an output folder that cannot be written.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import yaml
 
 from cosmos_ros.clips.config import ClipsConfig, load_config
+from cosmos_ros.rotations import EULER_CONVENTIONS
+from cosmos_ros.tokens import MODES
 
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--output", "output", {"metavar": "DIR", "help": "clips directory to create"}),
@@ -24,11 +27,21 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {
             "action": "append",
             "metavar": "TOPIC",
-            "help": "camera topic (Image or CompressedImage); repeat for several",
+            "help": "camera topic (Image or CompressedImage). Repeat for multi-view clips: then every bag "
+            "needs every camera (a bag lacking one fails); bags that record a camera on another topic "
+            "map it with --per-bag",
         },
     ),
     ("--joint-topic", "joint_topic", {"metavar": "TOPIC", "help": "sensor_msgs/JointState topic"}),
-    ("--joint-names", "joint_names", {"metavar": "A,B,..", "help": "joints (and order) of the actions"}),
+    (
+        "--joint-names",
+        "joint_names",
+        {
+            "metavar": "A,B,..",
+            "help": "joints (and order) of the actions; for a JointState with empty names, the names of its "
+            "positions in order",
+        },
+    ),
     ("--gripper-joints", "gripper_joints", {"metavar": "A,..", "help": "joints treated as a state"}),
     ("--fps", "fps", {"type": float, "help": "target frame rate"}),
     ("--width", "width", {"type": int, "help": "output width (multiple of 16)"}),
@@ -44,11 +57,39 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         {"choices": ["latest", "interpolate"], "help": "joint state as of a frame"},
     ),
     ("--max-age", "max_age", {"type": float, "help": "max age (s) of the joint state used for a frame"}),
-    ("--action-mode", "action_mode", {"choices": ["delta", "absolute", "velocity"], "help": "action kind"}),
+    (
+        "--action-mode",
+        "action_mode",
+        {"choices": list(MODES), "help": "action kind (ee_delta: end-effector motion in its own frame)"},
+    ),
+    (
+        "--angle-joints",
+        "angle_joints",
+        {"metavar": "A,..", "help": "joints whose deltas wrap to (-pi, pi] (default: any delta beyond pi)"},
+    ),
+    ("--pose-joints", "pose_joints", {"metavar": "X,Y,Z,R,P,Y", "help": "ee_delta: the six pose joints"}),
+    ("--euler", "euler", {"choices": list(EULER_CONVENTIONS), "help": "ee_delta: Euler convention (xyz)"}),
+    (
+        "--nonfinite",
+        "nonfinite",
+        {"choices": ["drop", "fail"], "help": "NaN/inf joint positions: drop those frames or fail the bag"},
+    ),
     ("--bins", "num_bins", {"type": int, "help": "quantization bins per dimension (0: off)"}),
     ("--val-fraction", "val_fraction", {"type": float, "help": "share of episodes in val"}),
     ("--val-episodes", "val_episodes", {"metavar": "ID,..", "help": "explicit val episodes"}),
-    ("--prompt", "prompt", {"help": "task prompt for bags without episode.json"}),
+    (
+        "--prompt",
+        "prompt",
+        {"help": "task prompt for bags without their own (--per-bag, prompt.txt, episode.json)"},
+    ),
+    (
+        "--per-bag",
+        "per_bag",
+        {
+            "metavar": "FILE",
+            "help": "YAML mapping bag -> prompt, or bag -> {prompt: .., topics: {configured: this bag's}}",
+        },
+    ),
     ("--shard-mb", "shard_mb", {"type": float, "help": "shard size (MiB); bounds memory"}),
 ]
 
@@ -127,6 +168,8 @@ def print_summary(result: Any, out: Any = None) -> None:
             w(f"         warning: {warn}\n")
     for err in result.input_errors:
         w(f"  FAILED input: {err}\n")
+    for warn in result.warnings:
+        w(f"  warning: {warn}\n")
     if result.sync:
         w("\nSync statistics (|offset| ms: p50 / p95 / max; misses)\n")
         for s in result.sync:
@@ -139,12 +182,15 @@ def print_summary(result: Any, out: Any = None) -> None:
     rate = mb / result.seconds if result.seconds else 0.0
     w(
         f"\nclips: train {result.clips.get('train', 0)}, val {result.clips.get('val', 0)}; "
-        f"{len(result.reports) - len(result.failed)}/{len(result.reports)} bags ok; "
+        f"{len(result.reports) - len(result.failed)}/{len(result.reports) + len(result.input_errors)} "
+        f"inputs ok; "
         f"{result.messages} messages, "
         f"{mb:.1f} MiB in {result.seconds:.1f} s ({rate:.1f} MiB/s) -> {result.output}\n"
     )
     if result.fatal:
         w(f"ERROR: {result.fatal}\n")
+    if result.kept_previous:
+        w(f"The earlier build in {result.output} is unchanged.\n")
     out.flush()
 
 
@@ -177,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         builder = ClipBuilder(cfg, progress=bar.update if bar is not None else None)
         result = builder.run(on_episode=on_episode, on_total=on_total)
-    except (ValueError, FileExistsError) as err:
+    except (ValueError, OSError) as err:  # configuration, or an output folder that cannot be written
         if bar is not None:
             bar.close()
         print(f"build_clips: error: {err}", file=sys.stderr)

@@ -10,7 +10,8 @@ from typing import Any
 import yaml
 
 from cosmos_ros.clips.images import RESIZE_POLICIES
-from cosmos_ros.tokens import MODES
+from cosmos_ros.rotations import EULER_CONVENTIONS
+from cosmos_ros.tokens import DEFAULT_POSE_JOINTS, MODES
 
 DEFAULT_PROMPT = "A robot arm performs a manipulation task."
 
@@ -41,11 +42,19 @@ class ClipsConfig:
     max_gap: float = 5.0  # seconds; a longer camera gap restarts the grid
     clock_jump_tolerance: float = 0.0  # seconds of backwards stamps tolerated (dropped) per topic
     action_mode: str = "delta"
+    # joints whose deltas wrap to (-pi, pi]; None: any delta beyond +-pi (an angle crossing +-pi) wraps
+    angle_joints: list[str] | None = None
+    pose_joints: list[str] = field(
+        default_factory=lambda: list(DEFAULT_POSE_JOINTS)
+    )  # ee_delta: x,y,z,3 angles
+    euler: str = "xyz"  # ee_delta: Euler convention of the pose angles (xyz: fixed-axis roll, pitch, yaw)
+    nonfinite: str = "drop"  # a NaN/inf joint position: drop those frames (reported) or fail the bag
     num_bins: int = 256  # 0: no quantization
     val_fraction: float = 0.1
     val_episodes: list[str] = field(default_factory=list)
     split_seed: int = 0
-    prompt: str | None = None  # used for bags without episode.json
+    prompt: str | None = None  # for bags without their own prompt (per_bag, prompt.txt, episode.json)
+    per_bag: str | dict | None = None  # YAML file or mapping: bag -> prompt, or bag -> {prompt, topics}
     shard_mb: float = 256.0
     progress: bool = True
 
@@ -76,6 +85,19 @@ class ClipsConfig:
             raise ValueError(f"time_source={self.time_source!r}: use 'header' or 'log'")
         if self.action_mode not in MODES:
             raise ValueError(f"action_mode={self.action_mode!r}: use one of {', '.join(MODES)}")
+        if self.euler not in EULER_CONVENTIONS:
+            raise ValueError(
+                f"euler={self.euler!r}: use one of {', '.join(EULER_CONVENTIONS)} "
+                "(lower case: fixed axes; xyz = ROS roll, pitch, yaw)"
+            )
+        if self.action_mode == "ee_delta" and len(self.pose_joints) != 6:
+            raise ValueError(
+                f"pose_joints={self.pose_joints}: ee_delta needs six joints (x, y, z and three Euler angles)"
+            )
+        if self.nonfinite not in ("drop", "fail"):
+            raise ValueError(f"nonfinite={self.nonfinite!r}: use 'drop' (default) or 'fail'")
+        if self.per_bag is not None and not isinstance(self.per_bag, (str, dict)):
+            raise ValueError("per_bag: give a YAML file or a mapping bag -> prompt / {prompt, topics}")
         if self.max_age <= 0:
             raise ValueError(f"max_age={self.max_age} must be > 0 seconds")
         if not 0 <= self.val_fraction < 1:
@@ -100,9 +122,10 @@ class ClipsConfig:
                 raise ValueError(
                     f"{origin}: unknown option {key!r}; known options: {', '.join(sorted(known))}"
                 )
-            if k in ("camera_topics", "joint_names", "inputs", "val_episodes") and isinstance(value, str):
+            lists = ("camera_topics", "joint_names", "inputs", "val_episodes", "pose_joints")
+            if k in lists and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
-            if k == "gripper_joints" and isinstance(value, str):
+            if k in ("gripper_joints", "angle_joints") and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
             setattr(self, k, value)
 

@@ -1,6 +1,6 @@
 """Sharded clip storage: safetensors shards of frames + a JSON index; memory bounded by one shard.
 
-A shard (``shards/<split>[-c<cam>]-NNNNN.safetensors``) holds consecutive synchronized frames of one or
+A shard (``shards/shard[-c<cam>]-NNNNN.safetensors``) holds consecutive synchronized frames of one or
 more episodes (clips that overlap share their frames instead of storing them twice):
 
 - ``frames`` uint8 ``[F, H, W, 3]`` RGB, ``timestamps`` float64 ``[F]`` (seconds, the frame's own stamp),
@@ -13,21 +13,86 @@ more episodes (clips that overlap share their frames instead of storing them twi
 Normalized actions and tokens need the train split's statistics, known only at the end of the run, so
 they go into a companion file ``<shard>.labels.safetensors`` (``actions`` float32, ``tokens`` int64)
 written by :func:`write_labels`. ``clips.json`` lists every clip with its shard and first row.
+
+Shards do not belong to a split: the split is drawn at the end of a build over the episodes that built
+(a bag that fails must not leave the train split empty), so ``clips.json`` lists a shard once per split
+whose clips it holds. Files are written with the permissions the umask gives (a dataset is shared like
+any other file), and an I/O failure (full disk, read-only or vanished output) is an :class:`OutputError`
+naming the file, never a library's raw error.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
 FORMAT_VERSION = 1
+
+_WHY = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+class OutputError(OSError):
+    """Writing the clips directory failed (full disk, read-only file system...): the whole build stops.
+
+    Not a bad bag: every later bag would fail the same way, so the build ends, the partial new build is
+    removed and an earlier build in the output folder is left as it was.
+    """
+
+
+def output_error(path: Path, err: BaseException) -> OutputError:
+    """An :class:`OutputError` that names ``path``, the reason in words and the fix."""
+    code = getattr(err, "errno", None)
+    text = str(err)
+    if code is None and ("No space left" in text or "os error 28" in text):  # safetensors' own error type
+        code = errno.ENOSPC
+    why = _WHY.get(code, text) if code is not None else text
+    fix = (
+        "free space there or choose another --output"
+        if code in (errno.ENOSPC, errno.EDQUOT)
+        else "choose a writable --output"
+    )
+    out = OutputError(code or errno.EIO, f"cannot write {path}: {why}; {fix}")
+    return out
+
+
+def _file_mode() -> int:
+    """0o666 less the umask. Read from /proc where it can be (Linux): ``os.umask`` can only be read by
+    setting it, which races with threads creating files meanwhile (shards are written on a worker)."""
+    try:
+        with open("/proc/self/status") as fh:
+            mask = next(int(line.split()[1], 8) for line in fh if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o077)
+        os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_tensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """``safetensors.numpy.save_file`` with the umask's permissions and an :class:`OutputError` on failure.
+
+    Why the chmod: safetensors writes through a private temp file, so its files come out 0600 whatever
+    the umask; a dataset built by one user is read by another (the trainer's service account, a colleague).
+    """
+    try:
+        save_file(tensors, str(path), metadata=metadata)
+        os.chmod(path, _file_mode())
+    except (SafetensorError, OSError) as err:
+        raise output_error(path, err) from None
 
 
 @dataclass
@@ -59,24 +124,24 @@ class ShardInfo:
     """A written shard: file name, split, rows and its clips."""
 
     file: str
-    split: str
     camera: str
     rows: int
     clips: list[ClipRecord] = field(default_factory=list)
+    episodes: dict[str, tuple[int, int]] = field(default_factory=dict)  # rows [lo, hi) of each episode
 
 
 class ShardWriter:
-    """Streams frames of one (split, camera) into shards, cutting clips of ``num_frames`` every ``stride``.
+    """Streams frames of one camera into shards, cutting clips of ``num_frames`` every ``stride``.
 
     Episodes are transactions: ``begin_episode`` ... ``add_frame``/``break_run`` ... then ``commit`` (the
-    clips enter the index, the actions enter the statistics) or ``rollback`` (a bag that failed half-way:
-    its clips are dropped; frames already flushed to a shard stay there unreferenced).
+    clips enter the index, the actions enter the episode's statistics) or ``rollback`` (a bag that failed
+    half-way: its clips are dropped; frames already flushed to a shard stay there unreferenced, and a
+    shard left with no clip at all is deleted at the end of the build).
     """
 
     def __init__(
         self,
         out_dir: Path,
-        split: str,
         camera: str,
         cam_index: int | None,
         tokenizer: ActionTokenizer,
@@ -87,9 +152,8 @@ class ShardWriter:
         shard_mb: float = 256.0,
     ) -> None:
         self.out_dir = out_dir
-        self.split = split
         self.camera = camera
-        self.prefix = split if cam_index is None else f"{split}-c{cam_index}"
+        self.prefix = "shard" if cam_index is None else f"shard-c{cam_index}"
         self.tok = tokenizer
         self.T = num_frames
         self.stride = stride
@@ -104,7 +168,9 @@ class ShardWriter:
         self.n = 0
         self.shard_index = 0
         self.shards: list[ShardInfo] = []
-        self.stats = ActionStats(tokenizer.dim)
+        # statistics per committed episode: the train split, drawn at the end, picks its own
+        self.episode_stats: dict[str, ActionStats] = {}
+        self._buf_episodes: dict[str, list[int]] = {}  # rows [lo, hi) of each episode in the buffer
         self._cur_clips: list[ClipRecord] = []  # clips of the buffer (committed episodes + current)
         self._ep_clips: list[ClipRecord] = []  # clips of the current episode, all shards
         self._ep_stats = ActionStats(tokenizer.dim)
@@ -124,6 +190,7 @@ class ShardWriter:
         self._ep_stats = ActionStats(self.tok.dim)
         self._ep_start_row = self.n
         self._ep_frames = 0
+        self._buf_episodes[episode_id] = [self.n, self.n]
         self.break_run()
 
     def break_run(self) -> None:
@@ -147,6 +214,7 @@ class ShardWriter:
         self.velocities[row] = np.nan if velocities is None else velocities
         self.run_ids[row] = self._next_run
         self.n += 1
+        self._buf_episodes[self._episode[0]][1] = self.n
         self._run_len += 1
         self._ep_frames += 1
         # a clip ends at this frame when its start (run-relative) is a multiple of stride
@@ -181,12 +249,13 @@ class ShardWriter:
     @property
     def camera_tag(self) -> str:
         """Clip-id part naming the camera (empty for a single camera)."""
-        return "" if self.prefix == self.split else self.prefix.split("-", 1)[1] + "-"
+        return "" if self.prefix == "shard" else self.prefix.split("-", 1)[1] + "-"
 
     def commit(self) -> int:
-        """The episode succeeded: its actions join the statistics. Returns its clip count."""
+        """The episode succeeded: its actions make its statistics. Returns its clip count."""
+        assert self._episode is not None
         self._ep_stats_from_rows(self._ep_start_row, self.n)
-        self.stats.merge(self._ep_stats)
+        self.episode_stats[self._episode[0]] = self._ep_stats
         n = len(self._ep_clips)
         self._episode = None
         self._ep_clips = []
@@ -198,6 +267,10 @@ class ShardWriter:
         for info in self.shards:
             info.clips = [c for c in info.clips if id(c) not in dropped]
         self._cur_clips = [c for c in self._cur_clips if id(c) not in dropped]
+        if self._episode is not None:
+            self._buf_episodes.pop(self._episode[0], None)
+            for info in self.shards:
+                info.episodes.pop(self._episode[0], None)
         self.n = self._ep_start_row
         self._episode = None
         self._ep_clips = []
@@ -238,7 +311,7 @@ class ShardWriter:
             self._ep_stats_from_rows(self._ep_start_row, n - keep + 1 if keep else n)
         if n:
             name = f"{self.prefix}-{self.shard_index:05d}.safetensors"
-            save_file(
+            save_tensors(
                 {
                     "frames": self.frames[:n],
                     "timestamps": self.stamps[:n] / 1e9,
@@ -247,14 +320,18 @@ class ShardWriter:
                     "raw_actions": self._raw_actions(n),
                     "run_ids": self.run_ids[:n],
                 },
-                str(self.out_dir / "shards" / name),
-                metadata={"format_version": str(FORMAT_VERSION), "split": self.split, "camera": self.camera},
+                self.out_dir / "shards" / name,
+                metadata={"format_version": str(FORMAT_VERSION), "camera": self.camera},
             )
-            info = ShardInfo(name, self.split, self.camera, n, [c for c in self._cur_clips if c.start < n])
+            episodes = {e: (lo, min(hi, n)) for e, (lo, hi) in self._buf_episodes.items() if hi > lo}
+            info = ShardInfo(name, self.camera, n, [c for c in self._cur_clips if c.start < n], episodes)
             for c in info.clips:
                 c.shard = name
             self.shards.append(info)
             self.shard_index += 1
+        self._buf_episodes = {}
+        if self._episode is not None:
+            self._buf_episodes[self._episode[0]] = [0, keep]
         if keep:
             lo = n - keep
             for arr in (self.frames, self.stamps, self.positions, self.velocities, self.run_ids):
@@ -276,12 +353,15 @@ def write_labels(out_dir: Path, shards: list[ShardInfo], tokenizer: ActionTokeni
     """Normalized actions (and tokens) for each shard, once the train statistics are known."""
     for info in shards:
         path = out_dir / "shards" / info.file
-        with safe_open(str(path), framework="numpy") as f:
-            raw = f.get_tensor("raw_actions")
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                raw = f.get_tensor("raw_actions")
+        except (SafetensorError, OSError) as err:
+            raise output_error(path, err) from None
         norm = tokenizer.normalize(raw).astype(np.float32)
         tensors = {"actions": norm}
         if tokenizer.num_bins:
             tok = tokenizer.quantize(np.nan_to_num(norm))
             tok[~np.isfinite(norm)] = -1  # no transition there (end of a run): never inside a clip
             tensors["tokens"] = tok
-        save_file(tensors, str(path.with_suffix(".labels.safetensors")))
+        save_tensors(tensors, path.with_suffix(".labels.safetensors"))

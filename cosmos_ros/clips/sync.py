@@ -143,6 +143,17 @@ class GridSelector:
         self.prev = (stamp, item)
         return out
 
+    def finish(self) -> list[tuple]:
+        """End of the stream: the last frame still serves the grid points within tolerance after it.
+
+        Why: a grid point is decided when a frame at or after it arrives; a camera whose stamps run a
+        little early (any real one, half the time) would otherwise lose its last frame.
+        """
+        out: list[tuple] = []
+        while self.prev is not None and self.grid is not None and self.grid - self.prev[0] <= self.tol:
+            out.extend(self._decide([self.prev]))
+        return out
+
     def _decide(self, cands: list[tuple[int, Any]]) -> list[tuple]:
         assert self.grid is not None
         best = min(cands, key=lambda c: abs(c[0] - self.grid))

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cosmos_ros.train.config import load_config
+from cosmos_ros.train.config import load_config, prepare_base_model
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     from cosmos_ros.train.trainer import Trainer, TrainingDiverged
 
     try:
+        prepare_base_model(cfg)  # `tiny`, or a hub id that cannot be fetched: decided before any loading
         trainer = Trainer(cfg)
         result = trainer.train()
     except TrainingDiverged as e:

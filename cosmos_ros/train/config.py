@@ -1,21 +1,35 @@
-"""Training configuration: nested dataclasses loaded from YAML (config/train.yaml) + `a.b=value` overrides."""
+"""Training configuration: nested dataclasses loaded from YAML (config/train.yaml) + `a.b=value` overrides.
+
+Also where `model.base` is resolved before anything loads (:func:`prepare_base_model`): `tiny` makes a tiny
+random model for a CPU trial on one's own clips, and a hub id that is neither in the local cache nor
+reachable fails at once, saying what to pass instead (rather than retrying the hub for most of a minute and
+then reporting a missing config.json).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import yaml
 
 from cosmos_ros.model.adapters import DEFAULT_TARGET_MODULES
 from cosmos_ros.model.perf import ATTENTION_BACKENDS
 
+# `model.base: tiny`: a tiny random model of the same classes, made under run.output_dir (CPU trial)
+TINY_BASE = "tiny"
+
 
 @dataclass
 class ModelSection:
-    base: str = "nvidia/Cosmos-Predict2.5-2B"  # hub id or local diffusers-layout dir
+    base: str = "nvidia/Cosmos-Predict2.5-2B"  # hub id, local diffusers-layout dir, or "tiny" (CPU trial)
     revision: str | None = None  # None: NVIDIA's diffusers branch for the hub id
     dtype: str = "bfloat16"  # storage dtype of the frozen base weights
     action_conditioning: bool = True  # False: action-free (text/video only) training
@@ -196,3 +210,103 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ValueError(f"training config {p} must be a mapping of sections")
     apply_overrides(data, overrides or [])
     return TrainConfig.from_dict(data)
+
+
+# ---------------------------------------------------------------------------- resolving model.base
+HUB_CHECK_TIMEOUT_S = 3.0
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def hub_unreachable(timeout: float = HUB_CHECK_TIMEOUT_S) -> str | None:
+    """Why the Hugging Face hub cannot be reached (None when a TCP connection to it opens in time).
+
+    A TCP connect rather than an HTTP request: cheap, no credentials, and enough to tell "no network"
+    from "reachable". Run on a thread with a deadline, because name resolution has no timeout of its own.
+    """
+    if _truthy(os.environ.get("HF_HUB_OFFLINE")):
+        return "HF_HUB_OFFLINE is set"
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    url = urlparse(endpoint)
+    host, port = url.hostname or "", url.port or (443 if url.scheme == "https" else 80)
+    outcome: list[str | None] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            outcome.append(None)
+        except OSError as err:
+            outcome.append(f"{endpoint}: {err.strerror or err}")
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"{endpoint}: no answer within {timeout:g} s"
+
+
+def _in_hub_cache(repo_id: str, revision: str | None) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(
+            repo_id, "transformer/config.json", cache_dir=os.environ.get("HF_HUB_CACHE"), revision=revision
+        )
+    except Exception:  # a malformed id or cache: from_pretrained gives the precise error later
+        return False
+    return isinstance(found, str)
+
+
+def _clips_prompts(clips_dir: str | None) -> list[str]:
+    if not clips_dir:
+        return []
+    try:
+        index = json.loads((Path(clips_dir) / "clips.json").read_text())
+    except (OSError, ValueError):
+        return []  # the trainer reports a missing or broken clips dir itself
+    return sorted({c["prompt"] for shard in index.get("shards", []) for c in shard.get("clips", [])})
+
+
+def prepare_base_model(cfg: TrainConfig) -> None:
+    """Resolve ``cfg.model.base`` before the trainer loads it (in place); ValueError with the fix if hopeless.
+
+    - ``tiny``: a tiny random model (same classes) under ``<run.output_dir>/tiny_base``, its prompt cache
+      holding the prompts of ``data.clips_dir``: a CPU trial of the whole pipeline on one's own clips in
+      minutes. It learns nothing useful; it shows that the clips, the trainer and the adapter work.
+    - an existing local folder: used as is.
+    - a hub id: fine when cached locally or when the hub answers; otherwise an error at once.
+    """
+    base = cfg.model.base
+    if base == TINY_BASE:
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError("model.base=tiny is for a single-process CPU trial; start it without accelerate")
+        from cosmos_ros.model.text_cache import build_prompt_cache
+        from cosmos_ros.model.world_model import make_tiny_world_model
+
+        path = Path(cfg.run.output_dir) / "tiny_base"
+        prompts = _clips_prompts(cfg.data.clips_dir)
+        if not (path / "transformer" / "config.json").is_file():
+            make_tiny_world_model(path, seed=cfg.run.seed, prompts=prompts or None)
+        elif prompts:  # clips rebuilt with new prompts: embed those with the tiny text encoder too
+            build_prompt_cache(path, prompts, path / "prompt_cache.safetensors")
+        cfg.model.base = str(path)
+        return
+    if Path(base).expanduser().exists():
+        return
+    from cosmos_ros.model.world_model import _revision_for
+
+    revision = _revision_for(base, cfg.model.revision)
+    if _in_hub_cache(base, revision):
+        return
+    why = hub_unreachable()
+    if why is None:
+        return
+    rev = f" --revision {revision}" if revision else ""
+    raise ValueError(
+        f"model.base={base}: not a local folder, not in the Hugging Face cache, and the hub cannot be "
+        f"reached ({why}). Pass model.base=<a local diffusers-layout folder> (fetch it on a machine with "
+        f"network: `huggingface-cli download {base}{rev} --local-dir DIR`, then copy DIR here), or try the "
+        "pipeline on CPU with a tiny random model: model.base=tiny (docs/CLIPS.md, 'A CPU trial on your "
+        "own clips')"
+    )
