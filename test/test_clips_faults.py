@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -73,6 +74,21 @@ def test_overwrite_that_fails_keeps_the_old_build(tmp_path: Path) -> None:
     assert (out / "clips.json").read_text() == before
     assert len(ClipDataset(out, "train", as_numpy=True)) >= 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad", "good", "out"]  # no build folder left
+
+
+def test_build_folders_of_killed_builds_are_removed_by_the_next_build(tmp_path: Path) -> None:
+    """A SIGKILLed build leaves `.<name>.build-<pid>`; the next build removes it (dead pids only)."""
+    write_bag(tmp_path / "good", BagSpec(duration=2.0))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    out = tmp_path / "out"
+    stale = tmp_path / f".out.build-{dead.pid}"
+    (stale / "shards").mkdir(parents=True)
+    live = tmp_path / f".out.build-{os.getppid()}"  # a process that runs: another build in progress
+    live.mkdir()
+    assert main([str(tmp_path / "good"), "-o", str(out), *SMALL, "--val-fraction", "0"]) == 0
+    assert not stale.exists()
+    assert live.exists()
 
 
 def test_full_disk_keeps_the_old_build_and_says_so(

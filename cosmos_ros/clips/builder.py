@@ -19,6 +19,7 @@ file and the fix.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import threading
@@ -208,6 +209,33 @@ def _bag_message_count(ep: EpisodeSpec, topics: set[str]) -> int:
     return total
 
 
+LOG = logging.getLogger(__name__)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _remove_dead_builds(final: Path) -> None:
+    """Remove ``.<name>.build-<pid>`` / ``.<name>.old-<pid>`` folders whose process no longer runs.
+
+    A build killed by SIGKILL (or a power loss) cannot clean up after itself; the next build of the same
+    output does it. A folder of a process that still runs is left alone (another build in progress).
+    """
+    for prefix in (f".{final.name}.build-", f".{final.name}.old-"):
+        for leftover in final.parent.glob(prefix + "*"):
+            pid = leftover.name[len(prefix) :]
+            if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+                LOG.info("removing %s, left by a build that was killed (pid %s)", leftover, pid)
+                shutil.rmtree(leftover, ignore_errors=True)
+
+
 class ClipBuilder:
     """Builds a clips directory from the configured inputs (see ``docs/ARCHITECTURE.md``)."""
 
@@ -241,6 +269,7 @@ class ClipBuilder:
                 raise FileExistsError(f"output directory {out} is not empty: {hint}")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
+            _remove_dead_builds(out)
             if self.out.exists():  # left by a killed build of an earlier process with this pid
                 shutil.rmtree(self.out)
             (self.out / "shards").mkdir(parents=True)
