@@ -36,6 +36,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -142,9 +143,11 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     """Read an episode index and say what is usable.
 
     Adds ``closed_segments`` (bag directories that are complete: read these), ``lost_segments`` (segment
-    entries that were open or failed when the index was last written: after a crash, what was lost, with
-    the message counts of their last update) and ``finalized`` (False while the recorder is still writing
-    the episode, or when it died before closing it: status stays ``recording``).
+    entries that were open or failed when the index was last written: after a crash, until
+    `cosmos_ros.record.recover` has made them complete bags again, with the message counts of their last
+    update) and ``finalized`` (False while the recorder is still writing the episode, or when it died
+    before closing it and the episode was not recovered yet: status stays ``recording``). Segments that
+    recovery found empty have status ``empty`` and are neither.
     """
     episode_dir = Path(episode_dir)
     index_path = episode_dir / INDEX_NAME if episode_dir.is_dir() else episode_dir
@@ -158,7 +161,7 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
         raise ValueError(f"{index_path} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}")
     root = index_path.parent
     data["closed_segments"] = [str(root / s["path"]) for s in data["segments"] if s["status"] == "closed"]
-    data["lost_segments"] = [s for s in data["segments"] if s["status"] != "closed"]
+    data["lost_segments"] = [s for s in data["segments"] if s["status"] in ("open", "failed")]
     data["finalized"] = data.get("status") != "recording"
     return data
 
@@ -231,6 +234,8 @@ class EpisodeWriter:
         self.notes = ""
         self._final_status = ""
         self._open_error: Exception | None = None
+        self._dir_lock_fd: int | None = None
+        self._flush_warned = False
 
     # ------------------------------------------------------------------ producer side (callbacks)
     def put(
@@ -312,8 +317,10 @@ class EpisodeWriter:
                 f"cannot create episode directory {self.dir}: {exc.strerror or exc}; "
                 "set output_dir to a writable directory",
             ) from exc
+        self._hold_dir_lock()
         free = shutil.disk_usage(self.dir).free
         if self.config.min_free_bytes and free < self.config.min_free_bytes:
+            self._release_dir_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise EpisodeIOError(
                 errno.ENOSPC,
@@ -330,6 +337,7 @@ class EpisodeWriter:
             self._write_index()
         except OSError as exc:
             self._state = "failed"
+            self._release_dir_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise EpisodeIOError(
                 exc.errno or errno.EIO,
@@ -348,11 +356,34 @@ class EpisodeWriter:
             self._thread.join()
             self._thread = None
             self._state = "failed"
+            self._release_dir_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise EpisodeIOError(
                 getattr(exc, "errno", None) or errno.EIO,
                 f"cannot open the first bag segment under {self.dir}: {exc}; free space or fix permissions",
             ) from exc
+
+    def _hold_dir_lock(self) -> None:
+        """Lock the episode directory for as long as this writer owns it (see `record.recover`).
+
+        An exclusive ``flock`` on the directory itself: recovery after a crash takes the same lock before it
+        touches an unfinished episode, so it never rewrites a segment that a live recorder (another process
+        writing into the same output_dir) is still writing; the kernel drops the lock when this process
+        dies, however it dies. Where flock is unsupported nothing is locked.
+        """
+        with contextlib.suppress(OSError):
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return
+            self._dir_lock_fd = fd
+
+    def _release_dir_lock(self) -> None:
+        fd, self._dir_lock_fd = self._dir_lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
 
     def close(self, notes: str = "", discard: bool = False, timeout: float | None = 60.0) -> dict[str, Any]:
         """Stop accepting messages and have the writer thread write what is queued, close the open segment
@@ -544,9 +575,49 @@ class EpisodeWriter:
                     self._write_index()
                 return
         try:
+            self._flush_segment()
+        except Exception as exc:  # OSError, sqlite3.Error: as a failed write
+            self._fail(exc)
+            return
+        try:
             self._write_index()
         except OSError as exc:
             self._fail(exc)
+
+    def _flush_segment(self) -> None:
+        """Put what the open segment holds into its file, so that a crash loses at most the last interval.
+
+        rosbags' MCAP writer keeps messages in an in-memory chunk until it reaches 1 MiB (at 30 Hz of
+        small frames, or joint states alone, that is many seconds), and its sqlite3 writer commits only at
+        close: without this a SIGKILL loses the whole open segment. Here the MCAP chunk is closed and the
+        file flushed (complete chunks are what `record.recover` reads back after a crash), and the sqlite3
+        transaction committed (sqlite's own journal makes that durable). Both use the storage objects of
+        rosbags' Writer (`Writer.storage`); with a rosbags version that lacks them this warns once and the
+        open segment is again only durable once closed.
+        """
+        bag = self._bag
+        if bag is None:
+            return
+        storage = getattr(bag, "storage", None)
+        chunk = getattr(storage, "chunk", None)
+        if hasattr(storage, "close_chunk") and hasattr(storage, "bio") and chunk is not None:
+            if chunk.msgs:  # messages since the last flush (schemas/channels alone wait for them)
+                storage.close_chunk()
+            storage.bio.flush()
+        elif hasattr(storage, "conn"):
+            storage.conn.commit()
+        elif not self._flush_warned:
+            self._flush_warned = True
+            _log.warning(
+                "episode %s: this rosbags version's %s writer cannot be flushed; the open segment is written "
+                "to disk only when it closes (a crash loses it: lower segment_max_duration)",
+                self.episode_id,
+                self.config.storage,
+            )
+            return
+        with self._lock:
+            seg = self._segments[-1]
+            seg["flushed_messages"] = seg["messages"]
 
     def _fail(self, exc: Exception) -> None:
         """A write failed: abort the open segment, free the reserve, and record the error in the index."""
@@ -612,6 +683,7 @@ class EpisodeWriter:
             index = self._index_dict()
             if opened:
                 shutil.rmtree(self.dir, ignore_errors=True)
+            self._release_dir_lock()
             self._final_index = index
             return
         with contextlib.suppress(OSError):
@@ -626,6 +698,7 @@ class EpisodeWriter:
                 self._final_status = "failed"
                 self._state = "failed"
         self._final_index = self._index_dict()
+        self._release_dir_lock()
 
     # ------------------------------------------------------------------ segments and index
     def _open_segment(self) -> None:
