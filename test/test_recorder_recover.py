@@ -89,7 +89,7 @@ def test_truncated_mcap_keeps_its_complete_chunks(tmp_path: Path) -> None:
     report = recover_episode(crashed)
     (seg,) = report.segments
     assert seg.outcome == "recovered" and seg.messages == 120, seg  # the two complete chunks
-    assert "incomplete record" in seg.detail
+    assert "are an incomplete record, left out" in seg.detail
     got = read_bag(load_episode_index(crashed)["closed_segments"])
     want = read_bag(load_episode_index(w.dir)["closed_segments"])
     for topic, times in got["log_ns"].items():
@@ -114,6 +114,21 @@ def test_segment_closed_before_the_index_update_is_not_listed_as_lost(tmp_path: 
     assert after["lost_segments"] == [] and len(after["closed_segments"]) == len(index["segments"]) == 3
     assert after["messages_written"] == 72 and after["frames_written"] == 12
     assert next((w.dir / index["segments"][-1]["path"]).iterdir()).stat().st_mtime_ns == mtime  # untouched
+
+
+def test_a_segment_the_index_does_not_list_yet_is_found(tmp_path: Path) -> None:
+    w = _open_writer(tmp_path / "ep", "sqlite3", segment_max_duration=0.5)
+    record(w, 12)
+    w.close()
+    # the recorder died after creating the third segment's bag, before adding it to the index
+    index = json.loads((w.dir / "episode.json").read_text())
+    index["status"] = "recording"
+    index["segments"].pop()
+    (w.dir / "episode.json").write_text(json.dumps(index))
+    report = recover_episode(w.dir)
+    assert [(s.path, s.outcome) for s in report.segments] == [("ep_0002", "was complete")]
+    after = load_episode_index(w.dir)
+    assert len(after["closed_segments"]) == 3 and after["messages_written"] == 72
 
 
 def test_a_live_episode_is_never_touched(tmp_path: Path) -> None:

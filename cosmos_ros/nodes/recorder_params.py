@@ -52,6 +52,12 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     Param("fsync_segments", True, "fsync each closed segment (survives power loss, costs a little time)"),
     Param(
+        "flush_interval",
+        0.5,
+        "Seconds between flushes of the open bag segment to disk: about what a crash (SIGKILL) can lose",
+        (0.05, 60.0),
+    ),
+    Param(
         "recover_on_start",
         True,
         "At start, make the unfinished episodes under output_dir (their recorder died) complete bags again",
@@ -82,4 +88,5 @@ def writer_config(p: Mapping[str, Any]) -> WriterConfig:
         queue_max_bytes=int(p["queue_max_mb"] * MB),
         min_free_bytes=int(p["min_free_mb"] * MB),
         fsync=p["fsync_segments"],
+        flush_interval=p["flush_interval"],
     )

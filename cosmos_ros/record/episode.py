@@ -89,6 +89,9 @@ class WriterConfig:
     queue_capacity: int = 1000  # messages
     queue_max_bytes: int = 512 * 1024 * 1024
     index_interval: float = 1.0  # seconds between index updates while recording
+    # seconds between flushes of the open segment to its file (complete MCAP chunks, committed sqlite3
+    # transactions): about what a crash of the process can lose (record.recover reads the rest back)
+    flush_interval: float = 0.5
     min_free_bytes: int = 0  # stop writing (cleanly) when the disk has less than this free; 0 = off
     fsync: bool = True  # fsync each closed segment so it survives power loss, not only a process crash
 
@@ -102,6 +105,8 @@ class WriterConfig:
             raise ValueError("segment_max_duration must be >= 0 (0 = no limit)")
         if self.queue_capacity < 1 or self.queue_max_bytes < 1:
             raise ValueError("queue_capacity and queue_max_bytes must be >= 1")
+        if not self.flush_interval > 0:
+            raise ValueError(f"flush_interval={self.flush_interval} must be > 0 seconds (0.5 is the default)")
 
 
 @dataclass
@@ -229,6 +234,7 @@ class EpisodeWriter:
         self._final_index: dict[str, Any] | None = None  # set once the episode is finalised
         self._index_lock = threading.Lock()
         self._last_index = 0.0
+        self._last_flush = 0.0
         self._started_wall = 0.0
         self._closed_wall = 0.0
         self.notes = ""
@@ -485,9 +491,10 @@ class EpisodeWriter:
     def _loop(self) -> None:
         """Write queued messages until close() asks to stop and everything accepted before it is written."""
         interval = self.config.index_interval
+        flush = self.config.flush_interval
         while True:
             try:
-                item = self._queue.get(timeout=min(interval, 0.25))
+                item = self._queue.get(timeout=min(interval, flush, 0.25))
             except queue.Empty:
                 if self._stop.is_set():  # close() found the queue full: _STOP is not in it, but all is done
                     return
@@ -497,8 +504,15 @@ class EpisodeWriter:
             if item is not None:
                 self._write_one(*item)
             now = time.monotonic()
-            if now - self._last_index >= interval and self._state in ("recording", "closing"):
-                self._periodic_checks()
+            if self._state not in ("recording", "closing"):
+                continue
+            if now - self._last_index >= interval:
+                self._periodic_checks()  # flushes too
+            elif now - self._last_flush >= flush:
+                try:
+                    self._flush_segment()
+                except Exception as exc:  # OSError, sqlite3.Error: as a failed write
+                    self._fail(exc)
 
     def _count_drop(self, counts: TopicCounts) -> None:
         with self._lock:
@@ -585,7 +599,7 @@ class EpisodeWriter:
             self._fail(exc)
 
     def _flush_segment(self) -> None:
-        """Put what the open segment holds into its file, so that a crash loses at most the last interval.
+        """Put what the open segment holds into its file: a crash then loses at most ``flush_interval``.
 
         rosbags' MCAP writer keeps messages in an in-memory chunk until it reaches 1 MiB (at 30 Hz of
         small frames, or joint states alone, that is many seconds), and its sqlite3 writer commits only at
@@ -595,6 +609,7 @@ class EpisodeWriter:
         rosbags' Writer (`Writer.storage`); with a rosbags version that lacks them this warns once and the
         open segment is again only durable once closed.
         """
+        self._last_flush = time.monotonic()
         bag = self._bag
         if bag is None:
             return

@@ -36,6 +36,7 @@ import datetime as _dt
 import fcntl
 import json
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Iterator
@@ -80,7 +81,9 @@ class EpisodeRecovery:
             f"{s.path}: {s.outcome} ({s.messages} messages{'; ' + s.detail if s.detail else ''})"
             for s in self.segments
         ]
-        return f"recovered episode {self.episode_dir}: " + ("; ".join(parts) or "nothing to do")
+        return f"recovered episode {self.episode_dir}: " + (
+            "; ".join(parts) or "every segment was complete; only the index was not finalised"
+        )
 
 
 def needs_recovery(episode_dir: str | Path) -> bool:
@@ -157,6 +160,7 @@ def recover_episode(episode_dir: str | Path, typestore: Any = None) -> EpisodeRe
             from rosbags.typesys import Stores, get_typestore
 
             typestore = get_typestore(Stores.ROS2_JAZZY)
+        _add_unlisted_segments(episode_dir, index)
         for seg in index["segments"]:
             if seg["status"] == "closed":
                 continue
@@ -170,6 +174,32 @@ def recover_episode(episode_dir: str | Path, typestore: Any = None) -> EpisodeRe
 
 
 # ---------------------------------------------------------------------------------------------- segments
+def _add_unlisted_segments(episode_dir: Path, index: dict[str, Any]) -> None:
+    """List segment folders the index does not name yet: the writer creates a segment's bag just before it
+    adds the segment to the index, and a crash between the two leaves a bag the index does not know."""
+    listed = {s["path"] for s in index["segments"]}
+    pattern = re.compile(rf"{re.escape(str(index['episode_id']))}_(\d{{4,}})")
+    found = sorted(
+        (int(m.group(1)), p.name)
+        for p in episode_dir.iterdir()
+        if p.is_dir() and p.name not in listed and (m := pattern.fullmatch(p.name))
+    )
+    for number, name in found:
+        index["segments"].append(
+            {
+                "index": number,
+                "path": name,
+                "status": "open",
+                "start_ns": None,
+                "end_ns": None,
+                "messages": 0,
+                "bytes": 0,
+                "counts": {},
+                "unlisted": True,
+            }
+        )
+
+
 def _recover_segment(episode_dir: Path, seg: dict[str, Any], storage: str, typestore: Any) -> SegmentRecovery:
     name = seg["path"]
     seg_dir = episode_dir / name
@@ -196,7 +226,11 @@ def _recover_segment(episode_dir: Path, seg: dict[str, Any], storage: str, types
     reader = _mcap_messages if storage == "mcap" else _sqlite_messages
     shutil.rmtree(work / name, ignore_errors=True)
     work.mkdir(exist_ok=True)
-    n, stop_reason = _rewrite(reader(source), work / name, storage, typestore)
+    try:
+        n, stop_reason = _rewrite(reader(source), work / name, storage, typestore)
+    except BaseException:
+        shutil.rmtree(work / name, ignore_errors=True)  # the unfinished segment stays as it was
+        raise
     if n == 0:
         result.outcome, result.detail = "empty", stop_reason or "no complete message in the storage file"
         shutil.rmtree(work / name, ignore_errors=True)
@@ -264,7 +298,7 @@ def _rewrite(
 def _mcap_messages(path: Path) -> Iterator[Any]:
     """Messages of the complete records of a (possibly truncated) MCAP file, in file order; a final ``str``
     says where reading stopped when the file ends in an incomplete record."""
-    from mcap.exceptions import McapError
+    from mcap.exceptions import EndOfFile, McapError
     from mcap.records import Channel, Message, Schema
     from mcap.stream_reader import StreamReader
 
@@ -273,13 +307,17 @@ def _mcap_messages(path: Path) -> Iterator[Any]:
     with path.open("rb") as fh:
         records = StreamReader(fh, validate_crcs=True).records
         while True:
+            before = fh.tell()  # where the next record from the file starts (or the end of the one read)
             try:
                 rec = next(records)
             except StopIteration:
                 return
-            except (McapError, ValueError, EOFError) as exc:
+            except (McapError, ValueError) as exc:
                 size = path.stat().st_size
-                yield f"{type(exc).__name__} at byte {fh.tell()} of {size}: the last, incomplete record"
+                if isinstance(exc, EndOfFile) and before >= size:
+                    yield "the file ends after its last complete record (not closed: no summary)"
+                else:
+                    yield f"{size - before} bytes from byte {before} on are an incomplete record, left out"
                 return
             if isinstance(rec, Schema):
                 schemas[rec.id] = rec
@@ -297,6 +335,10 @@ def _sqlite_messages(path: Path) -> Iterator[Any]:
     """Committed messages of a rosbag2 sqlite3 file (sqlite rolls back the uncommitted rest on open)."""
     db = sqlite3.connect(f"file:{path}", uri=True)
     try:
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if not {"topics", "messages"} <= tables:
+            yield "the writer died before it created the bag's tables"
+            return
         topics = {tid: (name, mtype) for tid, name, mtype in db.execute("SELECT id, name, type FROM topics")}
         defs: dict[str, str] = {}
         with contextlib.suppress(sqlite3.Error):
