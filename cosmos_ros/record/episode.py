@@ -8,13 +8,20 @@ Layout of one episode (``<output_dir>/<episode_id>/``)::
 
 Why segments are whole bags rather than one split bag: rosbags writes one storage file per bag, and a bag
 whose writer died has no metadata.yaml, so ``ros2 bag info`` rejects the whole directory. With one bag per
-segment, a crash (SIGKILL, power loss after the fsync) loses at most the open segment; every closed
-segment stays a bag that ``ros2 bag info``/``ros2 bag play`` and rosbags' ``AnyReader`` read on their own.
+segment, every closed segment stays a bag that ``ros2 bag info``/``ros2 bag play`` and rosbags'
+``AnyReader`` read on their own, whatever happens to the open one.
+
+Crashes: the open segment is flushed to its file every ``flush_interval`` (0.5 s: the in-memory MCAP chunk
+closed and written, the sqlite3 transaction committed), so a SIGKILL or OOM kill loses about that much.
+The unfinished segment is not a bag yet (no metadata.yaml): `cosmos_ros.record.recover` makes it one again
+(the recorder node does that for its output_dir when it starts). The writer holds an ``flock`` on the
+episode directory while it owns it, so recovery never touches an episode a live writer is writing.
 
 The index is rewritten (write temp file, fsync, ``os.replace``) when the episode opens, when a segment
 opens or closes, every ``index_interval`` seconds while recording and at the end, so after a SIGKILL it
-still names the segment that was open (``status: "open"``) and how many messages it held at the last update:
-that is what was lost. ``load_episode_index`` adds ``closed_segments``/``lost_segments`` for readers.
+still names the segment that was open (``status: "open"``) and how many messages it held at the last update
+(``flushed_messages``: how many of them were in its file). ``load_episode_index`` adds
+``closed_segments``/``lost_segments`` for readers.
 
 Callbacks never touch the disk: :meth:`EpisodeWriter.put` only appends bytes to a bounded queue (bounded in
 messages and in bytes); when the queue is full the message is dropped and counted per topic, and the count
