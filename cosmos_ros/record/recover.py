@@ -114,8 +114,10 @@ def recover_episodes(
             done.append(recover_episode(ep, typestore=typestore))
         except EpisodeBusy as exc:
             skipped.append(str(exc))
-        except (OSError, ValueError, sqlite3.Error) as exc:
-            skipped.append(f"cannot recover episode {ep}: {exc}; its index and files were left as they were")
+        except Exception as exc:  # any failure of one episode (rosbags, mcap, sqlite3, I/O): report, go on
+            skipped.append(
+                f"cannot recover episode {ep}: {type(exc).__name__}: {exc}; its index was left as it was"
+            )
     return done, skipped
 
 
@@ -210,12 +212,16 @@ def _recover_segment(episode_dir: Path, seg: dict[str, Any], storage: str, types
         parked.rename(seg_dir)  # an earlier recovery stopped between its two renames: start again
     if (seg_dir / "metadata.yaml").exists():
         # closed before the crash, index not updated yet: check that it reads, and list it as it is
-        counts = _read_counts(seg_dir)
-        result.outcome, result.messages = "was complete", sum(c for c, _, _ in counts.values())
-        result.detail = "closed before the recorder died; the index had not been updated"
-        _set_segment(seg, counts, seg_dir)
-        seg["status"] = "closed"
-        return result
+        try:
+            counts = _read_counts(seg_dir)
+        except Exception as exc:  # metadata.yaml but storage unreadable: recovered from the storage below
+            result.detail = f"its metadata.yaml did not read back ({type(exc).__name__}: {exc})"
+        else:
+            result.outcome, result.messages = "was complete", sum(c for c, _, _ in counts.values())
+            result.detail = "closed before the recorder died; the index had not been updated"
+            _set_segment(seg, counts, seg_dir)
+            seg["status"] = "closed"
+            return result
     files = sorted(seg_dir.glob("*.mcap" if storage == "mcap" else "*.db3")) if seg_dir.is_dir() else []
     if not files:
         result.outcome, result.detail = "empty", "no storage file"
