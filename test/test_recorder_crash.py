@@ -114,15 +114,16 @@ def test_sigkill_loses_about_the_last_second(start_node, probe, tmp_path, capsys
         hole = max((b - a for a, b in itertools.pairwise(times)), default=0) / 1e9
         n_js = len(bag["log_ns"].get(JS, []))
         age = (kill_ns - stamps[0]) / 1e9
-        rows.append((s, KILLS[k], age, tail, tail_pub, hole, n_js, len(index["segments"])))
+        # what the recorder lost before the flush and the recovery: the whole segment that was open
+        opened = [seg for seg in index["segments"] if "recovered" in seg]
+        was_open = (kill_ns - opened[-1]["start_ns"]) / 1e9 if opened else 0.0
+        rows.append((s, KILLS[k], age, tail, tail_pub, hole, n_js, len(index["segments"]), was_open))
     for s, (after, _), _, tail, tail_pub, hole, *_ in rows:
         assert tail < 1.0, f"{s}, kill at {after} s: the last {tail:.2f} s were lost"
         assert tail_pub < 1.5, f"{s}, kill at {after} s: the last {tail_pub:.2f} s published were lost"
         assert hole < 0.25, f"{s}, kill at {after} s: a {hole:.2f} s hole in the recovered messages"
     with capsys.disabled():  # the measurement, for the record (pytest -s not needed)
-        print(
-            "\nstorage  segment  recorded  lost (received)  lost (published)  largest gap  joint states  segs"
-        )
-        for s, (_, seg), age, tail, pub, hole, n_js, nseg in rows:
-            cells = f"{seg:6.0f} s {age:7.2f} s {tail:14.2f} s {pub:15.2f} s {hole:10.3f} s"
-            print(f"{s:7} {cells} {n_js:13d} {nseg:5d}")
+        print("\nstorage  segment  recorded  lost (received)  lost (published)  gap     segs  open segment")
+        for s, (_, seg), age, tail, pub, hole, _, nseg, was_open in rows:
+            cells = f"{seg:6.0f} s {age:7.2f} s {tail:14.2f} s {pub:15.2f} s {hole:5.3f} s"
+            print(f"{s:7} {cells} {nseg:4d} {was_open:11.2f} s")
