@@ -127,6 +127,10 @@ def _damaged(run4: Path, tmp_path: Path, damage: str) -> tuple[Path, Path]:
         # a pickle that needs a global other than tensors: weights_only refuses it, nothing is run
         torch.save({"optimizer": datetime.date(2026, 1, 1), "lr_scheduler": {}}, ck / "optimizer.pt")
         return out, ck / "optimizer.pt"
+    if damage == "truncated trainable.safetensors":
+        data = (ck / "trainable.safetensors").read_bytes()
+        (ck / "trainable.safetensors").write_bytes(data[: len(data) // 2])
+        return out, ck / "trainable.safetensors"
     raise AssertionError(damage)
 
 
@@ -138,6 +142,7 @@ def _damaged(run4: Path, tmp_path: Path, damage: str) -> tuple[Path, Path]:
         "negative step",
         "garbage optimizer.pt",
         "pickled object in optimizer.pt",
+        "truncated trainable.safetensors",
     ],
 )
 def test_damaged_checkpoint_names_the_file_and_the_fix(
