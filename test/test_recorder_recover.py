@@ -107,6 +107,8 @@ def test_segment_closed_before_the_index_update_is_not_listed_as_lost(tmp_path: 
     index["segments"][-1]["status"] = "open"
     (w.dir / "episode.json").write_text(json.dumps(index))
     mtime = next((w.dir / index["segments"][-1]["path"]).iterdir()).stat().st_mtime_ns
+    before = load_episode_index(w.dir)  # even before recovery, the disk decides what is complete
+    assert before["lost_segments"] == [] and len(before["closed_segments"]) == 3
 
     report = recover_episode(w.dir)
     assert [s.outcome for s in report.segments] == ["was complete"]

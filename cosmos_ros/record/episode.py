@@ -172,8 +172,17 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     if data.get("format") != INDEX_FORMAT:
         raise ValueError(f"{index_path} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}")
     root = index_path.parent
-    data["closed_segments"] = [str(root / s["path"]) for s in data["segments"] if s["status"] == "closed"]
-    data["lost_segments"] = [s for s in data["segments"] if s["status"] in ("open", "failed")]
+
+    def complete(seg: dict[str, Any]) -> bool:
+        # rosbags writes metadata.yaml (atomically) only once the storage file is closed: a segment that has
+        # one is a complete bag even where the index, written just after, still calls it open (a crash in
+        # between): the disk decides, so a readable segment is never reported lost
+        return seg["status"] == "closed" or (root / seg["path"] / "metadata.yaml").is_file()
+
+    data["closed_segments"] = [str(root / s["path"]) for s in data["segments"] if complete(s)]
+    data["lost_segments"] = [
+        s for s in data["segments"] if s["status"] in ("open", "failed") and not complete(s)
+    ]
     data["finalized"] = data.get("status") != "recording"
     return data
 
