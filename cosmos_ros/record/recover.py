@@ -3,8 +3,8 @@
 A recorder that dies leaves its episode with ``status: "recording"`` in ``episode.json`` and one segment
 ``open``: a bag folder without ``metadata.yaml`` (``ros2 bag``, rosbags and the clip builder cannot read
 it), whose storage file nevertheless holds almost everything: the episode writer flushes the open segment
-every ``index_interval`` (one second) — complete MCAP chunks, committed sqlite3 transactions — so only the
-last second or so is really gone. :func:`recover_episode` turns such a segment back into a complete bag:
+every ``flush_interval`` (0.5 s) — complete MCAP chunks, committed sqlite3 transactions — so only the
+last half second or so is really gone. :func:`recover_episode` turns such a segment back into a complete bag:
 
 - MCAP: the ``mcap`` library reads the file's records in order; every complete chunk (and every message
   record outside one) is kept, reading stops at the first truncated record (the chunk the writer was
