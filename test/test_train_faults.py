@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -194,42 +195,69 @@ def _cli_args(setup: dict[str, Any], out: Path) -> list[str]:
     ]
 
 
-def test_sigint_and_sigterm_save_a_checkpoint_exit_cleanly_and_resume(
+def _wait_for_step(trace: Path, step: int, alive: Any) -> None:
+    """Until the trainer has traced `step` steps (run.trace_data writes one line per step)."""
+    deadline = time.monotonic() + 240
+    while not (trace.is_file() and len(trace.read_text().splitlines()) >= step):
+        assert alive(), "the trainer stopped before step 2"
+        assert time.monotonic() < deadline, "the trainer did not reach step 2"
+        time.sleep(0.05)
+
+
+def _resumes_from_the_saved_step(setup: dict[str, Any], out: Path, stderr: str, sig: str) -> None:
+    ck = sorted((out / "checkpoints").iterdir())
+    assert len(ck) == 1 and ck[0].name.startswith("step-"), ck
+    step = json.loads((ck[0] / "trainer_state.json").read_text())["step"]
+    assert step >= 2 and f"stopped on {sig} after step {step}; checkpoint {ck[0]}" in stderr, stderr[-2000:]
+    args = _cli_args(setup, out)
+    cfg = load_config(args[1], [*args[2:], f"optim.max_steps={step + 1}"])
+    result = Trainer(cfg).train()
+    assert sorted(result.losses) == [step + 1] and result.adapter_dir is not None
+
+
+def test_sigterm_saves_a_checkpoint_exits_cleanly_and_the_run_resumes(
     setup: dict[str, Any], run4: Path, tmp_path: Path
 ) -> None:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    procs: dict[int, tuple[subprocess.Popen[str], Path]] = {}
-    for sig in (signal.SIGINT, signal.SIGTERM):  # both at once: the start-up (imports) is the slow part
-        out = tmp_path / sig.name
-        procs[sig] = (
-            subprocess.Popen(
-                [sys.executable, "-m", "cosmos_ros.train.cli", *_cli_args(setup, out)],
-                cwd=tmp_path,  # not the repo root: the built package, not the source tree
-                env=env,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                text=True,
-            ),
-            out,
-        )
-    for sig, (proc, out) in procs.items():
-        trace = out / "data_trace" / "rank-0.jsonl"
-        deadline = time.monotonic() + 240
-        while not (trace.is_file() and len(trace.read_text().splitlines()) >= 2):
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the training CLI did not reach step 2"
-            time.sleep(0.1)
-        proc.send_signal(sig)
-    for sig, (proc, out) in procs.items():
+    """The CLI as a scheduler stops it: SIGTERM, exit 143, no traceback."""
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cosmos_ros.train.cli", *_cli_args(setup, out)],
+        cwd=tmp_path,  # not the repo root: the built package, not the source tree
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        _wait_for_step(out / "data_trace" / "rank-0.jsonl", 2, lambda: proc.poll() is None)
+        proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=120)
-        assert proc.returncode == 128 + sig, (proc.returncode, stderr[-2000:])
-        assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr, stderr[-2000:]
-        ck = sorted((out / "checkpoints").iterdir())
-        assert len(ck) == 1 and ck[0].name.startswith("step-"), ck
-        step = json.loads((ck[0] / "trainer_state.json").read_text())["step"]
-        assert step >= 2 and f"stopped on {sig.name} after step {step}; checkpoint {ck[0]}" in stderr
-        # the same run continues from the saved step (in this process: cheaper than a third start-up)
-        args = _cli_args(setup, out)
-        cfg = load_config(args[1], [*args[2:], f"optim.max_steps={step + 1}"])
-        result = Trainer(cfg).train()
-        assert sorted(result.losses) == [step + 1] and result.adapter_dir is not None
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signal.SIGTERM, (proc.returncode, stderr[-2000:])
+    assert "Traceback" not in stderr, stderr[-2000:]
+    _resumes_from_the_saved_step(setup, out, stderr, "SIGTERM")
+
+
+def test_sigint_saves_a_checkpoint_and_returns_cleanly(
+    setup: dict[str, Any], run4: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Ctrl-C (SIGINT to this process, in its main thread) ends train() with a result, not an exception."""
+    out = tmp_path / "run"
+    args = _cli_args(setup, out)
+    tr = Trainer(load_config(args[1], args[2:]))
+    trace = out / "data_trace" / "rank-0.jsonl"
+    sender = threading.Thread(
+        target=lambda: (_wait_for_step(trace, 2, lambda: True), os.kill(os.getpid(), signal.SIGINT))
+    )
+    handler = signal.getsignal(signal.SIGINT)
+    sender.start()
+    try:
+        result = tr.train()
+    except KeyboardInterrupt:
+        pytest.fail("SIGINT ended training with KeyboardInterrupt (no checkpoint)")
+    finally:
+        sender.join()
+    assert result.interrupted == "SIGINT" and result.adapter_dir is None
+    assert signal.getsignal(signal.SIGINT) is handler  # the trainer's handler is gone again
+    _resumes_from_the_saved_step(setup, out, capsys.readouterr().err, "SIGINT")
