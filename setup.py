@@ -33,6 +33,7 @@ setup(
         "pyyaml>=6.0",
         "tqdm>=4.66",
         "rosbags>=0.11",
+        "mcap>=1.2",
         "safetensors>=0.4",
         "imageio>=2.34",
         "opencv-python-headless>=4.9",

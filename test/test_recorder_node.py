@@ -284,12 +284,15 @@ def test_sigkill_loses_at_most_the_open_segment_and_the_index_says_so(start_node
     rec.wait(10)
     index = load_episode_index(Path(res.path))
     assert not index["finalized"] and index["status"] == "recording"
-    assert len(index["lost_segments"]) == 1 and index["lost_segments"][0]["status"] == "open"
-    lost = index["lost_segments"][0]
-    assert lost["index"] == len(index["segments"]) - 1 and lost["path"].startswith("killed_")
+    # the open segment (none if the kill came between closing a bag and opening the next; a bag closed
+    # just before the kill, the index not yet updated, counts as closed: the disk decides)
+    assert len(index["lost_segments"]) <= 1
+    for lost in index["lost_segments"]:
+        assert lost["status"] == "open" and lost["index"] == len(index["segments"]) - 1
+        assert lost["path"].startswith("killed_") and lost.get("flushed_messages", 0) <= lost["messages"]
     closed = [s for s in index["segments"] if s["status"] == "closed"]
     assert len(closed) >= 3
-    bag = read_bag(segments_of(index))  # every closed segment reads back complete
+    bag = read_bag([Path(res.path) / s["path"] for s in closed])  # every closed segment reads back complete
     for topic in (CAM, JS):
         assert len(bag["msgs"][topic]) == sum(s["counts"].get(topic, 0) for s in closed)
         assert is_sorted(bag["log_ns"][topic])

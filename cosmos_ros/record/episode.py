@@ -8,13 +8,20 @@ Layout of one episode (``<output_dir>/<episode_id>/``)::
 
 Why segments are whole bags rather than one split bag: rosbags writes one storage file per bag, and a bag
 whose writer died has no metadata.yaml, so ``ros2 bag info`` rejects the whole directory. With one bag per
-segment, a crash (SIGKILL, power loss after the fsync) loses at most the open segment; every closed
-segment stays a bag that ``ros2 bag info``/``ros2 bag play`` and rosbags' ``AnyReader`` read on their own.
+segment, every closed segment stays a bag that ``ros2 bag info``/``ros2 bag play`` and rosbags'
+``AnyReader`` read on their own, whatever happens to the open one.
+
+Crashes: the open segment is flushed to its file every ``flush_interval`` (0.5 s: the in-memory MCAP chunk
+closed and written, the sqlite3 transaction committed), so a SIGKILL or OOM kill loses about that much.
+The unfinished segment is not a bag yet (no metadata.yaml): `cosmos_ros.record.recover` makes it one again
+(the recorder node does that for its output_dir when it starts). The writer holds an ``flock`` on the
+episode directory while it owns it, so recovery never touches an episode a live writer is writing.
 
 The index is rewritten (write temp file, fsync, ``os.replace``) when the episode opens, when a segment
 opens or closes, every ``index_interval`` seconds while recording and at the end, so after a SIGKILL it
-still names the segment that was open (``status: "open"``) and how many messages it held at the last update:
-that is what was lost. ``load_episode_index`` adds ``closed_segments``/``lost_segments`` for readers.
+still names the segment that was open (``status: "open"``) and how many messages it held at the last update
+(``flushed_messages``: how many of them were in its file). ``load_episode_index`` adds
+``closed_segments``/``lost_segments`` for readers.
 
 Callbacks never touch the disk: :meth:`EpisodeWriter.put` only appends bytes to a bounded queue (bounded in
 messages and in bytes); when the queue is full the message is dropped and counted per topic, and the count
@@ -36,6 +43,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import errno
+import fcntl
 import json
 import logging
 import os
@@ -88,6 +96,9 @@ class WriterConfig:
     queue_capacity: int = 1000  # messages
     queue_max_bytes: int = 512 * 1024 * 1024
     index_interval: float = 1.0  # seconds between index updates while recording
+    # seconds between flushes of the open segment to its file (complete MCAP chunks, committed sqlite3
+    # transactions): about what a crash of the process can lose (record.recover reads the rest back)
+    flush_interval: float = 0.5
     min_free_bytes: int = 0  # stop writing (cleanly) when the disk has less than this free; 0 = off
     fsync: bool = True  # fsync each closed segment so it survives power loss, not only a process crash
 
@@ -101,6 +112,8 @@ class WriterConfig:
             raise ValueError("segment_max_duration must be >= 0 (0 = no limit)")
         if self.queue_capacity < 1 or self.queue_max_bytes < 1:
             raise ValueError("queue_capacity and queue_max_bytes must be >= 1")
+        if not self.flush_interval > 0:
+            raise ValueError(f"flush_interval={self.flush_interval} must be > 0 seconds (0.5 is the default)")
 
 
 @dataclass
@@ -142,9 +155,11 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     """Read an episode index and say what is usable.
 
     Adds ``closed_segments`` (bag directories that are complete: read these), ``lost_segments`` (segment
-    entries that were open or failed when the index was last written: after a crash, what was lost, with
-    the message counts of their last update) and ``finalized`` (False while the recorder is still writing
-    the episode, or when it died before closing it: status stays ``recording``).
+    entries that were open or failed when the index was last written: after a crash, until
+    `cosmos_ros.record.recover` has made them complete bags again, with the message counts of their last
+    update) and ``finalized`` (False while the recorder is still writing the episode, or when it died
+    before closing it and the episode was not recovered yet: status stays ``recording``). Segments that
+    recovery found empty have status ``empty`` and are neither.
     """
     episode_dir = Path(episode_dir)
     index_path = episode_dir / INDEX_NAME if episode_dir.is_dir() else episode_dir
@@ -157,8 +172,17 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     if data.get("format") != INDEX_FORMAT:
         raise ValueError(f"{index_path} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}")
     root = index_path.parent
-    data["closed_segments"] = [str(root / s["path"]) for s in data["segments"] if s["status"] == "closed"]
-    data["lost_segments"] = [s for s in data["segments"] if s["status"] != "closed"]
+
+    def complete(seg: dict[str, Any]) -> bool:
+        # rosbags writes metadata.yaml (atomically) only once the storage file is closed: a segment that has
+        # one is a complete bag even where the index, written just after, still calls it open (a crash in
+        # between): the disk decides, so a readable segment is never reported lost
+        return seg["status"] == "closed" or (root / seg["path"] / "metadata.yaml").is_file()
+
+    data["closed_segments"] = [str(root / s["path"]) for s in data["segments"] if complete(s)]
+    data["lost_segments"] = [
+        s for s in data["segments"] if s["status"] in ("open", "failed") and not complete(s)
+    ]
     data["finalized"] = data.get("status") != "recording"
     return data
 
@@ -226,11 +250,14 @@ class EpisodeWriter:
         self._final_index: dict[str, Any] | None = None  # set once the episode is finalised
         self._index_lock = threading.Lock()
         self._last_index = 0.0
+        self._last_flush = 0.0
         self._started_wall = 0.0
         self._closed_wall = 0.0
         self.notes = ""
         self._final_status = ""
         self._open_error: Exception | None = None
+        self._dir_lock_fd: int | None = None
+        self._flush_warned = False
 
     # ------------------------------------------------------------------ producer side (callbacks)
     def put(
@@ -312,8 +339,10 @@ class EpisodeWriter:
                 f"cannot create episode directory {self.dir}: {exc.strerror or exc}; "
                 "set output_dir to a writable directory",
             ) from exc
+        self._hold_dir_lock()
         free = shutil.disk_usage(self.dir).free
         if self.config.min_free_bytes and free < self.config.min_free_bytes:
+            self._release_dir_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise EpisodeIOError(
                 errno.ENOSPC,
@@ -330,6 +359,7 @@ class EpisodeWriter:
             self._write_index()
         except OSError as exc:
             self._state = "failed"
+            self._release_dir_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise EpisodeIOError(
                 exc.errno or errno.EIO,
@@ -348,11 +378,34 @@ class EpisodeWriter:
             self._thread.join()
             self._thread = None
             self._state = "failed"
+            self._release_dir_lock()
             shutil.rmtree(self.dir, ignore_errors=True)
             raise EpisodeIOError(
                 getattr(exc, "errno", None) or errno.EIO,
                 f"cannot open the first bag segment under {self.dir}: {exc}; free space or fix permissions",
             ) from exc
+
+    def _hold_dir_lock(self) -> None:
+        """Lock the episode directory for as long as this writer owns it (see `record.recover`).
+
+        An exclusive ``flock`` on the directory itself: recovery after a crash takes the same lock before it
+        touches an unfinished episode, so it never rewrites a segment that a live recorder (another process
+        writing into the same output_dir) is still writing; the kernel drops the lock when this process
+        dies, however it dies. Where flock is unsupported nothing is locked.
+        """
+        with contextlib.suppress(OSError):
+            fd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                return
+            self._dir_lock_fd = fd
+
+    def _release_dir_lock(self) -> None:
+        fd, self._dir_lock_fd = self._dir_lock_fd, None
+        if fd is not None:
+            os.close(fd)  # closing the descriptor drops the flock
 
     def close(self, notes: str = "", discard: bool = False, timeout: float | None = 60.0) -> dict[str, Any]:
         """Stop accepting messages and have the writer thread write what is queued, close the open segment
@@ -454,9 +507,10 @@ class EpisodeWriter:
     def _loop(self) -> None:
         """Write queued messages until close() asks to stop and everything accepted before it is written."""
         interval = self.config.index_interval
+        flush = self.config.flush_interval
         while True:
             try:
-                item = self._queue.get(timeout=min(interval, 0.25))
+                item = self._queue.get(timeout=min(interval, flush, 0.25))
             except queue.Empty:
                 if self._stop.is_set():  # close() found the queue full: _STOP is not in it, but all is done
                     return
@@ -466,8 +520,15 @@ class EpisodeWriter:
             if item is not None:
                 self._write_one(*item)
             now = time.monotonic()
-            if now - self._last_index >= interval and self._state in ("recording", "closing"):
-                self._periodic_checks()
+            if self._state not in ("recording", "closing"):
+                continue
+            if now - self._last_index >= interval:
+                self._periodic_checks()  # flushes too
+            elif now - self._last_flush >= flush:
+                try:
+                    self._flush_segment()
+                except Exception as exc:  # OSError, sqlite3.Error: as a failed write
+                    self._fail(exc)
 
     def _count_drop(self, counts: TopicCounts) -> None:
         with self._lock:
@@ -544,9 +605,50 @@ class EpisodeWriter:
                     self._write_index()
                 return
         try:
+            self._flush_segment()
+        except Exception as exc:  # OSError, sqlite3.Error: as a failed write
+            self._fail(exc)
+            return
+        try:
             self._write_index()
         except OSError as exc:
             self._fail(exc)
+
+    def _flush_segment(self) -> None:
+        """Put what the open segment holds into its file: a crash then loses at most ``flush_interval``.
+
+        rosbags' MCAP writer keeps messages in an in-memory chunk until it reaches 1 MiB (at 30 Hz of
+        small frames, or joint states alone, that is many seconds), and its sqlite3 writer commits only at
+        close: without this a SIGKILL loses the whole open segment. Here the MCAP chunk is closed and the
+        file flushed (complete chunks are what `record.recover` reads back after a crash), and the sqlite3
+        transaction committed (sqlite's own journal makes that durable). Both use the storage objects of
+        rosbags' Writer (`Writer.storage`); with a rosbags version that lacks them this warns once and the
+        open segment is again only durable once closed.
+        """
+        self._last_flush = time.monotonic()
+        bag = self._bag
+        if bag is None:
+            return
+        storage = getattr(bag, "storage", None)
+        chunk = getattr(storage, "chunk", None)
+        if hasattr(storage, "close_chunk") and hasattr(storage, "bio") and chunk is not None:
+            if chunk.msgs:  # messages since the last flush (schemas/channels alone wait for them)
+                storage.close_chunk()
+            storage.bio.flush()
+        elif hasattr(storage, "conn"):
+            storage.conn.commit()
+        elif not self._flush_warned:
+            self._flush_warned = True
+            _log.warning(
+                "episode %s: this rosbags version's %s writer cannot be flushed; the open segment is written "
+                "to disk only when it closes (a crash loses it: lower segment_max_duration)",
+                self.episode_id,
+                self.config.storage,
+            )
+            return
+        with self._lock:
+            seg = self._segments[-1]
+            seg["flushed_messages"] = seg["messages"]
 
     def _fail(self, exc: Exception) -> None:
         """A write failed: abort the open segment, free the reserve, and record the error in the index."""
@@ -612,6 +714,7 @@ class EpisodeWriter:
             index = self._index_dict()
             if opened:
                 shutil.rmtree(self.dir, ignore_errors=True)
+            self._release_dir_lock()
             self._final_index = index
             return
         with contextlib.suppress(OSError):
@@ -626,6 +729,7 @@ class EpisodeWriter:
                 self._final_status = "failed"
                 self._state = "failed"
         self._final_index = self._index_dict()
+        self._release_dir_lock()
 
     # ------------------------------------------------------------------ segments and index
     def _open_segment(self) -> None:

@@ -8,13 +8,16 @@ Runs the accelerate trainer; start it with `accelerate launch [--config_file con
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 from cosmos_ros.train.config import load_config, prepare_base_model
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train; exit 0 on success, 1 on a clear error (message on stderr), 3 when the loss diverged."""
+    """Train; exit 0 on success, 1 on a clear error (message on stderr), 3 when the loss diverged, 130 / 143
+    when SIGINT / SIGTERM stopped it (the shell's 128 + signal number; a checkpoint of the last step is saved
+    and the same command resumes from it)."""
     ap = argparse.ArgumentParser(prog="train", description="Fine-tune Cosmos Predict 2.5 on robot clips")
     ap.add_argument("--config", default=None, help="training YAML (see config/train.yaml)")
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
@@ -42,6 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # before the training loop (loading, latent cache) or a second Ctrl-C in it
+        print("train: interrupted; checkpoints saved before now are kept", file=sys.stderr, flush=True)
+        return 128 + signal.SIGINT
+    if result.interrupted:  # the trainer saved a checkpoint and said so
+        return 128 + signal.Signals[result.interrupted]
     if trainer.is_main:
         last = result.losses.get(result.step)
         print(f"train: done at step {result.step} (loss {last}), adapter -> {result.adapter_dir}", flush=True)

@@ -23,7 +23,10 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import re
 import shutil
+import signal
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -52,10 +55,28 @@ from cosmos_ros.train.latent_cache import (
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 _MIX = 0x9E3779B1  # odd constant to spread seeds
 _T = TypeVar("_T")
+_CKPT_NAME = re.compile(r"step-(\d+)")  # a finished checkpoint folder; `step-N.partial` is a save in progress
+
+
+def _ckpt_name(step: int) -> str:
+    return f"step-{step:07d}"
+
+
+def _short(exc: BaseException) -> str:
+    """The first line of an exception's message, without torch's advice to load with weights_only=False."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if "weights_only" in str(exc) or "Unpickl" in type(exc).__name__:
+        text = f"{type(exc).__name__}: not plain tensors and numbers (refused: nothing is unpickled)"
+    return text[:300]
 
 
 class TrainingDiverged(RuntimeError):
     """Raised when the loss becomes NaN or inf; names the step; the last good checkpoint is kept."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be resumed from: names the damaged file and what to do (a ValueError, so that the
+    CLI reports it as a clear error, exit 1)."""
 
 
 class DataPreparationError(ValueError):
@@ -95,6 +116,52 @@ class TrainResult:
     adapter_dir: Path | None
     checkpoints: list[Path]
     seconds: float
+    interrupted: str = ""  # "SIGINT" / "SIGTERM" when a signal stopped the run (a checkpoint was saved)
+
+
+class StopSignals:
+    """SIGINT and SIGTERM ask the training loop to stop after the current step (and save a checkpoint).
+
+    A context manager around the loop: the first signal is only recorded (the loop checks `requested`
+    between steps, where the state is consistent); a second SIGINT stops at once with KeyboardInterrupt, for
+    a user who does not want to wait for the step. Signal handlers belong to the main thread: elsewhere (a
+    trainer run from a worker thread) nothing is installed and signals keep their default behaviour.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum is not None else ""
+
+    def __enter__(self) -> StopSignals:
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # second Ctrl-C: stop now, without a checkpoint
+        if self.signum is None:
+            self.signum = signum
+            print(
+                f"train: {signal.Signals(signum).name} received: stopping after this step and saving a "
+                "checkpoint (Ctrl-C again stops at once, without one)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def _gen(seed: int, *parts: int) -> torch.Generator:
@@ -104,18 +171,22 @@ def _gen(seed: int, *parts: int) -> torch.Generator:
     return torch.Generator().manual_seed(s)
 
 
-def _lr_lambda(kind: str, warmup: int, total: int) -> Any:
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        if kind == "constant":
-            return 1.0
-        progress = min(1.0, (step - warmup) / max(1, total - warmup))
-        if kind == "linear":
-            return max(0.0, 1.0 - progress)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
+# optim.lr_schedule -> diffusers scheduler name: every schedule warms up linearly over optim.warmup_steps
+# (from lr 0 at the first step to the full lr at step `warmup_steps`), then stays, decays linearly or follows
+# a half cosine to 0 at optim.max_steps.
+LR_SCHEDULES = {"constant": "constant_with_warmup", "linear": "linear", "cosine": "cosine"}
 
-    return f
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, kind: str, warmup: int, total: int) -> Any:
+    """The learning-rate schedule of a run, from diffusers (`diffusers.optimization.get_scheduler`).
+
+    A `LambdaLR`, stepped once per optimizer step; its state (the step count) is saved in checkpoints.
+    """
+    from diffusers.optimization import get_scheduler
+
+    if kind not in LR_SCHEDULES:
+        raise ValueError(f"optim.lr_schedule {kind!r} is not known; use one of {', '.join(LR_SCHEDULES)}")
+    return get_scheduler(LR_SCHEDULES[kind], optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
 class Trainer:
@@ -356,8 +427,8 @@ class Trainer:
             weight_decay=cfg.optim.weight_decay,
             fused=cuda,
         )
-        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, _lr_lambda(cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps)
+        self.lr_scheduler = make_lr_scheduler(
+            self.optimizer, cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps
         )
 
     def _prepare_for_training(self) -> None:
@@ -442,11 +513,32 @@ class Trainer:
         return self.out / "checkpoints"
 
     def checkpoints(self) -> list[Path]:
+        """The run's checkpoint folders (`step-NNNNNNN`), oldest first.
+
+        Anything else under `checkpoints/` is left alone: a `step-N.partial` folder is a save that was
+        interrupted before its final rename (a crash; the checkpoint before it is intact), never resumed from.
+        A `step-N` folder is listed even if it is damaged: resuming from it then fails with an error that
+        names the broken file, rather than silently starting from an older checkpoint.
+        """
         root = self._ckpt_root()
         if not root.is_dir():
             return []
-        good = [p for p in root.glob("step-*") if (p / "trainer_state.json").is_file()]
-        return sorted(good, key=lambda p: int(p.name.split("-")[1]))
+        found = [(int(m.group(1)), p) for p in root.iterdir() if (m := _CKPT_NAME.fullmatch(p.name))]
+        return [p for _, p in sorted(found)]
+
+    def _warn_leftovers(self) -> None:
+        """Say which folders under `checkpoints/` are not checkpoints (interrupted saves): skipped."""
+        root = self._ckpt_root()
+        if not self.is_main or not root.is_dir():
+            return
+        for p in sorted(root.iterdir()):
+            if not _CKPT_NAME.fullmatch(p.name):
+                what = "an interrupted save" if p.name.endswith(".partial") else "not a checkpoint"
+                print(
+                    f"train: warning: skipped {p} ({what}; not resumed from); delete it to silence this",
+                    file=sys.stderr,
+                    flush=True,
+                )
 
     def _fsdp(self) -> bool:
         return str(self.accel.distributed_type).endswith("FSDP")
@@ -462,7 +554,7 @@ class Trainer:
         """
         from safetensors.torch import save_file
 
-        path = self._ckpt_root() / f"step-{self.step:07d}"
+        path = self._ckpt_root() / _ckpt_name(self.step)
         tmp = path.with_name(path.name + ".partial")
         if self.is_main:
             if tmp.exists():
@@ -503,50 +595,111 @@ class Trainer:
         self.accel.wait_for_everyone()
         return path
 
+    def _checkpoint_fix(self, path: Path) -> str:
+        """What to do about a broken checkpoint: move it away and resume from the one before, or restart."""
+        m = _CKPT_NAME.fullmatch(path.name)
+        older = [p for p in self.checkpoints() if m and int(p.name.split("-")[1]) < int(m.group(1))]
+        before = f"resume from {older[-1].name}" if older else "start from step 0"
+        return (
+            f"delete or move away {path} to {before}, or set run.resume=never (or another run.output_dir) "
+            "to start a new run"
+        )
+
+    def _read_trainer_state(self, path: Path) -> dict[str, Any]:
+        """`trainer_state.json` of a checkpoint, checked: CheckpointError naming the file and the fix."""
+        file = path / "trainer_state.json"
+        try:
+            state = json.loads(file.read_text())
+        except FileNotFoundError:
+            raise CheckpointError(
+                f"{file} is missing: checkpoint {path.name} is incomplete or damaged (a finished save "
+                f"always writes it); {self._checkpoint_fix(path)}"
+            ) from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise CheckpointError(f"{file} is unreadable ({e}); {self._checkpoint_fix(path)}") from None
+        step = state.get("step") if isinstance(state, dict) else None
+        if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+            raise CheckpointError(
+                f"{file}: 'step' must be a whole number >= 0, got {step!r}; the file is damaged; "
+                f"{self._checkpoint_fix(path)}"
+            )
+        m = _CKPT_NAME.fullmatch(path.name)
+        if m and int(m.group(1)) != step:
+            raise CheckpointError(
+                f"{file}: 'step' is {step} but the folder is {path.name}; the checkpoint was renamed or "
+                f"damaged; {self._checkpoint_fix(path)}"
+            )
+        return state
+
     def load_checkpoint(self, path: Path) -> None:
-        """Restore a checkpoint written by `save_checkpoint` (any world size for non-FSDP checkpoints)."""
+        """Restore a checkpoint written by `save_checkpoint` (any world size for non-FSDP checkpoints).
+
+        Every file is checked as it is read; a damaged one raises `CheckpointError` naming it and the fix.
+        Nothing is unpickled: weights are safetensors, the optimizer state is read with `weights_only=True`
+        (tensors, numbers and containers only).
+        """
         from safetensors.torch import load_file
 
-        state = json.loads((path / "trainer_state.json").read_text())
+        state = self._read_trainer_state(path)
         if state.get("fsdp"):
-            self.accel.load_state(str(path))
+            try:
+                self.accel.load_state(str(path))
+            except Exception as e:
+                raise CheckpointError(
+                    f"sharded checkpoint {path} cannot be loaded ({type(e).__name__}: "
+                    f"{_short(e)}); {self._checkpoint_fix(path)}"
+                ) from None
         else:
             net = self.accel.unwrap_model(self.model)
             params = dict(net.named_parameters())
+            weights = path / "trainable.safetensors"
             try:
-                saved = load_file(str(path / "trainable.safetensors"))
+                saved = load_file(str(weights))
             except Exception as e:
-                raise ValueError(
-                    f"checkpoint {path} is corrupt ({e}); delete it to resume from an older one"
-                ) from e
+                raise CheckpointError(
+                    f"{weights} is missing or corrupt ({_short(e)}); {self._checkpoint_fix(path)}"
+                ) from None
             want = {n for n, p in params.items() if p.requires_grad}
             if set(saved) != want:
-                raise ValueError(
+                raise CheckpointError(
                     f"checkpoint {path} was written for another model/adapter setup "
                     f"({len(set(saved) ^ want)} parameter names differ); use run.resume=never "
                     f"or another output_dir"
                 )
+            opt_file = path / "optimizer.pt"
+            try:
+                opt = torch.load(opt_file, map_location=self.accel.device, weights_only=True)
+                self.optimizer.load_state_dict(opt["optimizer"])
+                self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
+            except Exception as e:
+                # torch's own message for a file that does not unpickle under weights_only suggests
+                # weights_only=False, i.e. running whatever the file contains: never repeated here.
+                raise CheckpointError(
+                    f"{opt_file} is missing or corrupt ({_short(e)}); {self._checkpoint_fix(path)}"
+                ) from None
             with torch.no_grad():
                 for n, t in saved.items():
                     params[n].copy_(t.to(params[n].device, params[n].dtype))
-            opt = torch.load(path / "optimizer.pt", map_location=self.accel.device, weights_only=True)
-            self.optimizer.load_state_dict(opt["optimizer"])
-            self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
         self.step = int(state["step"])
         self.dora.refresh()  # lora_A/lora_B were just replaced: the cached DoRA norms follow
+        if self.is_main:
+            print(f"train: resumed from {path} (step {self.step})", flush=True)
 
     def _maybe_resume(self) -> None:
         r = self.cfg.run.resume
         if r == "never":
             return
         if r == "auto":
+            self._warn_leftovers()
             ck = self.checkpoints()
             if ck:
                 self.load_checkpoint(ck[-1])
             return
         p = Path(r)
-        if not (p / "trainer_state.json").is_file():
-            raise FileNotFoundError(f"run.resume={r}: not a checkpoint directory (no trainer_state.json)")
+        if not p.is_dir():
+            raise CheckpointError(
+                f"run.resume={r}: no such checkpoint directory; use auto, never or a step-N folder"
+            )
         self.load_checkpoint(p)
 
     # ------------------------------------------------------------------ validation / preview
@@ -622,10 +775,29 @@ class Trainer:
             )
 
     # ------------------------------------------------------------------ main loop
+    def _stop_requested(self, stop: StopSignals) -> bool:
+        """Whether a signal asked to stop, on any process: every rank must stop at the same step, or the
+        ranks that go on would wait forever in the next step's collectives for the ones saving and leaving."""
+        asked = stop.signum is not None
+        if self.world == 1:
+            return asked
+        flag = torch.tensor(float(asked), device=self.accel.device)
+        return bool(self.accel.reduce(flag, reduction="sum") > 0)
+
     def train(self, stop_at: int | None = None) -> TrainResult:
-        """Train to `optim.max_steps` (or stop early after step `stop_at`, as an interruption would)."""
+        """Train to `optim.max_steps` (or stop early after step `stop_at`, as an interruption would).
+
+        SIGINT or SIGTERM (Ctrl-C, a job scheduler's preemption) end the run cleanly after the current step:
+        a checkpoint of that step is saved and the result says `interrupted`; starting the same run again
+        (run.resume=auto) continues from it, as from any checkpoint.
+        """
+        with StopSignals() as stop:
+            return self._train(stop, stop_at)
+
+    def _train(self, stop: StopSignals, stop_at: int | None) -> TrainResult:
         cfg, o = self.cfg, self.cfg.optim
         self._maybe_resume()
+        saved_step = self.step  # the step of the last checkpoint written or resumed from
         writer = None
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -651,6 +823,8 @@ class Trainer:
         b, k = o.batch_size, o.grad_accum
         try:
             while self.step < min(o.max_steps, stop_at or o.max_steps):
+                if self._stop_requested(stop):
+                    break
                 step_loss = torch.zeros((), device=self.accel.device)
                 for m in range(k):
                     positions = [((self.step * k + m) * self.world + self.rank) * b + i for i in range(b)]
@@ -697,12 +871,29 @@ class Trainer:
                     self.preview()
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
                     self.save_checkpoint()
+                    saved_step = self.step
         finally:
             if bar is not None:
                 bar.close()
             if writer is not None:
                 writer.flush()
                 writer.close()
+        if stop.signum is not None and self.step < min(o.max_steps, stop_at or o.max_steps):
+            if self.step != saved_step:
+                where = f"checkpoint {self.save_checkpoint()}; run the same command again to continue from it"
+            elif self.step:
+                where = f"checkpoint {self._ckpt_root() / _ckpt_name(self.step)} holds this step"
+            else:
+                where = "nothing was trained yet, so no checkpoint"
+            if self.is_main:
+                print(
+                    f"train: stopped on {stop.name} after step {self.step}; {where}",
+                    file=sys.stderr,
+                    flush=True,
+                )
+            return TrainResult(
+                self.step, losses, val_losses, None, self.checkpoints(), time.time() - t0, stop.name
+            )
         adapter_dir = self.save_final()
         return TrainResult(self.step, losses, val_losses, adapter_dir, self.checkpoints(), time.time() - t0)
 
