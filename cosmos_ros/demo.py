@@ -353,7 +353,9 @@ def train(demo: Demo, model: Path, clips: Path) -> Path:
         f"run.seed={demo.seed}",
     )
     adapter = run / "adapter"
-    if not (adapter / "cosmos_ros_card.json").exists():
+    from cosmos_ros.model.adapters import is_adapter_dir
+
+    if not is_adapter_dir(adapter):
         raise StageError(f"training finished without an adapter card in {adapter}")
     return adapter
 

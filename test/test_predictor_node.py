@@ -503,7 +503,7 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
-    from cosmos_ros.nodes.predictor_node import _make_node_class
+    from cosmos_ros.nodes.predictor_node import PredictorNode
 
     overrides = [
         Parameter("autostart", value=False),
@@ -513,7 +513,7 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
         Parameter("warmup", value=False),
         Parameter("collision_checker", value="no_such_checker"),
     ]
-    node = _make_node_class()(context=rclpy_context, parameter_overrides=overrides)
+    node = PredictorNode(context=rclpy_context, parameter_overrides=overrides)
     try:
         assert node.lifecycle_state() == (State.PRIMARY_STATE_UNCONFIGURED, "unconfigured")
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
