@@ -156,6 +156,13 @@ class PreprocessSpec:
         )
 
 
+def camera_of(topic: str) -> str:
+    """The camera a topic carries: image_transport's compressed transport (``<camera>/compressed``) is the
+    same camera as the raw topic, and a relative name is taken in the root namespace."""
+    t = "/" + topic.strip().strip("/")
+    return t.removesuffix("/compressed")
+
+
 def _tokenizer_differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -> list[str]:
     if a is None or b is None:  # one side does not know: nothing to compare
         return []
@@ -181,7 +188,8 @@ def check_compatible(
     """SpecMismatchError listing every way ``used`` differs from ``trained`` (the model's spec).
 
     ``used.camera_topics`` must be among the trained ones (a model trained on several views serves any of
-    them); a side that does not know its cameras or its tokenizer is not checked on them."""
+    them; raw and compressed transport of one camera are the same camera, :func:`camera_of`); a side that
+    does not know its cameras or its tokenizer is not checked on them."""
     diffs = []
     if used.fit != trained.fit:
         diffs.append(f"fit policy: trained {trained.fit!r}, here {used.fit!r}")
@@ -189,7 +197,8 @@ def check_compatible(
         diffs.append(f"size: trained {trained.width}x{trained.height}, here {used.width}x{used.height}")
     if not math.isclose(used.fps, trained.fps, rel_tol=1e-6):
         diffs.append(f"fps: trained {trained.fps:g}, here {used.fps:g}")
-    unknown = [t for t in used.camera_topics if trained.camera_topics and t not in trained.camera_topics]
+    known = {camera_of(t) for t in trained.camera_topics}
+    unknown = [t for t in used.camera_topics if known and camera_of(t) not in known]
     if unknown:
         diffs.append(f"camera topic(s) {unknown} not among the trained {list(trained.camera_topics)}")
     if used.action_mode != trained.action_mode:
