@@ -81,9 +81,20 @@ def served(predict_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     # autostart:=false: the node waits in 'unconfigured'; it is configured and activated here through its
     # lifecycle services (what `ros2 lifecycle set` / a lifecycle manager does) and shut down the same way
-    params = predictor_params(tmp / "predictor.yaml", predict_assets, autostart=False)
+    # the predicted camera is the sim's jpeg CompressedImage stream (camera_transport auto: the topic ends
+    # in /compressed); the raw stream is subscribed as a second camera
+    params = predictor_params(
+        tmp / "predictor.yaml",
+        predict_assets,
+        autostart=False,
+        camera_topics=["/camera/image_raw/compressed", "/camera/image_raw"],
+    )
     procs = [
-        NodeProcess([str(installed_executable("sim_arm"))], env, tmp / "sim_arm.log"),
+        NodeProcess(
+            [str(installed_executable("sim_arm")), "--ros-args", "-p", "publish_compressed:=true"],
+            env,
+            tmp / "sim_arm.log",
+        ),
         NodeProcess(
             [str(installed_executable("predictor")), "--ros-args", "--params-file", str(params)],
             env,
@@ -185,13 +196,15 @@ def test_planner_client_process_uses_both_services_and_the_topic(served: dict[st
     assert pred["n_frames"] == 16 and pred["n_stamps"] == 16 and pred["action_steps"] == 16
     assert all(abs(d - 0.1) < 1e-3 for d in pred["stamp_steps"]), pred["stamp_steps"]
     assert pred["frame_shape"] == [[HEIGHT, WIDTH, "rgb8"]]
-    assert pred["camera_topic"] == "/camera/image_raw" and pred["adapter"].endswith("adapter")
+    # served end to end from the CompressedImage camera
+    assert pred["camera_topic"] == "/camera/image_raw/compressed" and pred["adapter"].endswith("adapter")
 
     assert res["topic"]["received"] >= 1 and res["topic"]["n_frames"] == 12
     assert res["topic"]["request_id"].startswith("planned-")
     assert set(res["latency_msgs"]) >= {"check_collision", "predict_future", "planned_actions"}
     log = served["predictor"].output()
     assert "check_collision client-check: batch 3" in log and "denoise" in log
+    assert "camera /camera/image_raw/compressed: CompressedImage on /camera/image_raw/compressed" in log
     served["ready"] = True
 
 
@@ -210,6 +223,11 @@ def _malformed_cases() -> list[tuple[str, str, Any, str]]:
             return req
 
         return build
+
+    def _with(msg: Any, **fields: Any) -> Any:
+        for k, v in fields.items():
+            setattr(msg, k, v)
+        return msg
 
     def cc(cands: list[Any]) -> Any:
         return lambda: CheckCollision.Request(candidates=cands, num_steps=1)
@@ -255,12 +273,10 @@ def _malformed_cases() -> list[tuple[str, str, Any, str]]:
             lambda: PredictFuture.Request(actions=action_msg(plan(25))),
             "actions.num_steps",
         ),
-        (
-            "context_wrong_size",
-            "pf",
-            pf(context_frames=[image_msg(np.zeros((32, 40, 3), np.uint8))]),
-            "context_frames[0]",
-        ),
+        ("step_duration_inf", "pf", pf(a_step_duration=math.inf), "actions.step_duration"),
+        ("step_duration_huge", "pf", pf(a_step_duration=1e12), "actions.step_duration"),
+        ("candidate_step_duration", "cc", cc([_with(action_msg(good), step_duration=-1.0)]), "candidates[0]"),
+        ("huge_prompt", "pf", pf(prompt="x" * 1_000_000), "prompt"),
         (
             "context_bad_encoding",
             "pf",
@@ -308,11 +324,21 @@ def test_malformed_requests_get_clean_errors_and_the_node_keeps_serving(served: 
         )
         resp = probe.call(srv, name, build(), timeout=30.0)
         if resp.success or resp.code != INVALID_REQUEST or not resp.message.startswith(field):
-            failures.append(f"{case_id}: success={resp.success} code={resp.code} message={resp.message!r}")
+            failures.append(
+                f"{case_id}: success={resp.success} code={resp.code} message={resp.message[:300]!r}"
+            )
+        if len(resp.message) > 2100:  # a 1 MB prompt is not echoed back whole
+            failures.append(f"{case_id}: message of {len(resp.message)} characters")
         if kind == "cc" and resp.results:
             failures.append(f"{case_id}: results returned on failure")
     assert not failures, "\n".join(failures)
     assert served["predictor"].alive()
+
+    # negative guidance, -inf included, means the node default (the .srv says so; it used to be rejected)
+    req = PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, guidance_scale=-math.inf)
+    resp = probe.call(PredictFuture, "/predictor/predict_future", req, timeout=120.0)
+    assert resp.success, resp.message
+    assert "x" * 1000 not in served["predictor"].output()  # nor is the huge prompt logged whole
 
     # still serving: a good request, with absolute joint targets (converted with the latest joint state)
     # and the dimensions named in another order (reordered to the adapter's)
