@@ -412,6 +412,31 @@ def test_core_reads_geometry_tokenizer_and_prompts_from_the_adapter(predictor: A
     assert np.allclose(acts, [[[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]]], atol=1e-6)
 
 
+def test_non_finite_latents_are_refused_not_decoded_to_black_frames(predictor: Any) -> None:
+    """Issue 17 item 4: weights that overflow at inference (finite at load) made NaN latents, which decoded
+    to black frames served as success; now the prediction fails naming the cause (the node answers
+    INTERNAL_ERROR with it)."""
+    import torch
+
+    from cosmos_ros.predict.core import NonFinitePrediction
+
+    emb = predictor.model.transformer.action_embedder
+    saved = {n: p.detach().clone() for n, p in emb.named_parameters()}
+    try:
+        with torch.no_grad():
+            for n, prm in emb.named_parameters():
+                if "fc2" in n:
+                    prm.fill_(float("inf"))
+        with pytest.raises(NonFinitePrediction, match=r"non-finite \(NaN/inf\) latent values in chunk 0"):
+            predictor.predict(
+                np.zeros((1, 64, 80, 3), np.uint8), np.full((1, 4, 3), 0.01, np.float32), num_steps=1
+            )
+    finally:
+        with torch.no_grad():
+            for n, prm in emb.named_parameters():
+                prm.copy_(saved[n])
+
+
 def _velocity_inputs(rows: int, seed: int) -> tuple[Any, Any, Any]:
     """(noisy latents, conditioning latents, actions) for `rows` rows of the tiny model's geometry."""
     import torch
