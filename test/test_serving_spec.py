@@ -144,7 +144,7 @@ def test_live_frames_equal_clip_frames_and_the_spec_is_enforced(
         assert "camera topic(s) ['/other_robot/camera'] not among the trained ['/camera/image_raw']" in (
             node.last_error
         )
-        assert "remap" in node.last_error and node.worker is None
+        assert "remap it: --ros-args -r <trained>:=<yours>" in node.last_error and node.worker is None
         node.set_parameters([Parameter("camera_topics", value=[CAMERA]), Parameter("height", value=128)])
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert (

@@ -276,24 +276,40 @@ class PredictorNode(LifecycleNode):
         from cosmos_ros.model.adapters import read_card
 
         spec = PreprocessSpec.from_card(read_card(adapter))
-        topic = self.p["camera_topics"][0]
+        # the camera as named (a renamed camera keeps the trained name and is remapped onto its new one)
+        # or as remapped (a launch file's remapping onto the trained camera): either may be the trained one
+        named = self.p["camera_topics"][0]
+        names = [named] + [t for t in (self._resolved(named),) if t != named]
         h, w = int(self.p["height"]) or spec.height, int(self.p["width"]) or spec.width
-        used = PreprocessSpec(spec.fit, h, w, spec.fps, (topic,), spec.action_mode, spec.tokenizer)
-        try:
-            check_compatible(
-                spec,
-                used,
-                what=f"the live stream (camera_topics[0] {topic!r}, {w}x{h})",
-                fix=(
-                    f"Set camera_topics[0] to the trained camera (or remap your camera onto it: --ros-args "
-                    f"-r <trained topic>:={topic}), and height/width to 0 (= the card's {spec.width}x"
-                    f"{spec.height})"
-                ),
-            )
-        except SpecMismatchError as exc:
-            raise ValueError(str(exc)) from None
+        errors = []
+        for topic in names:
+            used = PreprocessSpec(spec.fit, h, w, spec.fps, (topic,), spec.action_mode, spec.tokenizer)
+            try:
+                check_compatible(
+                    spec,
+                    used,
+                    what=f"the live stream (camera_topics[0] {topic!r}, {w}x{h})",
+                    fix=(
+                        "Set camera_topics[0] to the trained camera (if that camera now publishes "
+                        "under another name, keep the trained name and remap it: --ros-args -r "
+                        "<trained>:=<yours>), "
+                        f"and height/width to 0 (= the card's {spec.width}x{spec.height})"
+                    ),
+                )
+                break
+            except SpecMismatchError as exc:
+                errors.append(str(exc))
+        else:
+            raise ValueError(errors[-1])
         self.get_logger().info(f"preprocessing from the adapter card: {spec.brief()}")
         return spec
+
+    def _resolved(self, topic: str) -> str:
+        """A topic parameter's name after the node's namespace and remapping rules (`-r a:=b`, a launch
+        file's remappings), so that a remapped camera is checked and subscribed under its real name (the
+        compressed transport's topic is then derived from it, as image_transport does)."""
+        resolve = getattr(self, "resolve_topic_name", None)  # rclpy >= Humble
+        return resolve(topic) if resolve is not None else topic
 
     def on_activate(self, state: LifecycleState) -> Any:
         """Subscriptions and services: the node serves."""
@@ -309,7 +325,7 @@ class PredictorNode(LifecycleNode):
             self._frame_errors = {}
         self._stopping = threading.Event()  # a fresh one: see __init__
         for topic in self.p["camera_topics"]:
-            name, msg_type = camera_subscription(topic, self.p["camera_transport"])
+            name, msg_type = camera_subscription(self._resolved(topic), self.p["camera_transport"])
             self._pn_subs.append(
                 self.create_subscription(
                     msg_type,
@@ -626,7 +642,7 @@ class PredictorNode(LifecycleNode):
         another message type than the one subscribed (the graph tells), or simply no frames yet."""
         if topic in self._frame_errors:
             return f"camera frames cannot be used: {self._frame_errors[topic]}"
-        name, msg_type = camera_subscription(topic, self.p["camera_transport"])
+        name, msg_type = camera_subscription(self._resolved(topic), self.p["camera_transport"])
         wanted = f"sensor_msgs/msg/{msg_type.__name__}"
         graph = dict(self.get_topic_names_and_types())
         others = [t for t in graph.get(name, []) if t != wanted]
