@@ -1,13 +1,17 @@
 """`ros2 run cosmos_ros predictor`: serve the world model to planners.
 
-- Rolling context: the latest frames of each camera topic (`qos_profile_sensor_data`) and the latest joint
-  state. Predictions are for `camera_topics[0]` (the camera the adapter was trained on).
+- Rolling context: the latest frames of each camera topic (`qos_profile_sensor_data`; sensor_msgs/Image, or
+  CompressedImage per `camera_transport`) and the latest joint state. Predictions are for `camera_topics[0]`,
+  which must be a camera the adapter was trained on. Frames are decoded by the clip builder's image module
+  and fitted to the model size with the clips' fit policy (the adapter card's preprocessing spec), so the
+  model sees live frames as it saw its training clips.
 - `~/planned_actions` (cosmos_ros/msg/ActionSequence) -> `~/predicted_frames` (PredictedFrames).
 - Services `~/predict_future` (PredictFuture) and `~/check_collision` (CheckCollision).
 - `~/latency` (cosmos_ros/msg/StageLatency) per request, and one log line per request.
 
-Serving design: all model work runs on one `ModelWorker` thread behind a bounded queue (full -> BUSY
-answer at once). Service callbacks only validate, enqueue and wait for their own job's future; they run in a
+Serving design: every request (both services and the topic) takes one path, `_validate` -> `_serve` (the
+model worker) -> `_answer` (the `.srv` response code and a message clipped to a bounded length). All model
+work runs on one `ModelWorker` thread behind a bounded queue (full -> BUSY answer at once). Service callbacks only validate, enqueue and wait for their own job's future; they run in a
 reentrant callback group on a MultiThreadedExecutor with more threads than the queue can hold, so there is
 always a free thread to take new requests (and answer BUSY) and the camera / joint-state callbacks (their own
 mutually exclusive group) never starve. Each request has a deadline; on expiry the job is cancelled at its
