@@ -11,7 +11,8 @@
 
 Serving design: every request (both services and the topic) takes one path, `_validate` -> `_serve` (the
 model worker) -> `_answer` (the `.srv` response code and a message clipped to a bounded length). All model
-work runs on one `ModelWorker` thread behind a bounded queue (full -> BUSY answer at once). Service callbacks only validate, enqueue and wait for their own job's future; they run in a
+work runs on one `ModelWorker` thread behind a bounded queue (full -> BUSY answer at once). Service
+callbacks only validate, enqueue and wait for their own job's future; they run in a
 reentrant callback group on a MultiThreadedExecutor with more threads than the queue can hold, so there is
 always a free thread to take new requests (and answer BUSY) and the camera / joint-state callbacks (their own
 mutually exclusive group) never starve. Each request has a deadline; on expiry the job is cancelled at its
