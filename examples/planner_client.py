@@ -35,6 +35,14 @@ def candidates(names: list[str], steps: int, count: int) -> list[tuple[str, list
     return plans[:count]
 
 
+def plan_to_execute(res: CheckCollision.Response) -> int | None:
+    """The candidate to execute: the predictor's best, unless every candidate collides (best_candidate is
+    then only the least bad one, and executing it would run into a keep-out region): None."""
+    if not res.results or all(r.collision for r in res.results):
+        return None
+    return int(res.best_candidate)
+
+
 def write_verdicts(path: str | None, best: str | None, n_frames: int, plans: list, results: list) -> None:
     """The verdicts as JSON (``--out``); ``best`` None: no plan was executed."""
     if not path:
@@ -115,14 +123,14 @@ def main() -> int:
             )
         if "no keep-out regions" in res.message:  # the predictor checked nothing: say so, loudly
             print(f"planner: WARNING: {res.message}")
-        if all(r.collision for r in res.results):
-            # best_candidate is then only the least bad one: executing it would run into a keep-out region
+        chosen = plan_to_execute(res)
+        if chosen is None:
             print("planner: every candidate collides; executing none (replan, or check keepout_regions)")
             write_verdicts(args.out, None, 0, plans, res.results)
             return 2
-        best = plans[res.best_candidate][0]
+        best = plans[chosen][0]
         print(f"planner: executing '{best}' -> {args.predictor}/planned_actions")
-        plan_pub.publish(req.candidates[res.best_candidate])
+        plan_pub.publish(req.candidates[chosen])
         deadline = time.monotonic() + args.timeout
         while not frames and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.1)

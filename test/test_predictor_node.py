@@ -587,3 +587,22 @@ def test_sigint_while_unconfigured_exits_cleanly(start_node: Any) -> None:
     proc.signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0, proc.output()[-2000:]
     assert "terminate called" not in proc.output() and "Traceback" not in proc.output()
+
+
+def test_planner_example_executes_no_plan_that_every_check_rejects() -> None:
+    """Issue 16 item 10: the example used to execute best_candidate even when every candidate collided
+    (best_candidate is then only the least bad one)."""
+    import importlib.util
+
+    from cosmos_ros.msg import CollisionResult
+    from cosmos_ros.srv import CheckCollision
+
+    spec = importlib.util.spec_from_file_location("planner_client", REPO / "examples" / "planner_client.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    resp = CheckCollision.Response(success=True, best_candidate=1)
+    resp.results = [CollisionResult(collision=True, score=0.9), CollisionResult(collision=True, score=0.5)]
+    assert example.plan_to_execute(resp) is None
+    resp.results[0].collision = False
+    resp.best_candidate = 0
+    assert example.plan_to_execute(resp) == 0

@@ -88,6 +88,9 @@ def test_train_cli_on_clips_dir(
     assert card["tokenizer"]["joint_names"] == JOINTS  # the action tokenizer travels with the adapter
     assert card["dataset"]["prompts"] == ["pick up the cube"] and card["prompt_cache"] == str(cache)
     assert card["action_conditioning"]["action_dim"] == train[0]["actions"].shape[-1]
+    # the clips' preprocessing spec travels with the adapter: the predictor fits frames as the clips were
+    assert card["preprocessing"] == json.loads((clips_dir / "clips.json").read_text())["preprocessing"]
+    assert card["preprocessing"]["fit"] == "crop" and card["preprocessing"]["camera_topics"]
     wm = load_world_model(None, out / "adapter", load_vae=False)
     assert wm.action_dim == train[0]["actions"].shape[-1]
 
