@@ -191,6 +191,7 @@ class PredictorNode(LifecycleNode):
         # the model's preprocessing (cosmos_ros.preprocessing): from the adapter card at configure
         self.spec: PreprocessSpec | None = None
         self._frame_errors: dict[str, str] = {}  # camera topic -> why its latest frame was dropped
+        self._fit_logged: set[str] = set()  # camera topics whose fit to the model size was logged
         self._checker_note = ""  # said in every check_collision answer (no keep-out regions, ...)
         self._camera_frame_id = ""
         # set = not serving; each activation gets a fresh event, so a straggler of an earlier activation
@@ -567,8 +568,15 @@ class PredictorNode(LifecycleNode):
         is logged and kept for the NOT_READY answer of requests that find no frames."""
         try:
             rgb = decode_image(msg, type(msg).__name__)
-            if self.predictor is not None:
-                rgb = self.predictor.fit_frame(rgb)
+            pred = self.predictor
+            if pred is not None:
+                if topic not in self._fit_logged and rgb.shape[:2] != (pred.height, pred.width):
+                    self._fit_logged.add(topic)
+                    self.get_logger().info(
+                        f"{topic} is {rgb.shape[1]}x{rgb.shape[0]}: fitted to {pred.width}x{pred.height} "
+                        f"by {pred.spec.fit!r}, as the training clips were"
+                    )
+                rgb = pred.fit_frame(rgb)
         except ImageError as exc:
             why = f"{topic}: {exc}"
             if self._frame_errors.get(topic) != why:
