@@ -192,3 +192,17 @@ def test_live_frames_equal_clip_frames_and_the_spec_is_enforced(
         assert node.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
     finally:
         node.destroy_node()
+
+    # predict.launch.py remaps the node's /camera/image_raw onto the user's camera: the camera is checked
+    # (and subscribed) under its remapped name
+    remapped = PredictorNode(
+        context=rclpy_context,
+        parameter_overrides=[*overrides[:-2], Parameter("camera_topics", value=["/launch/cam"])],
+        cli_args=["--ros-args", "-r", f"/launch/cam:={CAMERA}"],
+    )
+    try:
+        assert remapped.trigger_configure() == TransitionCallbackReturn.SUCCESS, remapped.last_error
+        assert remapped.worker.ready.wait(120)
+        assert remapped.trigger_shutdown() == TransitionCallbackReturn.SUCCESS
+    finally:
+        remapped.destroy_node()
