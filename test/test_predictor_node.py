@@ -561,9 +561,15 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
         assert not worker.alive
         assert not any(p in list(node.publishers) for p in pubs)
 
+        # an invalid camera topic fails configure (checked against the adapter card there), naming it
+        assert node.set_parameters([Parameter("camera_topics", value=["bad topic!"])])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "camera topic 'bad topic!' is not a valid ROS topic name" in node.last_error
+        assert node.set_parameters([Parameter("camera_topics", value=["/camera/image_raw"])])[0].successful
+
         # an exception in a transition (an invalid topic name at activate): on_error releases everything and
         # the node is back in unconfigured, ready for another configure
-        assert node.set_parameters([Parameter("camera_topics", value=["bad topic!"])])[0].successful
+        assert node.set_parameters([Parameter("planned_actions_topic", value="bad topic!")])[0].successful
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         worker = node.worker
         assert node.trigger_activate() == TransitionCallbackReturn.ERROR

@@ -315,7 +315,12 @@ class PredictorNode(LifecycleNode):
         file's remappings), so that a remapped camera is checked and subscribed under its real name (the
         compressed transport's topic is then derived from it, as image_transport does)."""
         resolve = getattr(self, "resolve_topic_name", None)  # rclpy >= Humble
-        return resolve(topic) if resolve is not None else topic
+        if resolve is None:
+            return topic
+        try:
+            return resolve(topic)
+        except Exception as exc:  # rclpy's RCLError names no parameter
+            raise ValueError(f"camera topic {topic!r} is not a valid ROS topic name ({exc})") from None
 
     def on_activate(self, state: LifecycleState) -> Any:
         """Subscriptions and services: the node serves."""
