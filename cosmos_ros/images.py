@@ -119,7 +119,7 @@ def decode_raw(
         if via_bridge is not None:
             return via_bridge
         raise UnsupportedEncodingError(
-            f"unsupported encoding {encoding!r}",
+            f"unknown image encoding {encoding!r}",
             f"publish one of {', '.join(RAW_ENCODINGS)} (or sensor_msgs/CompressedImage jpeg/png)",
             "encoding",
         )
@@ -153,7 +153,7 @@ def decode_compressed(fmt: str, data: Any) -> np.ndarray:
     f = fmt.lower()
     if "compresseddepth" in f or (f and not any(k in f for k in ("jpeg", "jpg", "png"))):
         raise UnsupportedEncodingError(
-            f"unsupported CompressedImage format {fmt!r}",
+            f"unknown CompressedImage format {fmt!r}",
             "publish jpeg or png (image_transport's compressed transport)",
             "format",
         )
