@@ -43,6 +43,7 @@ setup(
             "torch>=2.4",
             "torchvision>=0.19",
             "diffusers>=0.42",
+            "huggingface_hub>=0.30",
             "peft>=0.21",
             "accelerate>=1.0",
             "transformers>=4.50",

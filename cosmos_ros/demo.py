@@ -353,9 +353,15 @@ def train(demo: Demo, model: Path, clips: Path) -> Path:
         f"run.seed={demo.seed}",
     )
     adapter = run / "adapter"
-    if not (adapter / "cosmos_ros_card.json").exists():
+    from cosmos_ros.model.adapters import is_adapter_dir
+
+    if not is_adapter_dir(adapter):
         raise StageError(f"training finished without an adapter card in {adapter}")
     return adapter
+
+
+# The keep-out box of the sim arm's camera (normalised image coordinates): the table edge.
+SIM_KEEPOUT_REGION = "table_edge:0.0,0.85,1.0,1.0"
 
 
 def serve(demo: Demo, node: Any, executor: Any, model: Path, adapter: Path) -> None:
@@ -376,6 +382,9 @@ def serve(demo: Demo, node: Any, executor: Any, model: Path, adapter: Path) -> N
         "device:=cpu",
         "-p",
         "num_steps:=6",
+        "-p",
+        # the sim arm's keep-out region (its camera's table edge); config/predictor.yaml ships none
+        f"keepout_regions:=[{SIM_KEEPOUT_REGION!r}]",
     )
     client = node.create_client(PredictFuture, "/predictor/predict_future")
     deadline = time.monotonic() + 180
@@ -419,7 +428,7 @@ def plan(demo: Demo) -> dict[str, Any]:
         f.write(proc.stdout)
     for line in proc.stdout.splitlines():
         print("    " + line, flush=True)
-    if proc.returncode != 0:
+    if proc.returncode not in (0, 2):  # 2: every candidate collides, so the example executed none
         raise StageError(f"the planner example exited with status {proc.returncode}")
     return json.loads(verdicts.read_text())
 

@@ -7,7 +7,7 @@
 2. builds candidate action sequences (joint-position deltas, one per predicted frame);
 3. calls <predictor>/check_collision once with all candidates and prints each verdict;
 4. publishes the best collision-free plan on <predictor>/planned_actions and waits for the predicted
-   frames on <predictor>/predicted_frames.
+   frames on <predictor>/predicted_frames. When every candidate collides it executes none and exits 2.
 """
 
 from __future__ import annotations
@@ -33,6 +33,39 @@ def candidates(names: list[str], steps: int, count: int) -> list[tuple[str, list
             step[j] = sign * 0.06
             plans.append((f"{name} {word}", [list(step) for _ in range(steps)]))
     return plans[:count]
+
+
+def plan_to_execute(res: CheckCollision.Response) -> int | None:
+    """The candidate to execute: the predictor's best, unless every candidate collides (best_candidate is
+    then only the least bad one, and executing it would run into a keep-out region): None."""
+    if not res.results or all(r.collision for r in res.results):
+        return None
+    return int(res.best_candidate)
+
+
+def write_verdicts(path: str | None, best: str | None, n_frames: int, plans: list, results: list) -> None:
+    """The verdicts as JSON (``--out``); ``best`` None: no plan was executed."""
+    if not path:
+        return
+    with open(path, "w") as f:
+        json.dump(
+            {
+                "best": best,
+                "predicted_frames": n_frames,
+                "results": [
+                    {
+                        "name": name,
+                        "collision": r.collision,
+                        "first_collision_step": r.first_collision_step,
+                        "score": r.score,
+                        "reasons": list(r.reasons),
+                    }
+                    for (name, _), r in zip(plans, results, strict=True)
+                ],
+            },
+            f,
+            indent=1,
+        )
 
 
 def main() -> int:
@@ -88,9 +121,16 @@ def main() -> int:
                 f"  {name:<12} collision={'yes' if r.collision else 'no':<3} "
                 f"first_step={r.first_collision_step:>3} score={r.score:.3f} {'; '.join(r.reasons)}"
             )
-        best = plans[res.best_candidate][0]
+        if "no keep-out regions" in res.message:  # the predictor checked nothing: say so, loudly
+            print(f"planner: WARNING: {res.message}")
+        chosen = plan_to_execute(res)
+        if chosen is None:
+            print("planner: every candidate collides; executing none (replan, or check keepout_regions)")
+            write_verdicts(args.out, None, 0, plans, res.results)
+            return 2
+        best = plans[chosen][0]
         print(f"planner: executing '{best}' -> {args.predictor}/planned_actions")
-        plan_pub.publish(req.candidates[res.best_candidate])
+        plan_pub.publish(req.candidates[chosen])
         deadline = time.monotonic() + args.timeout
         while not frames and time.monotonic() < deadline:
             rclpy.spin_once(node, timeout_sec=0.1)
@@ -98,26 +138,7 @@ def main() -> int:
             print("planner: no predicted frames arrived for the planned actions")
             return 1
         print(f"planner: received {len(frames[-1].frames)} predicted frames for '{best}'")
-        if args.out:
-            with open(args.out, "w") as f:
-                json.dump(
-                    {
-                        "best": best,
-                        "predicted_frames": len(frames[-1].frames),
-                        "results": [
-                            {
-                                "name": name,
-                                "collision": r.collision,
-                                "first_collision_step": r.first_collision_step,
-                                "score": r.score,
-                                "reasons": list(r.reasons),
-                            }
-                            for (name, _), r in zip(plans, res.results, strict=True)
-                        ],
-                    },
-                    f,
-                    indent=1,
-                )
+        write_verdicts(args.out, best, len(frames[-1].frames), plans, res.results)
         return 0
     finally:
         node.destroy_node()

@@ -56,7 +56,9 @@ def build_assets(root: Path, steps: int = 3) -> PredictAssets:
     model_dir = tiny_model_dir(root)
     adapter_dir = root / "run" / "adapter"
     tok = tokenizer_dict()
-    if not (adapter_dir / "cosmos_ros_card.json").is_file():
+    from cosmos_ros.model.adapters import is_adapter_dir
+
+    if not is_adapter_dir(adapter_dir):
         cfg = train_config(
             model_dir,
             root / "run",
@@ -66,7 +68,7 @@ def build_assets(root: Path, steps: int = 3) -> PredictAssets:
         trainer = Trainer(cfg, train_dataset=SimArmClips([0, 1, 2, 3]), tokenizer_dict=tok)
         trainer.train()
         trainer.save_final()
-    assert (adapter_dir / "cosmos_ros_card.json").is_file(), "the trainer wrote no adapter"
+    assert is_adapter_dir(adapter_dir), "the trainer wrote no adapter"
     return PredictAssets(model_dir, adapter_dir, tok)
 
 

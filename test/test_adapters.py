@@ -13,7 +13,7 @@ torch.set_num_threads(1)  # 2 cores shared: one thread avoids OpenMP oversubscri
 
 from helpers_train import shared_dir, tiny_model_dir, train_and_val_clips, train_config  # noqa: E402
 
-from cosmos_ros.model.adapters import AdapterError, load_world_model  # noqa: E402
+from cosmos_ros.model.adapters import AdapterError, load_world_model, read_card  # noqa: E402
 from cosmos_ros.model.world_model import TINY_TRANSFORMER_CONFIG, WorldModel, make_tiny_world_model  # noqa: E402
 from cosmos_ros.train.trainer import Trainer  # noqa: E402
 
@@ -106,8 +106,8 @@ def test_save_load_identical(setup: dict[str, Any], tmp_path: Path, mode: str) -
     ref = _out(tr.wm)
     torch.testing.assert_close(trained, ref, atol=1e-5, rtol=1e-5)
     adir = tmp_path / mode / "adapter"
-    card = json.loads((adir / "cosmos_ros_card.json").read_text())
-    assert card["base_model"] == str(setup["model"]) and card["adapter"]["mode"] == mode
+    card = read_card(adir)  # the model card's cosmos_ros section (README.md)
+    assert card["base_model"] == str(Path(setup["model"]).resolve()) and card["adapter"]["mode"] == mode
     assert card["dataset"]["num_train_clips"] == 16 and card["geometry"]["num_frames"] == 13
     assert {p.name for p in adir.iterdir()} >= {
         "adapter_config.json",
@@ -149,5 +149,62 @@ def test_bad_adapters_are_clear_errors(setup: dict[str, Any], tmp_path: Path) ->
     make_tiny_world_model(other, seed=1, with_text_encoder=False, transformer_overrides={"num_layers": 3})
     with pytest.raises(AdapterError, match="num_layers"):
         load_world_model(other, adir, load_vae=False)
-    with pytest.raises(AdapterError, match="no cosmos_ros_card"):
+    with pytest.raises(AdapterError, match="no adapter card"):
         load_world_model(setup["model"], tmp_path, load_vae=False)
+
+
+def _copy_dir(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_adapter_faults_nan_weights_pickled_base_and_base_path(
+    setup: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 17 item 4 and issue 16 item 9: an adapter with NaN weights is refused at load (it used to load
+    and serve black frames); a base model dir holding a pickle is refused by us, saying so (diffusers used
+    to load its safetensors beside it silently, or torch decided); the card stores the base as an absolute
+    path (a relative one failed from another folder), older cards with a relative path still load, and a
+    base that cannot be found names the path tried."""
+    from safetensors.torch import load_file, save_file
+
+    from cosmos_ros.model.adapters import CARD_NAME
+    from cosmos_ros.model.safe_files import PickleRefusedError
+
+    _train(setup, tmp_path, "lora", steps=1)
+    adir = tmp_path / "lora" / "adapter"
+    readme = (adir / "README.md").read_text()
+    assert readme.startswith("---\n") and "cosmos_ros:" in readme and not (adir / CARD_NAME).exists()
+
+    nan = _copy_dir(adir, tmp_path / "nan")
+    sd = load_file(str(nan / "adapter_model.safetensors"))
+    sd = {k: torch.full_like(v, float("nan")) for k, v in sd.items()}
+    save_file(sd, str(nan / "adapter_model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(AdapterError, match=r"non-finite \(NaN/inf\) weights.*diverged"):
+        load_world_model(setup["model"], nan, load_vae=False)
+
+    pickled_base = _copy_dir(setup["model"], tmp_path / "pickled_base")
+    torch.save({"w": torch.zeros(1)}, pickled_base / "transformer" / "diffusion_pytorch_model.bin")
+    with pytest.raises(PickleRefusedError, match=r"a pickle was refused.*safetensors only"):
+        load_world_model(pickled_base, adir, load_vae=False)
+
+    # an adapter of an older cosmos_ros: JSON card only, base path as typed in the trainer's folder
+    work = tmp_path / "work"
+    _copy_dir(setup["model"], work / "models" / "tiny")
+    old = _copy_dir(adir, work / "run" / "adapter")
+    card = read_card(adir)
+    card.pop("base_model_is_local")
+    card.pop("preprocessing")
+    card["base_model"] = "models/tiny"  # relative to `work`
+    (old / "README.md").write_text("---\nlibrary_name: peft\n---\n# an older card\n")
+    (old / CARD_NAME).write_text(json.dumps(card))
+    monkeypatch.chdir(tmp_path)  # the predictor starts in another folder
+    assert load_world_model(None, old, load_vae=False).action_dim == 3
+    card["base_model"] = "missing_base"
+    (old / CARD_NAME).write_text(json.dumps(card))
+    with pytest.raises(
+        OSError, match=rf"from the adapter card of .*tried local path {tmp_path}/missing_base"
+    ):
+        load_world_model(None, old, load_vae=False)

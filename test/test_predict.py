@@ -110,27 +110,31 @@ def test_candidate_batches() -> None:
     assert out.shape == (2, 4, 3) and np.array_equal(out[1], -GOOD)
 
 
-def test_image_conversion_and_its_errors() -> None:
+def test_request_images_decode_with_the_shared_module_and_name_the_field() -> None:
+    """Request frames go through cosmos_ros.images (the clip builder's decoder): every encoding it reads,
+    and its typed errors become RequestErrors that name the message field."""
+    from types import SimpleNamespace
+
     rgb = np.random.default_rng(0).integers(0, 255, (64, 80, 3), dtype=np.uint8)
-    assert np.array_equal(va.image_to_rgb(64, 80, "rgb8", 240, rgb.tobytes()), rgb)
-    assert np.array_equal(va.image_to_rgb(64, 80, "bgr8", 240, rgb[:, :, ::-1].tobytes()), rgb)
-    padded = np.concatenate([rgb.reshape(64, 240), np.zeros((64, 16), np.uint8)], axis=1)  # step > width*3
-    assert np.array_equal(va.image_to_rgb(64, 80, "rgb8", 256, padded.tobytes()), rgb)
-    mono = va.image_to_rgb(64, 80, "mono8", 80, rgb[:, :, 0].tobytes())
-    assert mono.shape == (64, 80, 3) and np.array_equal(mono[:, :, 2], rgb[:, :, 0])
+
+    def img(data: Any, encoding: str = "rgb8", step: int = 240, **kw: Any) -> Any:
+        fields = dict(height=64, width=80, encoding=encoding, step=step, is_bigendian=0, data=data)
+        fields.update(kw)
+        return SimpleNamespace(**fields)
+
+    assert np.array_equal(va.decode_frame(img(rgb.tobytes()), "f", "Image"), rgb)
+    bgra = np.concatenate([rgb[:, :, ::-1], np.full((64, 80, 1), 255, np.uint8)], axis=2)
+    assert np.array_equal(va.decode_frame(img(bgra.tobytes(), "bgra8", 320), "f", "Image"), rgb)
     cases = [
-        (dict(encoding="16UC1"), "image.encoding", "rgb8"),
-        (dict(height=0), "image", "non-empty"),
-        (dict(step=100), "image.step", "set step to 240"),
-        (dict(data=rgb.tobytes()[:-1]), "image.data", "step*height"),
-        (dict(expect_hw=(256, 320)), "image", "resize to 320x256"),
+        (img(rgb.tobytes(), "32FC1"), "f.encoding", "rgb8"),
+        (img(b"", height=0), "f", "non-empty"),
+        (img(rgb.tobytes(), step=100), "f.step", "set step to 240"),
+        (img(rgb.tobytes()[:-1]), "f.data", "step*height"),
     ]
-    for override, field, fix in cases:
-        kw = dict(height=64, width=80, encoding="rgb8", step=240, data=rgb.tobytes())
-        kw.update(override)
+    for msg, field, fix in cases:
         with pytest.raises(va.RequestError) as err:
-            va.image_to_rgb(**kw)
-        assert err.value.field == field and fix in str(err.value), (override, str(err.value))
+            va.decode_frame(msg, "f", "Image")
+        assert err.value.field == field and fix in str(err.value), (field, str(err.value))
 
 
 def test_sampling_defaults_and_ranges() -> None:
@@ -138,10 +142,13 @@ def test_sampling_defaults_and_ranges() -> None:
     assert p == DEFAULTS
     p = va.resolve_sampling(3, 2.5, 11, 1.5, DEFAULTS, LIMITS)
     assert p == va.SamplingParams(3, 2.5, 11, 1.5)
+    # negative guidance, -inf included, is the node default (as the .srv says); it used to be rejected
+    assert va.resolve_sampling(0, -math.inf, -1, 0.0, DEFAULTS, LIMITS) == DEFAULTS
     for args, field in [
         ((101, 0.0, 0, 0.0), "num_steps"),
         ((0, math.nan, 0, 0.0), "guidance_scale"),
         ((0, 99.0, 0, 0.0), "guidance_scale"),
+        ((0, math.inf, 0, 0.0), "guidance_scale"),
         ((0, 0.0, 0, -2.0), "timeout"),
         ((0, 0.0, 0, math.inf), "timeout"),
     ]:
@@ -151,6 +158,18 @@ def test_sampling_defaults_and_ranges() -> None:
     assert va.validate_prompt("", "move the arm", LIMITS) == "move the arm"
     with pytest.raises(va.RequestError, match="embed_prompts"):
         va.validate_prompt("dance", "move the arm", LIMITS)
+    # a 1 MB prompt is quoted cut short, with its length, not echoed whole
+    with pytest.raises(va.RequestError) as err:
+        va.validate_prompt("x" * 1_000_000, "move the arm", LIMITS)
+    assert len(str(err.value)) < 500 and "(1000000 characters)" in str(err.value)
+
+
+def test_step_duration_is_validated() -> None:
+    """inf used to fail after the model ran (INTERNAL_ERROR) and 1e12 to succeed with wrapped stamps."""
+    assert va.validate_step_duration(0.0) == 0.0 and va.validate_step_duration(0.25) == 0.25
+    for bad in (math.inf, math.nan, 1e12, -0.1):
+        with pytest.raises(va.RequestError, match=r"^actions\.step_duration: .*0 = the model's frame period"):
+            va.validate_step_duration(bad)
 
 
 # ------------------------------------------------------------------------------------------ worker
@@ -391,6 +410,31 @@ def test_core_reads_geometry_tokenizer_and_prompts_from_the_adapter(predictor: A
     targets = np.array([[[0.1, 0.2, 0.3], [0.2, 0.2, 0.3]]], np.float32)
     acts = p.absolute_to_actions(targets, ["joint3", "joint1", "joint2"], np.array([0.3, 0.0, 0.2]))
     assert np.allclose(acts, [[[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]]], atol=1e-6)
+
+
+def test_non_finite_latents_are_refused_not_decoded_to_black_frames(predictor: Any) -> None:
+    """Issue 17 item 4: weights that overflow at inference (finite at load) made NaN latents, which decoded
+    to black frames served as success; now the prediction fails naming the cause (the node answers
+    INTERNAL_ERROR with it)."""
+    import torch
+
+    from cosmos_ros.predict.core import NonFinitePrediction
+
+    emb = predictor.model.transformer.action_embedder
+    saved = {n: p.detach().clone() for n, p in emb.named_parameters()}
+    try:
+        with torch.no_grad():
+            for n, prm in emb.named_parameters():
+                if "fc2" in n:
+                    prm.fill_(float("inf"))
+        with pytest.raises(NonFinitePrediction, match=r"non-finite \(NaN/inf\) latent values in chunk 0"):
+            predictor.predict(
+                np.zeros((1, 64, 80, 3), np.uint8), np.full((1, 4, 3), 0.01, np.float32), num_steps=1
+            )
+    finally:
+        with torch.no_grad():
+            for n, prm in emb.named_parameters():
+                prm.copy_(saved[n])
 
 
 def _velocity_inputs(rows: int, seed: int) -> tuple[Any, Any, Any]:

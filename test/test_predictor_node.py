@@ -81,9 +81,20 @@ def served(predict_assets: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     # autostart:=false: the node waits in 'unconfigured'; it is configured and activated here through its
     # lifecycle services (what `ros2 lifecycle set` / a lifecycle manager does) and shut down the same way
-    params = predictor_params(tmp / "predictor.yaml", predict_assets, autostart=False)
+    # the predicted camera is the sim's jpeg CompressedImage stream (camera_transport auto: the topic ends
+    # in /compressed); the raw stream is subscribed as a second camera
+    params = predictor_params(
+        tmp / "predictor.yaml",
+        predict_assets,
+        autostart=False,
+        camera_topics=["/camera/image_raw/compressed", "/camera/image_raw"],
+    )
     procs = [
-        NodeProcess([str(installed_executable("sim_arm"))], env, tmp / "sim_arm.log"),
+        NodeProcess(
+            [str(installed_executable("sim_arm")), "--ros-args", "-p", "publish_compressed:=true"],
+            env,
+            tmp / "sim_arm.log",
+        ),
         NodeProcess(
             [str(installed_executable("predictor")), "--ros-args", "--params-file", str(params)],
             env,
@@ -185,13 +196,15 @@ def test_planner_client_process_uses_both_services_and_the_topic(served: dict[st
     assert pred["n_frames"] == 16 and pred["n_stamps"] == 16 and pred["action_steps"] == 16
     assert all(abs(d - 0.1) < 1e-3 for d in pred["stamp_steps"]), pred["stamp_steps"]
     assert pred["frame_shape"] == [[HEIGHT, WIDTH, "rgb8"]]
-    assert pred["camera_topic"] == "/camera/image_raw" and pred["adapter"].endswith("adapter")
+    # served end to end from the CompressedImage camera
+    assert pred["camera_topic"] == "/camera/image_raw/compressed" and pred["adapter"].endswith("adapter")
 
     assert res["topic"]["received"] >= 1 and res["topic"]["n_frames"] == 12
     assert res["topic"]["request_id"].startswith("planned-")
     assert set(res["latency_msgs"]) >= {"check_collision", "predict_future", "planned_actions"}
     log = served["predictor"].output()
     assert "check_collision client-check: batch 3" in log and "denoise" in log
+    assert "camera /camera/image_raw/compressed: CompressedImage on /camera/image_raw/compressed" in log
     served["ready"] = True
 
 
@@ -210,6 +223,11 @@ def _malformed_cases() -> list[tuple[str, str, Any, str]]:
             return req
 
         return build
+
+    def _with(msg: Any, **fields: Any) -> Any:
+        for k, v in fields.items():
+            setattr(msg, k, v)
+        return msg
 
     def cc(cands: list[Any]) -> Any:
         return lambda: CheckCollision.Request(candidates=cands, num_steps=1)
@@ -255,12 +273,10 @@ def _malformed_cases() -> list[tuple[str, str, Any, str]]:
             lambda: PredictFuture.Request(actions=action_msg(plan(25))),
             "actions.num_steps",
         ),
-        (
-            "context_wrong_size",
-            "pf",
-            pf(context_frames=[image_msg(np.zeros((32, 40, 3), np.uint8))]),
-            "context_frames[0]",
-        ),
+        ("step_duration_inf", "pf", pf(a_step_duration=math.inf), "actions.step_duration"),
+        ("step_duration_huge", "pf", pf(a_step_duration=1e12), "actions.step_duration"),
+        ("candidate_step_duration", "cc", cc([_with(action_msg(good), step_duration=-1.0)]), "candidates[0]"),
+        ("huge_prompt", "pf", pf(prompt="x" * 1_000_000), "prompt"),
         (
             "context_bad_encoding",
             "pf",
@@ -308,11 +324,21 @@ def test_malformed_requests_get_clean_errors_and_the_node_keeps_serving(served: 
         )
         resp = probe.call(srv, name, build(), timeout=30.0)
         if resp.success or resp.code != INVALID_REQUEST or not resp.message.startswith(field):
-            failures.append(f"{case_id}: success={resp.success} code={resp.code} message={resp.message!r}")
+            failures.append(
+                f"{case_id}: success={resp.success} code={resp.code} message={resp.message[:300]!r}"
+            )
+        if len(resp.message) > 2100:  # a 1 MB prompt is not echoed back whole
+            failures.append(f"{case_id}: message of {len(resp.message)} characters")
         if kind == "cc" and resp.results:
             failures.append(f"{case_id}: results returned on failure")
     assert not failures, "\n".join(failures)
     assert served["predictor"].alive()
+
+    # negative guidance, -inf included, means the node default (the .srv says so; it used to be rejected)
+    req = PredictFuture.Request(actions=action_msg(plan(4)), num_steps=1, guidance_scale=-math.inf)
+    resp = probe.call(PredictFuture, "/predictor/predict_future", req, timeout=120.0)
+    assert resp.success, resp.message
+    assert "x" * 1000 not in served["predictor"].output()  # nor is the huge prompt logged whole
 
     # still serving: a good request, with absolute joint targets (converted with the latest joint state)
     # and the dimensions named in another order (reordered to the adapter's)
@@ -503,7 +529,7 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
     from rclpy.lifecycle import TransitionCallbackReturn
     from rclpy.parameter import Parameter
 
-    from cosmos_ros.nodes.predictor_node import _make_node_class
+    from cosmos_ros.nodes.predictor_node import PredictorNode
 
     overrides = [
         Parameter("autostart", value=False),
@@ -513,7 +539,7 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
         Parameter("warmup", value=False),
         Parameter("collision_checker", value="no_such_checker"),
     ]
-    node = _make_node_class()(context=rclpy_context, parameter_overrides=overrides)
+    node = PredictorNode(context=rclpy_context, parameter_overrides=overrides)
     try:
         assert node.lifecycle_state() == (State.PRIMARY_STATE_UNCONFIGURED, "unconfigured")
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
@@ -535,9 +561,15 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
         assert not worker.alive
         assert not any(p in list(node.publishers) for p in pubs)
 
+        # an invalid camera topic fails configure (checked against the adapter card there), naming it
+        assert node.set_parameters([Parameter("camera_topics", value=["bad topic!"])])[0].successful
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "camera topic 'bad topic!' is not a valid ROS topic name" in node.last_error
+        assert node.set_parameters([Parameter("camera_topics", value=["/camera/image_raw"])])[0].successful
+
         # an exception in a transition (an invalid topic name at activate): on_error releases everything and
         # the node is back in unconfigured, ready for another configure
-        assert node.set_parameters([Parameter("camera_topics", value=["bad topic!"])])[0].successful
+        assert node.set_parameters([Parameter("planned_actions_topic", value="bad topic!")])[0].successful
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         worker = node.worker
         assert node.trigger_activate() == TransitionCallbackReturn.ERROR
@@ -561,3 +593,22 @@ def test_sigint_while_unconfigured_exits_cleanly(start_node: Any) -> None:
     proc.signal(signal.SIGINT)
     assert proc.wait(timeout=30) == 0, proc.output()[-2000:]
     assert "terminate called" not in proc.output() and "Traceback" not in proc.output()
+
+
+def test_planner_example_executes_no_plan_that_every_check_rejects() -> None:
+    """Issue 16 item 10: the example used to execute best_candidate even when every candidate collided
+    (best_candidate is then only the least bad one)."""
+    import importlib.util
+
+    from cosmos_ros.msg import CollisionResult
+    from cosmos_ros.srv import CheckCollision
+
+    spec = importlib.util.spec_from_file_location("planner_client", REPO / "examples" / "planner_client.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    resp = CheckCollision.Response(success=True, best_candidate=1)
+    resp.results = [CollisionResult(collision=True, score=0.9), CollisionResult(collision=True, score=0.5)]
+    assert example.plan_to_execute(resp) is None
+    resp.results[0].collision = False
+    resp.best_candidate = 0
+    assert example.plan_to_execute(resp) == 0

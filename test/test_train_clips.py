@@ -13,7 +13,7 @@ from helpers_train import shared_dir, tiny_model_dir
 
 from cosmos_ros.clips import cli as clips_cli
 from cosmos_ros.clips.dataset import ClipDataset
-from cosmos_ros.model.adapters import load_world_model
+from cosmos_ros.model.adapters import load_world_model, read_card
 from cosmos_ros.model.text_cache import PromptCache
 from cosmos_ros.model.text_cache import main as embed_main
 from cosmos_ros.train.cli import main as train_main
@@ -84,10 +84,13 @@ def test_train_cli_on_clips_dir(
         out / "latents" / "val.safetensors"
     ).is_file()
     assert (out / "previews" / "step-0000003.gif").is_file()
-    card = json.loads((out / "adapter" / "cosmos_ros_card.json").read_text())
+    card = read_card(out / "adapter")
     assert card["tokenizer"]["joint_names"] == JOINTS  # the action tokenizer travels with the adapter
     assert card["dataset"]["prompts"] == ["pick up the cube"] and card["prompt_cache"] == str(cache)
     assert card["action_conditioning"]["action_dim"] == train[0]["actions"].shape[-1]
+    # the clips' preprocessing spec travels with the adapter: the predictor fits frames as the clips were
+    assert card["preprocessing"] == json.loads((clips_dir / "clips.json").read_text())["preprocessing"]
+    assert card["preprocessing"]["fit"] == "crop" and card["preprocessing"]["camera_topics"]
     wm = load_world_model(None, out / "adapter", load_vae=False)
     assert wm.action_dim == train[0]["actions"].shape[-1]
 

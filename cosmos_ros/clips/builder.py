@@ -48,9 +48,10 @@ from cosmos_ros.clips.bags import (
     parse_header_stamp,
 )
 from cosmos_ros.clips.config import DEFAULT_PROMPT, ClipsConfig
-from cosmos_ros.clips.images import ImageError, decode_image, fit_image
 from cosmos_ros.clips.storage import FORMAT_VERSION, OutputError, ShardWriter, output_error, write_labels
 from cosmos_ros.clips.sync import NS, ClockJumpError, GridSelector, JointBuffer, TopicStats
+from cosmos_ros.images import ImageError, decode_image, fit_image
+from cosmos_ros.preprocessing import SPEC_KEY, PreprocessSpec
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
 
@@ -804,6 +805,9 @@ class ClipBuilder:
             "episodes": episodes,
             "shards": entries,
             "config": self.cfg.to_dict(),
+            # how frames and actions were made: the trainer copies it into the adapter card, the predictor
+            # applies it to live frames (cosmos_ros.preprocessing)
+            SPEC_KEY: PreprocessSpec.for_clips(self.cfg, self.tokenizer).to_dict(),
         }
         try:
             write_json_atomic(self.out / "clips.json", index)

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from cosmos_ros.clips.images import RESIZE_POLICIES
+from cosmos_ros.images import FIT_POLICIES as RESIZE_POLICIES
 from cosmos_ros.rotations import EULER_CONVENTIONS
 from cosmos_ros.tokens import DEFAULT_POSE_JOINTS, MODES
 

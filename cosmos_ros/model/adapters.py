@@ -11,10 +11,13 @@ An adapter directory (the contract in docs/ARCHITECTURE.md):
     adapter_model.safetensors         peft weights, keys `base_model.model.<module>.lora_A.weight`, ...
     transformer.safetensors           full mode only: every transformer weight
     action_conditioning.safetensors   action MLPs; metadata `config` = ActionEmbedder.config()
-    cosmos_ros_card.json              base model id/path, revision, transformer config, mode, dataset stats,
-                                      action tokenizer dict, clip geometry, prompt cache path
-    README.md                         the same card for humans
-Loading reads safetensors and JSON only; a pickle (`*.bin`, `*.pt`) in its place is refused.
+    README.md                         the adapter card (huggingface_hub.ModelCard): YAML card data with
+                                      a `cosmos_ros` section (base model as an absolute path or hub id,
+                                      revision, transformer config, mode, dataset stats, action tokenizer,
+                                      clip geometry, preprocessing spec, prompt cache path), then prose
+    cosmos_ros_card.json              the same section, in adapters written before the ModelCard: still read
+Loading reads safetensors, JSON and YAML only: a pickle (`*.bin`, `*.pt`) in its place is refused, and so
+are weights that are not finite (a diverged run), so that a broken adapter never serves black frames.
 """
 
 from __future__ import annotations
@@ -28,11 +31,14 @@ import torch
 from torch import nn
 
 from cosmos_ros.model.action_cond import ActionEmbedder
+from cosmos_ros.model.safe_files import PickleRefusedError, refuse_pickles
 from cosmos_ros.model.world_model import WorldModel
 
 DEFAULT_TARGET_MODULES = ["to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2"]
 MODES = ("lora", "dora", "full")
-CARD_NAME = "cosmos_ros_card.json"
+CARD_NAME = "cosmos_ros_card.json"  # the card of adapters written before the ModelCard (read only)
+MODEL_CARD_NAME = "README.md"
+CARD_SECTION = "cosmos_ros"  # the machine-readable part of the model card's data
 PEFT_PREFIX = "base_model.model."
 
 
@@ -124,6 +130,13 @@ def adapter_state_dict(wm: WorldModel, cfg: AdapterConfig) -> dict[str, torch.Te
     return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(base).items()}
 
 
+def resolvable_base(base: str) -> str:
+    """What a card stores for a base model: the absolute path of a local directory (a relative path would
+    resolve against whatever folder the predictor is started from), the hub id otherwise."""
+    p = Path(base).expanduser()
+    return str(p.resolve()) if p.exists() else str(base)
+
+
 def save_adapter(
     wm: WorldModel,
     out_dir: str | Path,
@@ -133,12 +146,13 @@ def save_adapter(
     """Write the adapter directory (module docstring) for `wm` trained with `cfg`; return its path."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    base = resolvable_base(wm.source.base)
     sd = adapter_state_dict(wm, cfg)
     if cfg.mode == "full":
         _safe_save(sd, out / "transformer.safetensors", {"format": "pt"})
     else:
         lc = cfg.lora_config()
-        lc.base_model_name_or_path = wm.source.base
+        lc.base_model_name_or_path = base
         lc.revision = wm.source.revision
         lc.save_pretrained(str(out))
         _safe_save(sd, out / "adapter_model.safetensors", {"format": "pt"})
@@ -151,27 +165,36 @@ def save_adapter(
         )
     full_card = {
         "format": "cosmos_ros.adapter/1",
-        "base_model": wm.source.base,
+        "base_model": base,
+        "base_model_is_local": Path(base).is_absolute(),
         "revision": wm.source.revision,
         "transformer_config": wm.source.transformer_config,
         "adapter": asdict(cfg),
         "action_conditioning": None if emb is None else emb.config(),
         **(card or {}),
     }
-    (out / CARD_NAME).write_text(json.dumps(full_card, indent=1, default=str))
-    (out / "README.md").write_text(_model_card_markdown(full_card))
+    model_card(full_card).save(out / MODEL_CARD_NAME)
     return out
+
+
+def model_card(card: dict[str, Any]) -> Any:
+    """The adapter's ``huggingface_hub.ModelCard``: card data (``library_name``, ``base_model`` when it is a
+    hub id, tags, and the whole cosmos_ros card under ``cosmos_ros``), then a short description."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    plain = json.loads(json.dumps(card, default=str))  # YAML-safe: tuples, paths, numpy scalars -> JSON types
+    data = ModelCardData(
+        library_name="peft",
+        base_model=None if card.get("base_model_is_local") else card["base_model"],
+        tags=["cosmos", "world-model", "robotics", str(card["adapter"]["mode"])],
+        **{CARD_SECTION: plain},
+    )
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n{_model_card_markdown(card)}")
 
 
 def _model_card_markdown(card: dict[str, Any]) -> str:
     ad = card["adapter"]
     lines = [
-        "---",
-        "library_name: peft",
-        f"base_model: {card['base_model']}",
-        "tags: [cosmos, world-model, robotics, lora]",
-        "---",
-        "",
         "# cosmos_ros adapter",
         "",
         f"- Base model: `{card['base_model']}` (revision `{card.get('revision')}`)",
@@ -183,7 +206,7 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
         ),
         f"- Action conditioning: {card.get('action_conditioning')}",
     ]
-    for key in ("dataset", "geometry", "training", "prompt_cache"):
+    for key in ("dataset", "geometry", "preprocessing", "training", "prompt_cache"):
         if key in card:
             lines.append(f"- {key.capitalize()}: `{json.dumps(card[key], default=str)[:2000]}`")
     lines += [
@@ -195,27 +218,52 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a cosmos_ros adapter card (model card or the older JSON card)."""
+    d = Path(path)
+    return (d / CARD_NAME).is_file() or _model_card_section(d) is not None
+
+
+def _model_card_section(d: Path) -> dict[str, Any] | None:
+    """The cosmos_ros section of ``d/README.md``'s card data; None when there is none (an older adapter's
+    README, or no README)."""
+    readme = d / MODEL_CARD_NAME
+    if not readme.is_file():
+        return None
+    from huggingface_hub import ModelCard
+
+    try:
+        section = ModelCard.load(readme).data.to_dict().get(CARD_SECTION)
+    except Exception as e:  # YAML errors and the like: the card data cannot be read
+        raise AdapterError(f"{readme} has card data that cannot be read ({e}); re-save the adapter") from e
+    return section if isinstance(section, dict) else None
+
+
 def read_card(adapter_dir: str | Path) -> dict[str, Any]:
-    """The adapter's card; AdapterError when the directory is not a cosmos_ros adapter."""
+    """The adapter's card (the model card's cosmos_ros section; for older adapters cosmos_ros_card.json);
+    AdapterError when the directory is not a cosmos_ros adapter."""
     d = Path(adapter_dir)
     if not d.is_dir():
         raise AdapterError(f"adapter directory {d} does not exist")
-    pickles = [p.name for p in d.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".pkl", ".ckpt")]
-    if pickles:
-        raise AdapterError(
-            f"adapter directory {d} holds pickle files {pickles}; cosmos_ros loads safetensors "
-            f"only (pickles can run code). Re-save the adapter with safetensors."
-        )
     try:
-        card = json.loads((d / CARD_NAME).read_text())
-    except FileNotFoundError:
-        raise AdapterError(
-            f"{d} has no {CARD_NAME}: not an adapter written by the cosmos_ros trainer"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise AdapterError(f"{d / CARD_NAME} is corrupt ({e}); re-save the adapter") from e
+        refuse_pickles(d, "adapter directory", depth=1)
+    except PickleRefusedError as e:
+        raise AdapterError(str(e)) from None
+    card = _model_card_section(d)
+    source = d / MODEL_CARD_NAME
+    if card is None:
+        source = d / CARD_NAME
+        try:
+            card = json.loads(source.read_text())
+        except FileNotFoundError:
+            raise AdapterError(
+                f"{d} has no adapter card ({MODEL_CARD_NAME} with a {CARD_SECTION} section, or the older "
+                f"{CARD_NAME}): not an adapter written by the cosmos_ros trainer"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise AdapterError(f"{source} is corrupt ({e}); re-save the adapter") from e
     if not isinstance(card, dict) or "adapter" not in card or "transformer_config" not in card:
-        raise AdapterError(f"{d / CARD_NAME} lacks 'adapter'/'transformer_config'; re-save the adapter")
+        raise AdapterError(f"{source} lacks 'adapter'/'transformer_config'; re-save the adapter")
     return card
 
 
@@ -227,11 +275,32 @@ def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            return {k: f.get_tensor(k) for k in f.keys()}, meta  # noqa: SIM118 - safe_open is no dict
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
     except Exception as e:  # SafetensorError and friends for truncated / garbled files
         raise AdapterError(
             f"adapter file {path} is corrupt or not safetensors ({e}); re-save or re-download the adapter"
         ) from e
+    _require_finite(tensors, path)
+    return tensors, meta
+
+
+def _require_finite(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """AdapterError for NaN/inf weights: such an adapter makes NaN latents, which decode to black frames
+    that would be served as success."""
+    bad = {}
+    for key, t in tensors.items():
+        if t.is_floating_point():
+            n = int(t.numel() - torch.isfinite(t).sum())
+            if n:
+                bad[key] = n
+    if bad:
+        total = sum(bad.values())
+        first = ", ".join(f"{k} ({n})" for k, n in list(bad.items())[:3])
+        raise AdapterError(
+            f"adapter file {path} holds {total} non-finite (NaN/inf) weights in {len(bad)} tensor(s), e.g. "
+            f"{first}: the training run diverged. Use an earlier checkpoint or retrain with a lower learning "
+            "rate"
+        )
 
 
 def check_base_matches(card: dict[str, Any], wm: WorldModel, adapter_dir: Path) -> None:
@@ -299,6 +368,25 @@ def load_adapter(wm: WorldModel, adapter_dir: str | Path, merge: bool = False) -
     return card
 
 
+def card_base_model(card: dict[str, Any], adapter_dir: Path) -> str:
+    """The base model an adapter card names, as something that resolves from any working directory.
+
+    Cards store an absolute path (or a hub id); older cards stored the path as typed, relative to the
+    trainer's working directory: it is tried as given, then next to the adapter directory."""
+    base = str(card.get("base_model") or "")
+    if not base or Path(base).is_absolute() or Path(base).exists():
+        return base
+    for root in (adapter_dir, adapter_dir.parent, adapter_dir.parent.parent):
+        if (root / base).is_dir():
+            return str((root / base).resolve())
+    if card.get("base_model_is_local"):
+        raise OSError(
+            f"the adapter card of {adapter_dir} names the local base model {base!r}, which does not exist "
+            f"(tried {Path(base).resolve()}); pass base_model explicitly"
+        )
+    return base
+
+
 def merge_adapters(module: nn.Module) -> int:
     """Merge every peft layer into its base weight and put the plain layer back; returns how many."""
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -328,15 +416,27 @@ def load_world_model(
     no peft layers left), `merge=False` keeps them separate.
     """
     card = read_card(adapter_dir) if adapter_dir is not None else None
+    origin = "parameter base_model"
     if base is None:
         if card is None:
             raise ValueError("load_world_model needs a base model or an adapter directory")
-        base = card["base_model"]
+        base = card_base_model(card, Path(adapter_dir))  # type: ignore[arg-type]
+        origin = f"the adapter card of {adapter_dir}"
     if card is not None and revision is None and card.get("revision") and not Path(str(base)).exists():
         revision = card["revision"]
-    wm = WorldModel.from_pretrained(
-        base, revision=revision, action_dim=None, load_vae=load_vae, device=device, dtype=dtype
-    )
+    try:
+        wm = WorldModel.from_pretrained(
+            base, revision=revision, action_dim=None, load_vae=load_vae, device=device, dtype=dtype
+        )
+    except PickleRefusedError:
+        raise
+    except (OSError, ValueError) as e:
+        local = Path(str(base)).expanduser().resolve()
+        tried = f"local path {local}" + ("" if Path(str(base)).is_absolute() else f" and hub id {base!r}")
+        raise OSError(
+            f"base model {base!r} (from {origin}) could not be loaded; tried {tried}: {e}. Pass the base "
+            "model directory or hub id explicitly (predictor parameter base_model)"
+        ) from e
     if adapter_dir is not None:
         load_adapter(wm, adapter_dir, merge=merge)
     return wm.eval()

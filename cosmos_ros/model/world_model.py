@@ -174,6 +174,8 @@ class WorldModel(nn.Module):
         """
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
 
+        from cosmos_ros.model.safe_files import refuse_pickles
+
         base = str(base)
         rev = _revision_for(base, revision)
         if not Path(base).exists() and "/" not in base:
@@ -181,12 +183,15 @@ class WorldModel(nn.Module):
                 f"base model {base!r} is neither a local directory nor a hub id "
                 f"(owner/name); use e.g. {BASE_MODEL_ID} or make_tiny_world_model(path)"
             )
+        refuse_pickles(base, "base model")  # local dirs; use_safetensors keeps the hub's pickles away
         transformer = CosmosTransformer3DModel.from_pretrained(
-            base, subfolder="transformer", revision=rev, torch_dtype=dtype
+            base, subfolder="transformer", revision=rev, torch_dtype=dtype, use_safetensors=True
         )
         vae = None
         if load_vae:
-            vae = AutoencoderKLWan.from_pretrained(base, subfolder="vae", revision=rev, torch_dtype=dtype)
+            vae = AutoencoderKLWan.from_pretrained(
+                base, subfolder="vae", revision=rev, torch_dtype=dtype, use_safetensors=True
+            )
             vae_cfg = dict(vae.config)
         else:
             vae_cfg = AutoencoderKLWan.load_config(base, subfolder="vae", revision=rev)

@@ -30,6 +30,83 @@ def parameter_names(table: Sequence[Param]) -> set[str]:
     return {p.name for p in table}
 
 
+# The predictor node's parameters (cosmos_ros.nodes.predictor_node; config/predictor.yaml).
+PREDICTOR_PARAMETERS: tuple[Param, ...] = (
+    Param(
+        "autostart",
+        True,
+        "Configure and activate at start; false = wait in 'unconfigured' for a lifecycle manager.",
+        read_only=True,
+    ),
+    Param("base_model", "", "Base world model: local directory or hub id (empty = the adapter card's base)."),
+    Param("base_revision", "", "Hub revision of base_model (empty = default / the card's)."),
+    Param("adapter", "", "Adapter directory written by the trainer (empty = base model, no actions)."),
+    Param("merge_adapter", True, "Merge LoRA weights into the base for faster inference."),
+    Param("device", "auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N."),
+    Param(
+        "dtype",
+        "auto",
+        "Weights dtype: auto = bfloat16 on GPU, float32 on CPU.",
+        choices=("auto", "float32", "bfloat16", "float16"),
+    ),
+    Param("compile", False, "torch.compile each transformer block (GPU; slower start, faster steps)."),
+    Param("fp8", False, "FP8 matmuls for the transformer's linear layers (Ada/Hopper GPUs or newer)."),
+    Param("action_dim", 0, "Action dimension when no adapter is loaded (0 = from the adapter).", (0, 1024)),
+    Param(
+        "height",
+        0,
+        "Frame height (0 = the adapter card's, else the model default; an adapter serves only its own).",
+        (0, 4096),
+    ),
+    Param("width", 0, "Frame width override (0 = the adapter card's, else the model default).", (0, 4096)),
+    Param(
+        "camera_topics",
+        ["/camera/image_raw"],
+        "Camera topics; predictions are for the first, which must be one the adapter was trained on "
+        "(its card's preprocessing spec; remap a renamed camera to it).",
+    ),
+    Param(
+        "camera_transport",
+        "auto",
+        "raw: sensor_msgs/Image; compressed: sensor_msgs/CompressedImage on '<topic>/compressed' "
+        "(image_transport's name; a topic already ending in /compressed is taken as is); auto: compressed "
+        "when the topic ends in /compressed, else raw.",
+        choices=("auto", "raw", "compressed"),
+    ),
+    Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState topic (converts absolute plans)."),
+    Param("planned_actions_topic", "~/planned_actions", "ActionSequence input topic."),
+    Param("predicted_frames_topic", "~/predicted_frames", "PredictedFrames output topic."),
+    Param("latency_topic", "~/latency", "StageLatency output topic."),
+    Param("prompt", "", "Default task prompt (empty = the adapter's first training prompt)."),
+    Param("num_steps", 10, "Default denoising steps.", (1, 200)),
+    Param(
+        "guidance", 0.0, "Default classifier-free guidance (0 = off, as NVIDIA's action model).", (0.0, 20.0)
+    ),
+    Param("seed", 0, "Default noise seed.", (0, 2**31 - 1)),
+    Param("timeout", 60.0, "Default per-request deadline [s].", (0.01, 3600.0)),
+    Param(
+        "max_horizon", 48, "Longest accepted plan (actions); beyond one clip it runs in chunks.", (1, 1000)
+    ),
+    Param("max_candidates", 16, "Largest accepted CheckCollision batch.", (1, 1024)),
+    Param("batch_size", 8, "Candidates per model call (memory bound); larger requests are split.", (1, 1024)),
+    Param(
+        "queue_size", 4, "Requests waiting for the model besides the running one; more get BUSY.", (1, 256)
+    ),
+    Param("warmup", True, "Run one prediction at start so the first request does not pay for it."),
+    Param("collision_checker", "keepout", "Checker: 'keepout', an entry-point name, or 'module:Class'."),
+    Param("checker_params_file", "", "YAML mapping of keyword options for a plugin checker."),
+    Param(
+        "keepout_regions",
+        [""],
+        "Keep-out boxes 'name:x0,y0,x1,y1' in normalised image coordinates of the predicted camera "
+        "(keepout checker); [''] = none: nothing is checked, which the node says at start and in every "
+        "check_collision answer. The sim arm's: ['table_edge:0.0,0.85,1.0,1.0'].",
+    ),
+    Param("pixel_threshold", 40.0, "Colour change that counts as changed (keepout checker).", (1.0, 254.0)),
+    Param("area_threshold", 0.05, "Changed fraction of a region that counts as entering it.", (0.001, 1.0)),
+)
+
+
 def _descriptor(p: Param) -> Any:
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 

@@ -38,12 +38,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosmos_ros.images import fit_image
 from cosmos_ros.predict.validation import (
     KIND_JOINT_POSITION,
     KIND_JOINT_POSITION_DELTA,
     KIND_JOINT_VELOCITY,
     RequestLimits,
 )
+from cosmos_ros.preprocessing import PreprocessSpec
 
 LOG = logging.getLogger(__name__)
 MODE_TO_KIND = {
@@ -51,6 +53,21 @@ MODE_TO_KIND = {
     "absolute": KIND_JOINT_POSITION,
     "velocity": KIND_JOINT_VELOCITY,
 }
+
+
+class NonFinitePrediction(RuntimeError):
+    """The model produced NaN/inf latents: decoded, they would be black frames served as a prediction."""
+
+
+def require_finite(latents: torch.Tensor, chunk: int) -> None:
+    """NonFinitePrediction when the denoised ``latents`` of chunk ``chunk`` hold NaN or inf."""
+    if not bool(torch.isfinite(latents).all()):
+        n = int(latents.numel() - torch.isfinite(latents).sum())
+        raise NonFinitePrediction(
+            f"the model produced {n} non-finite (NaN/inf) latent values in chunk {chunk}: the weights "
+            "(adapter) or the inputs overflow; no frames were produced. Check the adapter (retrain or use an "
+            "earlier checkpoint) and the action scale"
+        )
 
 
 FP8_SCALINGS = ("rowwise", "epilogue")
@@ -571,6 +588,7 @@ class Predictor:
         optimize: OptimizeOptions | None = None,
         action_dim: int | None = None,
         card: dict[str, Any] | None = None,
+        spec: PreprocessSpec | None = None,
     ) -> None:
         from cosmos_ros.model.world_model import latent_frames
 
@@ -579,6 +597,9 @@ class Predictor:
         self.prompt_cache = prompt_cache
         self.card = dict(card or {})
         self.height, self.width = int(height), int(width)
+        # how frames become model input (cosmos_ros.preprocessing): the adapter's clips' spec at the size
+        # served; without an adapter, the clip builder's default fit
+        self.spec = (spec or PreprocessSpec(fps=float(fps))).with_size(self.height, self.width)
         self.num_frames = int(num_frames)
         self.num_context_frames = int(num_context_frames)
         self.fps = float(fps)
@@ -675,13 +696,13 @@ class Predictor:
         card: dict[str, Any] = {}
         tokenizer = None
         if adapter:
-            from cosmos_ros.model.adapters import load_world_model, read_card
+            from cosmos_ros.model.adapters import card_base_model, load_world_model, read_card
 
             card = read_card(adapter)  # AdapterError naming the problem for a missing/corrupt directory
             model = load_world_model(
                 base or None, adapter, merge=merge, device=dev, dtype=tdtype, revision=revision
             )
-            base = base or str(card.get("base_model", ""))
+            base = base or card_base_model(card, Path(adapter))
             if card.get("tokenizer"):
                 from cosmos_ros.tokens import ActionTokenizer
 
@@ -691,12 +712,13 @@ class Predictor:
                 base, revision=revision, action_dim=action_dim, device=dev, dtype=tdtype
             )
         geo = card.get("geometry") or {}
+        spec = PreprocessSpec.from_card(card) if card else None  # logs the default for older cards
         is_tiny = (Path(base) / "model_index.json").is_file() and json.loads(
             (Path(base) / "model_index.json").read_text()
         ).get("cosmos_ros_tiny", False)
         default_hw = TINY_FRAME_SIZE if is_tiny else (256, 320)
-        h = int(height or geo.get("height") or default_hw[0])
-        w = int(width or geo.get("width") or default_hw[1])
+        h = int(height or (spec.height if spec else 0) or default_hw[0])
+        w = int(width or (spec.width if spec else 0) or default_hw[1])
         nf = int(num_frames or geo.get("num_frames") or 13)
         ncf = 4 * (int(geo.get("num_cond_latent_frames") or 1) - 1) + 1  # causal VAE: 1 + 4k pixel frames
         fps = float(tokenizer.fps if tokenizer is not None else 10.0)
@@ -721,6 +743,7 @@ class Predictor:
             optimize=optimize,
             action_dim=action_dim,
             card=card,
+            spec=spec,
         )
 
     # ------------------------------------------------------------------ metadata
@@ -764,6 +787,12 @@ class Predictor:
             max_candidates=max_candidates,
             known_prompts=tuple(self.prompts),
         )
+
+    # ------------------------------------------------------------------ frames
+    def fit_frame(self, rgb: np.ndarray) -> np.ndarray:
+        """A decoded camera frame (uint8 RGB, any size) -> the model's input size, with the fit policy the
+        training clips were built with (``cosmos_ros.images.fit_image``, as the clip builder calls it)."""
+        return fit_image(rgb, self.width, self.height, self.spec.fit)
 
     # ------------------------------------------------------------------ actions
     def absolute_to_actions(
@@ -879,6 +908,7 @@ class Predictor:
             with ctx.stage("denoise"):
                 latents = self._denoise(cond, chunk, embeds, text_kv, num_steps, guidance, seed + k, ctx)
                 _sync(self.device)
+            require_finite(latents, k)
             with ctx.stage("decode"):
                 # chunk 0: every candidate starts from the same context latents, decoded once
                 shared = self.optimize.vae_shared_context and cond.shape[0] == 1 and latents.shape[0] > 1

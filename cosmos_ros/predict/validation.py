@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from cosmos_ros.images import ImageError, decode_image
 
 # Mirrors cosmos_ros/msg/ActionSequence.msg KIND_* (kept here so the core stays ROS-free).
 KIND_JOINT_POSITION_DELTA = 0
@@ -24,7 +27,10 @@ KIND_NAMES = {
     KIND_JOINT_POSITION: "joint_position",
     KIND_JOINT_VELOCITY: "joint_velocity",
 }
-SUPPORTED_ENCODINGS = ("rgb8", "bgr8", "mono8")
+# Longest accepted time between two actions [s]: horizon x this stays far inside a ROS Time's range.
+MAX_STEP_DURATION = 3600.0
+# Characters of a request's text (a prompt) quoted back in messages and logs.
+MAX_ECHO_CHARS = 80
 
 
 class RequestError(ValueError):
@@ -213,54 +219,34 @@ def validate_candidates(candidates: Sequence[ActionFields], limits: RequestLimit
     return np.stack(out)
 
 
-def image_to_rgb(
-    height: int,
-    width: int,
-    encoding: str,
-    step: int,
-    data: bytes | bytearray | memoryview | np.ndarray,
-    field_name: str = "image",
-    expect_hw: tuple[int, int] | None = None,
-) -> np.ndarray:
-    """Convert a sensor_msgs/Image's fields to RGB uint8 [H, W, 3] (copy), or raise RequestError.
+def decode_frame(msg: Any, field_name: str, msgtype: str = "") -> np.ndarray:
+    """A request's Image / CompressedImage -> uint8 RGB [H, W, 3], decoded by the one image module the clip
+    builder uses (``cosmos_ros.images``); its typed errors become a RequestError naming the field."""
+    try:
+        return decode_image(msg, msgtype)
+    except ImageError as exc:
+        name = f"{field_name}.{exc.attribute}" if exc.attribute else field_name
+        raise RequestError(name, exc.problem, exc.fix) from None
 
-    cv_bridge is not available everywhere this runs (and pulls OpenCV's ROS build in); the three encodings a
-    camera driver commonly publishes are handled with numpy views instead.
-    """
-    enc = encoding.lower()
-    if enc not in SUPPORTED_ENCODINGS:
+
+def validate_step_duration(step_duration: float, field_name: str = "actions.step_duration") -> float:
+    """Seconds between actions: 0 = the model's frame period; else finite, positive and at most
+    MAX_STEP_DURATION (a larger value would put the predicted stamps beyond what a ROS Time holds)."""
+    if not math.isfinite(step_duration) or step_duration < 0 or step_duration > MAX_STEP_DURATION:
         raise RequestError(
-            f"{field_name}.encoding",
-            f"unsupported encoding {encoding!r}",
-            f"send one of {', '.join(SUPPORTED_ENCODINGS)}",
+            field_name,
+            f"step_duration {step_duration} s is outside 0..{MAX_STEP_DURATION:g} s",
+            "send the time between actions in seconds (0 = the model's frame period)",
         )
-    if height <= 0 or width <= 0:
-        raise RequestError(f"{field_name}", f"empty image {width}x{height}", "send a non-empty image")
-    if expect_hw is not None and (height, width) != tuple(expect_hw):
-        raise RequestError(
-            f"{field_name}",
-            f"size {width}x{height} (WxH) does not match the model's {expect_hw[1]}x{expect_hw[0]}",
-            f"resize to {expect_hw[1]}x{expect_hw[0]} or leave context_frames empty to use the node's camera",
-        )
-    channels = 1 if enc == "mono8" else 3
-    row = width * channels
-    if step < row:
-        raise RequestError(f"{field_name}.step", f"step {step} < width*channels {row}", f"set step to {row}")
-    buf = np.frombuffer(
-        memoryview(data).cast("B") if not isinstance(data, np.ndarray) else data.tobytes(), np.uint8
-    )
-    if buf.size != step * height:
-        raise RequestError(
-            f"{field_name}.data",
-            f"{buf.size} bytes but step*height = {step * height}",
-            "send step*height bytes",
-        )
-    img = buf.reshape(height, step)[:, :row].reshape(height, width, channels)
-    if enc == "mono8":
-        return np.repeat(img, 3, axis=2)
-    if enc == "bgr8":
-        return np.ascontiguousarray(img[:, :, ::-1])
-    return img.copy()
+    return float(step_duration)
+
+
+def shorten(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``repr(text)``, cut to ``limit`` characters with its full length: a 1 MB prompt must not be echoed
+    whole into responses and logs."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
 
 
 def resolve_sampling(
@@ -278,9 +264,9 @@ def resolve_sampling(
             f"{num_steps} denoising steps is outside 0..{limits.max_denoise_steps}",
             f"use 1..{limits.max_denoise_steps} (0 = node default {defaults.num_steps})",
         )
-    if not math.isfinite(guidance):
+    if math.isnan(guidance):
         raise RequestError(
-            "guidance_scale", f"guidance {guidance} is not finite", "use a finite number (0 = off)"
+            "guidance_scale", "guidance is NaN", "use a number (0 = off, negative = node default)"
         )
     if guidance > limits.max_guidance:
         raise RequestError(
@@ -310,7 +296,7 @@ def validate_prompt(prompt: str, default: str, limits: RequestLimits) -> str:
         shown = ", ".join(repr(p) for p in limits.known_prompts[:5])
         raise RequestError(
             "prompt",
-            f"prompt {prompt!r} is not in the prompt-embedding cache",
+            f"prompt {shorten(prompt)} is not in the prompt-embedding cache",
             f"use a cached prompt ({shown}) or add it with `ros2 run cosmos_ros embed_prompts`",
         )
     return prompt

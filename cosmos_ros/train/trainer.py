@@ -946,5 +946,30 @@ class Trainer:
                 "optim": vars(self.cfg.optim),
             },
             "prompt_cache": str(self.prompts.path) if self.prompts.path else None,
+            "preprocessing": self._preprocessing_spec(),
         }
         return save_adapter(wm, self.out / "adapter", self.adapter_cfg, card)
+
+    def _preprocessing_spec(self) -> dict[str, Any]:
+        """The clips' preprocessing spec (cosmos_ros.preprocessing) for the adapter card, so the predictor
+        serves frames as the clips were made: from clips.json when training on built clips, else (a dataset
+        in memory) the latents' size and the tokenizer, with the default fit and the cameras unknown."""
+        from cosmos_ros.preprocessing import PreprocessSpec
+
+        index = getattr(self._train_ds, "meta", None)
+        if (
+            index is None
+            and self.cfg.data.clips_dir
+            and (Path(self.cfg.data.clips_dir) / "clips.json").is_file()
+        ):
+            index = json.loads((Path(self.cfg.data.clips_dir) / "clips.json").read_text())
+        if isinstance(index, dict) and "height" in index:
+            return PreprocessSpec.from_clips_index(index, self.tokenizer_dict).to_dict()
+        tok = self.tokenizer_dict or {}
+        return PreprocessSpec(
+            height=int(self.train_set.latents.shape[3]) * 8,
+            width=int(self.train_set.latents.shape[4]) * 8,
+            fps=float(tok.get("fps") or 10.0),
+            action_mode=str(tok.get("mode") or "delta"),
+            tokenizer=self.tokenizer_dict,
+        ).to_dict()
