@@ -1,4 +1,4 @@
-"""The inference speed-ups (cosmos_ros.model.inference_speedups) on CPU: each option on = the plain diffusers path.
+"""Inference speed-ups (cosmos_ros.model.inference_speedups) on CPU: each option on = the plain path.
 
 A tiny random Cosmos transformer (same diffusers class) with action MLPs. A batch of candidates stacked
 with their unconditional twins (CFG's all-zero prompt) runs several denoising "steps" (new latents and

@@ -1,4 +1,4 @@
-"""Attention processors for the diffusers `CosmosTransformer3DModel` (installed with `Attention.set_processor`).
+"""Attention processors for the diffusers `CosmosTransformer3DModel` (set with `Attention.set_processor`).
 
 diffusers extends a model's attention by swapping the processor of an `Attention` module; the block's forward
 stays diffusers' own. Both processors here compute what diffusers' `CosmosAttnProcessor2_0` computes (same
@@ -164,7 +164,9 @@ def prepare_text_state(attn: nn.Module, text: torch.Tensor, constant_prompt_shor
     p = text.shape[0]
     n_const = 0
     if constant_prompt_shortcut:
-        while n_const < p and torch.equal(text[p - 1 - n_const], text[p - 1 - n_const, :1].expand_as(text[0])):
+        while n_const < p and torch.equal(
+            text[p - 1 - n_const], text[p - 1 - n_const, :1].expand_as(text[0])
+        ):
             n_const += 1
     attend = text[: p - n_const]
     k = attn.norm_k(_heads(attn, attn.to_k(attend))).contiguous()

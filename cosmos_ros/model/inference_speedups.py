@@ -289,7 +289,9 @@ def uses_grouped_prompts(transformer: nn.Module) -> bool:
     return all(isinstance(b.attn2.processor, GroupedPromptCrossAttnProcessor) for b in tr.transformer_blocks)
 
 
-def accelerate_for_inference(transformer: nn.Module, options: OptimizeOptions | None = None) -> InferenceHandle:
+def accelerate_for_inference(
+    transformer: nn.Module, options: OptimizeOptions | None = None
+) -> InferenceHandle:
     """Install the options (module docstring) on the Cosmos transformer inside `transformer`, in place.
 
     For a model that will only run inference. Idempotent for equal options; a model accelerated with other
@@ -326,7 +328,11 @@ def accelerate_for_inference(transformer: nn.Module, options: OptimizeOptions | 
             fuse_qkv_projections,
         )
 
-        sdpa = eager_cudnn_sdpa if opts.attention == "cudnn_eager" else torch.nn.functional.scaled_dot_product_attention
+        sdpa = (
+            eager_cudnn_sdpa
+            if opts.attention == "cudnn_eager"
+            else torch.nn.functional.scaled_dot_product_attention
+        )
         # 2. attention processors (and the fused q/k/v layer they use)
         for block in blocks:
             if opts.fuse_qkv and fuse_qkv_projections(block.attn1):
@@ -338,7 +344,9 @@ def accelerate_for_inference(transformer: nn.Module, options: OptimizeOptions | 
         if opts.frame_modulation:
             handle.frame_modulation = enable_frame_modulation(tr)
         if opts.text_cache and cfg.use_crossattn_projection:
-            hook = _hook_classes()["PromptTextCacheHook"]([b.attn2 for b in blocks], opts.constant_prompt_shortcut)
+            hook = _hook_classes()["PromptTextCacheHook"](
+                [b.attn2 for b in blocks], opts.constant_prompt_shortcut
+            )
             _register(tr.crossattn_proj, hook, "cosmos_ros_text_cache")
             handle.text_cache = hook
             handle.hooks.append("text_cache")

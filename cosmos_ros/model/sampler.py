@@ -22,9 +22,7 @@ import torch
 from torch import nn
 
 
-def _prompt_rows(
-    cond: torch.Tensor, uncond: torch.Tensor | None, rows: int, grouped: bool
-) -> torch.Tensor:
+def _prompt_rows(cond: torch.Tensor, uncond: torch.Tensor | None, rows: int, grouped: bool) -> torch.Tensor:
     """The text input for `rows` candidate rows (+ as many unconditional rows when `uncond` is given).
 
     cond/uncond: [1 or rows, L, C]. Grouped: the distinct prompts only (P = 1, 2, rows or 2*rows);
@@ -90,7 +88,9 @@ def sample_latents(
     reps = 2 if cfg else 1
     uncond = None
     if cfg:
-        uncond = negative_prompt_embeds if negative_prompt_embeds is not None else torch.zeros_like(prompt_embeds)
+        uncond = (
+            negative_prompt_embeds if negative_prompt_embeds is not None else torch.zeros_like(prompt_embeds)
+        )
     grouped = uses_grouped_prompts(module if module is not None else model.transformer)
     tdtype = model.transformer.dtype  # once here: a per-step cast would defeat the per-request text cache
     text = _prompt_rows(
