@@ -148,8 +148,12 @@ class GroupedPromptCrossAttnProcessor:
                 o = self.sdpa(qf, k, v).view(pa, hd, g, sq, dh).transpose(1, 2).reshape(ba, hd, sq, dh)
             parts.append(attn.to_out[1](attn.to_out[0](_merge_heads(o, q))))
         if n_const:
+            # one output row per constant prompt, broadcast over its rows and tokens by an expand: a
+            # reshape of the expand would be a copy of [n_const * G, S, D] (measured: +30 ms per CFG
+            # prediction of 32 on an H200, benchmarks/NOTES_gpu.md run 24)
             const = attn.const_out.to(hidden_states.dtype)  # [n_const, D]
-            parts.append(const[:, None, None, :].expand(n_const, g, s, d).reshape(n_const * g, s, d))
+            rows = const if n_const == 1 else const.repeat_interleave(g, dim=0)
+            parts.append(rows[:, None, :].expand(n_const * g, s, d))
         return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
