@@ -199,7 +199,7 @@ def test_sampler_fast_equals_plain_with_and_without_cfg(plain: WorldModel) -> No
     inp = _inputs(11)
     cond = inp["cond"][:1]
     for guidance in (0.0, 3.0):
-        kw = dict(num_steps=3, guidance=guidance, seed=2, common_noise=True)
+        kw = dict(num_steps=2, guidance=guidance, seed=2, common_noise=True)
         ref = sample_latents(plain, cond, T, inp["prompt"], inp["actions"][:B], **kw)
         with handle.request():
             out = sample_latents(wm, cond, T, inp["prompt"], inp["actions"][:B], **kw)
