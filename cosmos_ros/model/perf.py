@@ -50,6 +50,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from cosmos_ros.model.attention import CosmosSelfAttnProcessor, eager_cudnn_sdpa
+
 LOG = logging.getLogger(__name__)
 
 POLICIES = ("auto", "none", "full", "selective", "attention", "blocks:K", "budget:F")
@@ -238,18 +240,8 @@ def set_attention_backend(name: str) -> bool:
     return True
 
 
-@torch.compiler.disable  # run eagerly even inside a compiled block: the kernel choice is then PyTorch's own
-def _eager_cudnn_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    if not q.is_cuda:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel([SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION], set_priority=True):
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v)
-
-
-class EagerCudnnSelfAttnProcessor:
-    """Self-attention processor with the math of `CosmosAttnProcessor2_0`, SDPA run eagerly on cuDNN.
+class EagerCudnnSelfAttnProcessor(CosmosSelfAttnProcessor):
+    """Self-attention processor (`attention.CosmosSelfAttnProcessor`) with SDPA run eagerly on cuDNN.
 
     Why: measured on Hopper (H200), cuDNN's fused attention runs forward+backward about 1.9x faster than
     FlashAttention-2 at 9600 and 84480 tokens in eager mode. Choosing it through SDPA's priority inside
@@ -261,26 +253,8 @@ class EagerCudnnSelfAttnProcessor:
     tokens, budget:0.5): LoRA 5% slower than the default; so it is an option, not the default.
     """
 
-    def __call__(
-        self,
-        attn: nn.Module,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        image_rotary_emb: Any = None,
-    ) -> torch.Tensor:
-        from diffusers.models.embeddings import apply_rotary_emb
-
-        if encoder_hidden_states is not None or attention_mask is not None:
-            raise ValueError("EagerCudnnSelfAttnProcessor is for unmasked self-attention (attn1) only")
-        q = attn.norm_q(attn.to_q(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2))
-        k = attn.norm_k(attn.to_k(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2))
-        v = attn.to_v(hidden_states).unflatten(2, (attn.heads, -1)).transpose(1, 2)
-        if image_rotary_emb is not None:
-            q = apply_rotary_emb(q, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-            k = apply_rotary_emb(k, image_rotary_emb, use_real=True, use_real_unbind_dim=-2)
-        o = _eager_cudnn_sdpa(q, k, v).transpose(1, 2).flatten(2, 3).type_as(q)
-        return attn.to_out[1](attn.to_out[0](o))
+    def __init__(self) -> None:
+        super().__init__(eager_cudnn_sdpa)
 
 
 # ------------------------------------------------------------------------------ checkpointing policies

@@ -380,41 +380,24 @@ class WorldModel(nn.Module):
 
         cond_latents: [B, C, >=num_cond_latent_frames, h, w]; guidance > 0 adds classifier-free guidance as
         in the 2.5 pipeline (`v = v_c + g (v_c - v_u)`), the unconditional branch using
-        `negative_prompt_embeds` or zero embeddings (what CFG dropout trains).
+        `negative_prompt_embeds` or zero embeddings (what CFG dropout trains). The one sampling loop of the
+        project (`cosmos_ros.model.sampler.sample_latents`), with a noise draw of its own per row.
         """
-        b, c, _, h, w = cond_latents.shape
-        shape = (b, c, num_latent_frames, h, w)
-        gen = torch.Generator(device="cpu").manual_seed(int(seed))
-        noise = torch.randn(shape, generator=gen, dtype=torch.float32).to(self.device)
-        cond = torch.zeros(shape, dtype=torch.float32, device=self.device)
-        cond[:, :, :num_cond_latent_frames] = cond_latents[:, :, :num_cond_latent_frames].float()
-        _, cmask = self.condition_masks(shape, num_cond_latent_frames)
-        gt_velocity = (noise - cond) * cmask
-        if guidance > 0 and negative_prompt_embeds is None:
-            negative_prompt_embeds = torch.zeros_like(prompt_embeds)
-        sched = self.make_scheduler()
-        sched.set_timesteps(num_steps, device=self.device)
-        latents = noise
-        for i, t in enumerate(sched.timesteps):
-            sigma = sched.sigmas[i].to(self.device, torch.float32)
-            v = self.denoise_velocity(
-                latents, sigma, prompt_embeds, actions, cond, num_cond_latent_frames, module=module
-            ).float()
-            v = gt_velocity + v * (1 - cmask)
-            if guidance > 0:
-                vu = self.denoise_velocity(
-                    latents,
-                    sigma,
-                    negative_prompt_embeds,
-                    actions,
-                    cond,
-                    num_cond_latent_frames,
-                    module=module,
-                ).float()
-                vu = gt_velocity + vu * (1 - cmask)
-                v = v + guidance * (v - vu)
-            latents = sched.step(v, t, latents, return_dict=False)[0]
-        return cmask * cond + (1 - cmask) * latents
+        from cosmos_ros.model.sampler import sample_latents
+
+        return sample_latents(
+            self,
+            cond_latents,
+            num_latent_frames,
+            prompt_embeds,
+            actions,
+            num_steps=num_steps,
+            guidance=guidance,
+            seed=seed,
+            num_cond_latent_frames=num_cond_latent_frames,
+            negative_prompt_embeds=negative_prompt_embeds,
+            module=module,
+        )
 
     @torch.no_grad()
     def sample(

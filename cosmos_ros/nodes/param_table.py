@@ -23,6 +23,9 @@ class Param(NamedTuple):
     range: tuple[float, float] | None = None
     choices: tuple[str, ...] | None = None
     read_only: bool = False
+    # accept any type (descriptor.dynamic_typing): for "auto"/"true"/"false" switches, where a user's
+    # `compile:=true` on the command line or in a launch file arrives as a bool, read as "true"
+    dynamic: bool = False
 
 
 def parameter_names(table: Sequence[Param]) -> set[str]:
@@ -49,8 +52,20 @@ PREDICTOR_PARAMETERS: tuple[Param, ...] = (
         "Weights dtype: auto = bfloat16 on GPU, float32 on CPU.",
         choices=("auto", "float32", "bfloat16", "float16"),
     ),
-    Param("compile", False, "torch.compile each transformer block (GPU; slower start, faster steps)."),
-    Param("fp8", False, "FP8 matmuls for the transformer's linear layers (Ada/Hopper GPUs or newer)."),
+    Param(
+        "compile",
+        "auto",
+        "torch.compile each transformer block (slower start, faster steps); auto = on CUDA.",
+        choices=("auto", "true", "false"),
+        dynamic=True,
+    ),
+    Param(
+        "fp8",
+        "auto",
+        "FP8 matmuls in the transformer blocks; auto = on CUDA GPUs with capability >= 8.9 (Ada/Hopper).",
+        choices=("auto", "true", "false"),
+        dynamic=True,
+    ),
     Param("action_dim", 0, "Action dimension when no adapter is loaded (0 = from the adapter).", (0, 1024)),
     Param(
         "height",
@@ -114,7 +129,10 @@ def _descriptor(p: Param) -> Any:
     if p.choices:
         constraints = "one of: " + ", ".join(repr(c) for c in p.choices)
     desc = ParameterDescriptor(
-        description=p.description, additional_constraints=constraints, read_only=p.read_only
+        description=p.description,
+        additional_constraints=constraints,
+        read_only=p.read_only,
+        dynamic_typing=p.dynamic,
     )
     if p.range is not None:
         lo, hi = p.range
@@ -149,6 +167,8 @@ def read_parameters(node: Any, table: Sequence[Param]) -> dict[str, Any]:
 
 
 def _checked(p: Param, value: Any) -> Any:
+    if p.dynamic and isinstance(value, bool):
+        value = "true" if value else "false"
     if p.choices and value not in p.choices:
         raise ValueError(
             f"parameter {p.name}={value!r} is not valid; use one of {', '.join(repr(c) for c in p.choices)}"

@@ -535,7 +535,7 @@ class PredictorNode(LifecycleNode):
             device=p["device"],
             dtype=p["dtype"],
             merge=bool(p["merge_adapter"]),
-            optimize=OptimizeOptions(compile=bool(p["compile"]), fp8=bool(p["fp8"])),
+            optimize=OptimizeOptions(compile=p["compile"], fp8=p["fp8"]),
             batch_size=int(p["batch_size"]),
             action_dim=int(p["action_dim"]) or None,
             height=int(p["height"]) or None,
