@@ -175,11 +175,11 @@ def render_markdown(results: dict[str, Any]) -> str:
             )
             if per:
                 lines.append(f"| {n} | " + " | ".join(_num(x.get("mean"), digits) for x in per) + " |")
-    if results.get("notes"):
-        lines += ["", "## Notes", ""] + [f"- {x}" for x in results["notes"]]
+    notes = list(results.get("notes") or [])
     for n in results["models"]:
-        for w in (figs[n].get("info") or {}).get("warnings") or []:
-            lines.append(f"- {n}: {w}")
+        notes += [f"{n}: {w}" for w in (figs[n].get("info") or {}).get("warnings") or []]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {x}" for x in notes]
     lines += ["", "## Settings", "", "```json", json.dumps(_clean(s), indent=1), "```", ""]
     return "\n".join(lines)
 

@@ -371,21 +371,26 @@ def _progress(enabled: bool, total: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
+def _nanmean_rows(a: np.ndarray) -> np.ndarray:
+    """Mean over the last axis ignoring NaN; NaN where a row has no finite value (no warning)."""
+    finite = np.isfinite(a)
+    count = finite.sum(axis=-1)
+    total = np.where(finite, a, 0.0).sum(axis=-1)
+    return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
 def _pose_summary(errors: list[np.ndarray], joint_names: list[str], seed: int) -> dict[str, Any] | None:
     if not errors:
         return None
     e = np.stack(errors)  # [clips, N, J]
-    unreadable = ~np.isfinite(e).all(axis=-1)  # [clips, N]
-    per_frame = np.where(unreadable, np.nan, np.nanmean(np.where(np.isfinite(e), e, 0.0), axis=-1))
+    unreadable = ~np.isfinite(e).all(axis=-1)  # [clips, N]: any joint not read counts the frame unreadable
+    per_frame = np.where(unreadable, np.nan, _nanmean_rows(e))  # [clips, N]
     return {
         "unit": "rad (angles) / joint units",
-        "overall": metrics.bootstrap_ci(np.nanmean(per_frame, axis=1), seed=seed),
+        "overall": metrics.bootstrap_ci(_nanmean_rows(per_frame), seed=seed),
         "per_step": metrics.per_step_ci(per_frame, seed=seed),
         "per_joint": {
-            j: metrics.bootstrap_ci(
-                np.nanmean(np.where(np.isfinite(e[..., k]), e[..., k], np.nan), axis=1), seed=seed
-            )
-            for k, j in enumerate(joint_names)
+            j: metrics.bootstrap_ci(_nanmean_rows(e[..., k]), seed=seed) for k, j in enumerate(joint_names)
         },
         "per_step_joint": {j: metrics.per_step_ci(e[..., k], seed=seed) for k, j in enumerate(joint_names)},
         "frames": int(unreadable.size),
@@ -398,8 +403,7 @@ def _fidelity_summary(run: ModelRun, seed: int) -> dict[str, Any]:
     out = {}
     for k, rows in run.fidelity.items():
         a = np.stack(rows)  # [clips, N]
-        with np.errstate(all="ignore"):
-            per_clip = np.array([np.nanmean(r) if np.isfinite(r).any() else np.nan for r in a])
+        per_clip = _nanmean_rows(a)
         out[k] = {
             "overall": metrics.bootstrap_ci(per_clip, seed=seed),
             "per_step": metrics.per_step_ci(a, seed=seed),
@@ -446,7 +450,7 @@ def summarize(
             )
             if run.pose_shuffled:
                 per = [
-                    [float(np.nanmean(a)) if np.isfinite(a).any() else np.nan for a in (t, s)]
+                    [float(_nanmean_rows(a.reshape(1, -1))[0]) for a in (t, s)]
                     for t, s in zip(run.pose, run.pose_shuffled, strict=True)
                 ]
                 out["shuffled_actions"]["pose_ratio"] = metrics.bootstrap_ci(
@@ -483,7 +487,7 @@ def summarize(
             "fps": float(ds.meta["fps"]),
             "joint_names": list(ds.tokenizer.joint_names),
             "action_mode": ds.tokenizer.mode,
-            "geometric_collisions": None if geometry is None else int(sum(geometry)),
+            "geometric_collisions": None if geometry is None else int(sum(g.collision for g in geometry)),
             "checker_collisions_on_truth": None
             if true_verdicts is None
             else int(sum(v.collision for v in true_verdicts)),
