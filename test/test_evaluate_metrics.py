@@ -179,21 +179,24 @@ def test_twin_health_scores_plans_and_warns_when_the_cell_changes() -> None:
     ctx = render_frame(q0, W, H, scene=SCENE)
     ms = 1_000_000
     # plan 1: the prediction is exactly what the camera then shows (camera frames at 2x size: resized)
-    assert health.add_prediction("p1", 0, [100 * ms * (i + 1) for i in range(4)], frames) == []
+    health.add_prediction("p1", 0, [100 * ms * (i + 1) for i in range(4)], frames)
     for i, f in enumerate([ctx, *frames]):
-        big = np.repeat(np.repeat(f, 2, axis=0), 2, axis=1)
-        done = health.add_camera_frame(100 * ms * i + 3 * ms, big)
-        assert done == []
-    (p1,) = health.add_camera_frame(600 * ms, frames[-1])
+        health.add_camera_frame(100 * ms * i + 3 * ms, np.repeat(np.repeat(f, 2, axis=0), 2, axis=1))
+        assert health.poll() == [], "scored before the camera passed the plan's last stamp"
+    health.add_camera_frame(600 * ms, frames[-1])
+    (p1,) = health.poll()
     assert p1.steps_compared == 4 and p1.score == pytest.approx(1.0, abs=0.05) and p1.healthy
     assert p1.mean_psnr_moving > p1.static_psnr_moving
     # plan 2: the lights went out (the camera shows black): the rolling score drops below the threshold
     health.add_prediction("p2", 600 * ms, [700 * ms, 800 * ms], frames[:2])
     dark = np.zeros_like(ctx)
-    plans = [p for t in (700, 800, 900) for p in health.add_camera_frame(t * ms, dark)]
+    for t in (700, 800, 900):
+        health.add_camera_frame(t * ms, dark)
+    plans = health.poll()
     assert [p.request_id for p in plans] == ["p2"] and not plans[0].healthy
     assert plans[0].rolling_score < 0.8 and plans[0].plans_in_window == 2
     # plan 3: no camera frame near its stamps: reported as unmatched, score unchanged
     health.add_prediction("p3", 900 * ms, [950 * ms], frames[:1])
-    (p3,) = health.add_camera_frame(1200 * ms, dark)
+    health.add_camera_frame(1200 * ms, dark)
+    (p3,) = health.poll()
     assert p3.steps_compared == 0 and health.plans_unmatched == 1 and math.isnan(p3.score)

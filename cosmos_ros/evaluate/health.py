@@ -9,6 +9,10 @@ pixels. A rolling mean of one chosen figure over the last plans is the health sc
 the twin no longer matches the cell (lighting changed, camera moved, new objects) and its verdicts should not
 be trusted.
 
+Inputs (`add_camera_frame`, `add_prediction`) and `take_due` are cheap; `score` runs the metrics. A node
+calls the cheap ones under one lock from its subscriptions and scores in another thread, so a camera queue
+never overflows while a plan is scored.
+
 It cannot know whether the robot really executed the plan: a plan that was not executed scores low, which
 is why the score is a rolling mean over several plans rather than one plan's value.
 """
@@ -58,6 +62,16 @@ class _Pending:
     frames: np.ndarray
 
 
+@dataclass
+class DuePlan:
+    """A plan the camera has passed: its camera frame per predicted step (None: none within the tolerance)
+    and at its context stamp."""
+
+    plan: _Pending
+    pairs: list[tuple[int, np.ndarray | None]]
+    context: np.ndarray | None
+
+
 class TwinHealth:
     """Pairs predictions with the camera frames at their stamps and keeps a rolling health score.
 
@@ -94,7 +108,7 @@ class TwinHealth:
         self.plans_scored = 0
         self.plans_unmatched = 0
 
-    # ------------------------------------------------------------------ inputs
+    # ------------------------------------------------------------------ inputs (cheap)
     def add_prediction(
         self,
         request_id: str,
@@ -102,8 +116,9 @@ class TwinHealth:
         stamps_ns: list[int],
         frames: np.ndarray,
         adapter: str = "",
-    ) -> list[PlanFidelity]:
-        """A prediction (uint8 [N, H, W, 3] at `stamps_ns`); returns plans completed already (stamps past)."""
+    ) -> None:
+        """A prediction (uint8 [N, H, W, 3] at `stamps_ns`); scored by `take_due`/`score` once the camera
+        has passed its last stamp."""
         frames = np.asarray(frames, np.uint8)
         if frames.ndim != 4 or frames.shape[-1] != 3 or len(stamps_ns) != len(frames):
             raise ValueError(
@@ -111,22 +126,20 @@ class TwinHealth:
                 "stamp per RGB frame"
             )
         if len(frames) == 0:
-            return []
+            return
         self.size = (int(frames.shape[1]), int(frames.shape[2]))
         self.pending.append(
             _Pending(request_id, adapter, int(context_stamp_ns), np.asarray(stamps_ns, np.int64), frames)
         )
-        return self._complete()
 
-    def add_camera_frame(self, stamp_ns: int, frame: np.ndarray) -> list[PlanFidelity]:
-        """A camera frame (uint8 RGB); returns the plans whose last stamp it passed, scored."""
+    def add_camera_frame(self, stamp_ns: int, frame: np.ndarray) -> None:
+        """A camera frame (uint8 RGB), resized to the predictions' size once that is known."""
         if self.size is not None and frame.shape[:2] != self.size:
             # the predictor resizes camera frames this way before predicting (cv2 INTER_AREA to its size)
             frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
         self.frames.append((int(stamp_ns), np.asarray(frame, np.uint8)))
         while self.frames and self.frames[0][0] < stamp_ns - self.buffer_ns:
             self.frames.popleft()
-        return self._complete()
 
     # ------------------------------------------------------------------ scoring
     @property
@@ -148,31 +161,44 @@ class TwinHealth:
                 best, best_d = f, d
         return best
 
-    def _complete(self) -> list[PlanFidelity]:
+    def take_due(self) -> list[DuePlan]:
+        """Plans whose last stamp the camera has passed, paired with their camera frames (cheap: call it
+        under the lock that guards the inputs, then `score` outside it, so the camera never waits)."""
         if not self.frames:
             return []
         latest = self.frames[-1][0]
-        done = [p for p in self.pending if latest > int(p.stamps_ns[-1]) + self.tolerance_ns]
-        self.pending = [p for p in self.pending if p not in done]
-        return [self._score(p) for p in done]
+        due = [p for p in self.pending if latest > int(p.stamps_ns[-1]) + self.tolerance_ns]
+        self.pending = [p for p in self.pending if all(p is not d for d in due)]
+        return [
+            DuePlan(
+                p,
+                [(i, self._nearest(int(s))) for i, s in enumerate(p.stamps_ns)],
+                self._nearest(p.context_stamp_ns),
+            )
+            for p in due
+        ]
+
+    def poll(self) -> list[PlanFidelity]:
+        """`take_due` and `score` in one call (single-threaded users)."""
+        return [self.score(d) for d in self.take_due()]
 
     def _fit(self, frame: np.ndarray, like: np.ndarray) -> np.ndarray:
         if frame.shape[:2] == like.shape[:2]:
             return frame
         return cv2.resize(frame, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_AREA)
 
-    def _score(self, plan: _Pending) -> PlanFidelity:
+    def score(self, due: DuePlan) -> PlanFidelity:
+        """One plan's figures; updates the rolling score."""
+        plan = due.plan
         out = PlanFidelity(plan.request_id, plan.adapter, plan.context_stamp_ns, len(plan.frames))
-        pairs = [(i, self._nearest(int(s))) for i, s in enumerate(plan.stamps_ns)]
-        pairs = [(i, f) for i, f in pairs if f is not None]
+        pairs = [(i, f) for i, f in due.pairs if f is not None]
         if not pairs:
             self.plans_unmatched += 1
         else:
             idx = [i for i, _ in pairs]
             pred = plan.frames[idx]
             truth = np.stack([self._fit(f, pred[0]) for _, f in pairs])
-            ctx = self._nearest(plan.context_stamp_ns)
-            ctx = self._fit(ctx, pred[0]) if ctx is not None else None
+            ctx = self._fit(due.context, pred[0]) if due.context is not None else None
             # no context frame: motion relative to the first true frame is unknown, so no moving-pixel figures
             fid = metrics.frame_fidelity(
                 pred, truth, ctx if ctx is not None else truth[0], self.motion_threshold

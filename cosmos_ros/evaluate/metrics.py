@@ -91,6 +91,14 @@ def frame_fidelity(
     }
 
 
+def warm_up() -> None:
+    """Import the metric library and run it once on tiny frames. A live monitor calls this at start: the
+    first call imports torchmetrics (seconds, tens of seconds on a busy CPU), during which a camera
+    subscription with a short queue would drop the very frames a pending plan needs."""
+    frames = np.zeros((1, 16, 16, 3), np.uint8)
+    frame_fidelity(frames, frames, frames[0])
+
+
 def frame_error(pred: Any, truth: Any) -> float:
     """Mean squared pixel error (0..255 scale) over all frames: the error of the shuffled-action test."""
     p, t = _as_uint8(pred), _as_uint8(truth)

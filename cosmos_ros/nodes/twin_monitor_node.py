@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 from typing import Any
 
 import numpy as np
 import rclpy
+import rclpy.executors
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
 from cosmos_ros.clips.images import ImageError, decode_image
 from cosmos_ros.evaluate.health import HEALTH_METRICS, PlanFidelity, TwinHealth
-from cosmos_ros.evaluate.metrics import MOTION_THRESHOLD
+from cosmos_ros.evaluate.metrics import MOTION_THRESHOLD, warm_up
 from cosmos_ros.msg import PredictedFrames
 from cosmos_ros.msg import TwinHealth as TwinHealthMsg
 from cosmos_ros.nodes.param_table import Param, declare_parameters
@@ -72,11 +75,16 @@ class TwinMonitorNode(Node):
             motion_threshold=p["motion_threshold"],
         )
         self.frame_id = ""
+        warm_up()  # before subscribing: the first scoring imports the metric library (seconds)
+        # Subscriptions only buffer (under the lock); a timer in its own callback group scores due plans,
+        # so with a multi-threaded executor the camera keeps being received while a plan is scored.
+        self._lock = threading.Lock()
         self.pub = self.create_publisher(TwinHealthMsg, p["health_topic"], QoSProfile(depth=10))
         self.create_subscription(Image, p["camera_topic"], self._on_camera, qos_profile_sensor_data)
         self.create_subscription(
             PredictedFrames, p["predicted_frames_topic"], self._on_prediction, QoSProfile(depth=4)
         )
+        self.create_timer(0.05, self._score_due, callback_group=MutuallyExclusiveCallbackGroup())
         rn = self.resolve_topic_name
         self.get_logger().info(
             f"twin monitor: {rn(p['predicted_frames_topic'])} vs {rn(p['camera_topic'])} -> "
@@ -90,9 +98,9 @@ class TwinMonitorNode(Node):
         except ImageError as exc:
             self.get_logger().warning(f"camera frame ignored: {exc}", throttle_duration_sec=10.0)
             return
-        self.frame_id = msg.header.frame_id
-        for plan in self.health.add_camera_frame(_stamp_ns(msg.header.stamp), rgb):
-            self._publish(plan)
+        with self._lock:
+            self.frame_id = msg.header.frame_id
+            self.health.add_camera_frame(_stamp_ns(msg.header.stamp), rgb)
 
     def _on_prediction(self, msg: PredictedFrames) -> None:
         try:
@@ -103,18 +111,22 @@ class TwinMonitorNode(Node):
             )
             if frames is None:
                 return
-            plans = self.health.add_prediction(
-                msg.request_id,
-                _stamp_ns(msg.header.stamp),
-                [_stamp_ns(s) for s in msg.stamps],
-                frames,
-                adapter=msg.adapter,
-            )
+            with self._lock:
+                self.health.add_prediction(
+                    msg.request_id,
+                    _stamp_ns(msg.header.stamp),
+                    [_stamp_ns(s) for s in msg.stamps],
+                    frames,
+                    adapter=msg.adapter,
+                )
         except (ImageError, ValueError) as exc:
             self.get_logger().warning(f"prediction {msg.request_id!r} ignored: {exc}")
-            return
-        for plan in plans:
-            self._publish(plan)
+
+    def _score_due(self) -> None:
+        with self._lock:
+            due = self.health.take_due()
+        for d in due:
+            self._publish(self.health.score(d))
 
     def _publish(self, plan: PlanFidelity) -> None:
         m = TwinHealthMsg()
@@ -165,11 +177,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{NODE_NAME}: {exc}", file=sys.stderr, flush=True)
         rclpy.try_shutdown()
         return 2
+    executor = rclpy.executors.MultiThreadedExecutor(num_threads=2)
+    executor.add_node(node)
     try:
-        rclpy.spin(node)
+        executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
