@@ -56,7 +56,7 @@ def write_sim_bag(path: Path, episode: int, duration: float = 3.0, t0: float = 1
 
 
 def build_sim_clips(root: Path, episodes: int = 3, val_episodes: tuple[str, ...] = ("ep1", "ep2")) -> Path:
-    """Episodes ep0..ep{n-1} of the sim arm -> clips (13 frames, stride 6, 80x64 at 10 fps) under root/clips."""
+    """Episodes ep0..ep{n-1} of the sim arm -> clips (13 frames, stride 6, 80x64, 10 fps) in root/clips."""
     from cosmos_ros.clips import cli as clips_cli
 
     bags = root / "bags"

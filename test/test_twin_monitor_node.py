@@ -1,4 +1,4 @@
-"""The twin_monitor node in a real process, fed by a real camera and predictor-like publisher (this process)."""
+"""The twin_monitor node in a real process, fed by a camera and a predictor-like publisher (this process)."""
 
 from __future__ import annotations
 
