@@ -90,3 +90,10 @@ def test_twin_monitor_scores_plans_and_warns_below_threshold(
         executor.shutdown()
         node.destroy_node()
     assert proc.stop() is not None
+
+
+@requires_ros
+def test_twin_monitor_launch_file_is_consistent() -> None:
+    from launch_static import check_launch_file
+
+    assert check_launch_file(REPO / "launch" / "twin_monitor.launch.py") == []
