@@ -69,6 +69,7 @@ class ClipTruth:
 
     clip_id: str
     prompt: str
+    # frames are held only while the clip is scored (and for the grid's clips): memory stays at a few clips
     context: np.ndarray  # uint8 [C, H, W, 3]
     truth: np.ndarray  # uint8 [N, H, W, 3]
     raw_actions: np.ndarray  # float32 [N, D]: the actions that produced `truth`
@@ -172,6 +173,17 @@ def check_inputs(settings: EvalSettings, ds: Any) -> dict[str, dict[str, Any]]:
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
+def _frames(ds: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
+    """(context, true future) frames of clip i (read again from the shard's memory map when needed)."""
+    ncf = int(ds.meta.get("num_cond_frames", 1))
+    frames = np.asarray(ds[i]["frames"])
+    return frames[:ncf], frames[ncf:]
+
+
+def _release(clip: ClipTruth) -> None:
+    clip.context = clip.truth = np.zeros((0, 0, 0, 3), np.uint8)
+
+
 def _clip_truth(ds: Any, i: int, checker: Any, regions: Any) -> ClipTruth:
     item = ds[i]
     ncf = int(ds.meta.get("num_cond_frames", 1))
@@ -274,6 +286,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
     clips: list[ClipTruth] = []
     truth_run = ModelRun("true frames", "truth")
     baseline_runs = {name: ModelRun(name, "baseline") for name in BASELINES}
+    steps = 0
     for i in range(n):
         clip = _clip_truth(ds, i, checker, regions)
         clips.append(clip)
@@ -283,6 +296,9 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
             )
         for name, fn in BASELINES.items():
             _score(baseline_runs[name], clip, fn(clip.context, len(clip.truth)), ctx)
+        steps = len(clip.truth)
+        if i >= settings.grid_clips:
+            _release(clip)
         bar.update(1)
     partners = metrics.shuffle_partner(n, settings.seed) if n >= 2 else None
     if partners is None:
@@ -305,6 +321,8 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
             run.info["note"] = "no action conditioning: a reference, its shuffled ratio is about 1 by design"
         default_prompts = 0
         for i, clip in enumerate(clips):
+            if clip.truth.size == 0:
+                clip.context, clip.truth = _frames(ds, i)
             prompt = clip.prompt if clip.prompt in predictor.prompts else ""
             default_prompts += prompt != clip.prompt
             acts = [clip.raw_actions] + ([clips[partners[i]].raw_actions] if partners else [])
@@ -332,6 +350,8 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
                     )
             if clip.clip_id in samples:
                 samples[clip.clip_id]["pred"][name] = pred[0]
+            else:
+                _release(clip)
             bar.update(1)
         if default_prompts:
             run.info["default_prompt_clips"] = default_prompts
@@ -345,6 +365,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
     bar.close()
+    ctx["predicted_steps"] = steps
     results = summarize(settings, ds, clips, model_runs, list(baseline_runs.values()), truth_run, ctx, notes)
     results["_samples"] = samples
     return results
@@ -481,7 +502,7 @@ def summarize(
             "clip_ids": [c.clip_id for c in clips],
             "num_frames": int(ds.meta["num_frames"]),
             "num_context_frames": int(ds.meta.get("num_cond_frames", 1)),
-            "predicted_steps": int(clips[0].truth.shape[0]) if clips else 0,
+            "predicted_steps": int(ctx["predicted_steps"]),
             "height": int(ds.meta["height"]),
             "width": int(ds.meta["width"]),
             "fps": float(ds.meta["fps"]),
