@@ -216,8 +216,14 @@ def plot_curves(results: dict[str, Any], path: Path) -> None:
             lo = np.array([np.nan if p.get("lo") is None else p["lo"] for p in per], float)
             hi = np.array([np.nan if p.get("hi") is None else p["hi"] for p in per], float)
             style = "--" if f.get("kind") == "baseline" else "-"
-            ax.plot(x, mean, style, marker="o", ms=3, label=n)
-            ax.fill_between(x, lo, hi, alpha=0.15)
+            (line,) = ax.plot(x, mean, style, marker="o", ms=3, label=n)
+            ax.fill_between(x, lo, hi, alpha=0.15, color=line.get_color())
+        floor = (results.get("reference") or {}).get("pose_on_true_frames")
+        if key == "pose" and floor:
+            per = floor["per_step"]
+            mean = np.array([np.nan if p["mean"] is None else p["mean"] for p in per], float)
+            ax.plot(np.arange(1, len(per) + 1), mean, ":", color="gray", label="read from true frames")
+            ax.legend(fontsize=7)
         ax.set_title(title)
         ax.set_xlabel("predicted step")
         ax.grid(alpha=0.3)
