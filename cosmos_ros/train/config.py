@@ -78,9 +78,7 @@ class RunSection:
     keep_checkpoints: int = 3
     val_every: int = 250
     val_batches: int = 8
-    val_twin_clips: int = (
-        4  # val clips sampled at each val_every for twin figures (evaluate.training); 0: off
-    )
+    val_twin_clips: int = 4  # val clips sampled for the twin figures (evaluate.training); 0: off
     preview_every: int = 500  # 0: never
     preview_steps: int = 10  # sampling steps of the preview
     preview_format: str = "gif"  # gif | mp4
