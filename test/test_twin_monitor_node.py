@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from conftest import REPO, requires_ros
+from conftest import REPO, requires_ros, wait_for
 from helpers_predict import image_msg
 
 from cosmos_ros.sim.render import Scene, render_frame
@@ -85,7 +85,8 @@ def test_twin_monitor_scores_plans_and_warns_below_threshold(
         assert b.score < 0.5 and not b.healthy and b.rolling_score < 0.9 and b.plans_in_window == 2, (
             proc.output()
         )
-        assert "twin health" in proc.output() and "below 0.9" in proc.output()
+        wait_for(lambda: "below 0.9" in proc.output(), 10.0, what="the low-health warning in the log")
+        assert "twin health" in proc.output()
     finally:
         executor.shutdown()
         node.destroy_node()

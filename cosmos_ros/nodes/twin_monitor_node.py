@@ -147,7 +147,6 @@ class TwinMonitorNode(Node):
         m.healthy = plan.healthy
         m.plans_in_window = plan.plans_in_window
         m.plans_unmatched = self.health.plans_unmatched
-        self.pub.publish(m)
         if plan.steps_compared == 0:
             self.get_logger().warning(
                 f"plan {plan.request_id!r}: no camera frame within {self.health.tolerance_ns / 1e9:.3f} s of "
@@ -163,6 +162,7 @@ class TwinMonitorNode(Node):
             )
         elif math.isfinite(plan.score):
             self.get_logger().debug(f"plan {plan.request_id!r}: {self.health.metric} {plan.score:.3f}")
+        self.pub.publish(m)  # after the log line: a reader of the message finds the warning already there
 
 
 def main(argv: list[str] | None = None) -> int:
