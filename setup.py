@@ -1,10 +1,10 @@
 """pip install of cosmos_ros without ROS: the ROS-free cores and the offline CLIs.
 
 On a GPU workstation without ROS, `pip install .[train]` gives the clip builder and the trainer
-(`cosmos-build-clips`, `cosmos-train`, `cosmos-embed-prompts`). The ROS nodes and the interfaces
-(`cosmos_ros.msg`, `cosmos_ros.srv`) come from the colcon build (CMakeLists.txt); in an environment that
-has both, install only the dependencies with pip (`pip install -r requirements/python.txt`) so the two
-copies of the package never shadow each other.
+(`cosmos-build-clips`, `cosmos-train`, `cosmos-embed-prompts`, `cosmos-evaluate`). The ROS nodes and the
+interfaces (`cosmos_ros.msg`, `cosmos_ros.srv`) come from the colcon build (CMakeLists.txt); in an
+environment that has both, install only the dependencies with pip (`pip install -r requirements/python.txt`)
+so the two copies of the package never shadow each other.
 """
 
 import re
@@ -50,6 +50,7 @@ setup(
             "tensorboard>=2.16",
             "imageio-ffmpeg>=0.5",
             "matplotlib>=3.8",
+            "torchmetrics>=1.4",
         ],
         "test": ["pytest>=8.0", "pytest-timeout>=2.3", "ruff>=0.6"],
     },
@@ -58,11 +59,16 @@ setup(
             "cosmos-build-clips = cosmos_ros.clips.cli:main",
             "cosmos-train = cosmos_ros.train.cli:main",
             "cosmos-embed-prompts = cosmos_ros.model.text_cache:main",
+            "cosmos-evaluate = cosmos_ros.evaluate.cli:main",
         ],
         # Collision checkers the predictor can load by name (`collision_checker` parameter); users'
         # packages register theirs in the same group.
         "cosmos_ros.collision_checkers": [
             "keepout = cosmos_ros.predict.checkers:KeepOutRegionChecker",
+        ],
+        # Pose estimators the evaluation can read joint positions with (`--pose-estimator`); same idea.
+        "cosmos_ros.pose_estimators": [
+            "sim_arm = cosmos_ros.evaluate.pose:SimArmPoseEstimator",
         ],
     },
 )

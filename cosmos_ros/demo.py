@@ -347,6 +347,7 @@ def train(demo: Demo, model: Path, clips: Path) -> Path:
         f"optim.warmup_steps={max(1, steps // 10)}",
         "run.log_every=1",
         f"run.val_every={max(1, steps // 5)}",
+        "run.val_twin_clips=2",  # twin figures (PSNR on moving pixels, shuffled ratio) on 2 val clips
         f"run.checkpoint_every={steps}",
         f"run.preview_every={steps}",
         "run.preview_steps=6",

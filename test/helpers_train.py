@@ -102,6 +102,7 @@ def train_config(model_dir: Path, out: Path, latent_dir: Path, **sections: dict[
             "log_every": 5,
             "checkpoint_every": 0,
             "val_every": 0,
+            "val_twin_clips": 0,  # the twin figures are tested once, in test_train_clips
             "preview_every": 0,
             "progress": False,
             "seed": 0,

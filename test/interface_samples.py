@@ -11,7 +11,14 @@ import importlib
 import re
 from typing import Any
 
-MESSAGES = ["ActionSequence", "CollisionResult", "PredictedFrames", "RecorderStatus", "StageLatency"]
+MESSAGES = [
+    "ActionSequence",
+    "CollisionResult",
+    "PredictedFrames",
+    "RecorderStatus",
+    "StageLatency",
+    "TwinHealth",
+]
 SERVICES = ["CheckCollision", "PredictFuture", "StartEpisode", "StopEpisode"]
 
 _INT_RANGES = {

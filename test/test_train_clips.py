@@ -84,6 +84,13 @@ def test_train_cli_on_clips_dir(
         out / "latents" / "val.safetensors"
     ).is_file()
     assert (out / "previews" / "step-0000003.gif").is_file()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tb"))
+    events.Reload()
+    twin = {t for t in events.Tags()["scalars"] if t.startswith("val/twin/")}
+    # the evaluation's figures at the val interval: moving-pixel PSNR vs the static floor, shuffled ratio
+    assert twin >= {"val/twin/psnr_moving", "val/twin/psnr_moving_nothing_moves", "val/twin/shuffled_ratio"}
     card = read_card(out / "adapter")
     assert card["tokenizer"]["joint_names"] == JOINTS  # the action tokenizer travels with the adapter
     assert card["dataset"]["prompts"] == ["pick up the cube"] and card["prompt_cache"] == str(cache)

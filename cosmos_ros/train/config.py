@@ -92,6 +92,7 @@ class RunSection:
     keep_checkpoints: int = 3
     val_every: int = 250
     val_batches: int = 8
+    val_twin_clips: int = 4  # val clips sampled for the twin figures (evaluate.training); 0: off
     preview_every: int = 500  # 0: never
     preview_steps: int = 10  # sampling steps of the preview
     preview_format: str = "gif"  # gif | mp4
@@ -146,6 +147,7 @@ class TrainConfig:
             (r.mixed_precision in ("no", "bf16", "fp16"), "run.mixed_precision: no | bf16 | fp16"),
             (r.preview_format in ("gif", "mp4"), "run.preview_format: gif | mp4"),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
+            (r.val_twin_clips >= 0, "run.val_twin_clips must be >= 0"),
             (
                 self.model.dtype in ("float32", "bfloat16", "float16"),
                 "model.dtype: float32 | bfloat16 | float16",

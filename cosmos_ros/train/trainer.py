@@ -867,6 +867,12 @@ class Trainer:
                         val_losses[self.step] = v
                         if writer is not None:
                             writer.add_scalar("val/loss", v, self.step)
+                    # the evaluation's figures on a few val clips (cosmos_ros.evaluate.training)
+                    from cosmos_ros.evaluate.training import validation_figures
+
+                    for name, value in validation_figures(self, cfg.run.val_twin_clips).items():
+                        if writer is not None:
+                            writer.add_scalar(f"val/{name}", value, self.step)
                 if cfg.run.preview_every and self.step % cfg.run.preview_every == 0:
                     self.preview()
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
