@@ -53,7 +53,7 @@ def transformer(layers: int, heads: int, head_dim: int) -> ActionConditionedTran
     return ActionConditionedTransformer(net, ActionEmbedder(3, dim, hidden_dim=dim)).eval()
 
 
-def vae(base_dim: int):  # noqa: ANN201
+def vae(base_dim: int):
     from diffusers import AutoencoderKLWan
 
     return AutoencoderKLWan(
@@ -67,7 +67,7 @@ def vae(base_dim: int):  # noqa: ANN201
     ).eval()
 
 
-def timed(fn, repeats: int) -> float:  # noqa: ANN001
+def timed(fn, repeats: int) -> float:
     fn()
     best = float("inf")
     for _ in range(repeats):
@@ -98,7 +98,9 @@ def main() -> None:
             z = torch.randn(b, 16, 4, lh, lw)
             z[:, :, :1] = z[:1, :, :1]
             dec = timed(lambda v=v, z=z: decode_shared_prefix(v, z, 1), args.repeats)
-            enc = timed(lambda v=v: v.encode(torch.randn(1, 3, 1, h, w)).latent_dist.mode(), args.repeats)
+            enc = timed(
+                lambda v=v, h=h, w=w: v.encode(torch.randn(1, 3, 1, h, w)).latent_dist.mode(), args.repeats
+            )
             n = nparams(v)
             print(
                 f"{h}x{w} {name}: {n / 1e6:.2f}M params ({2 * n / 1e6:.1f} MB bf16), decode {b} clips "
@@ -114,7 +116,7 @@ def main() -> None:
             pm = torch.zeros(1, 1, h, w)
             acts = torch.randn(b, 12, 3)
 
-            def fwd(net=net, x=x, t=t, emb=emb, cm=cm, pm=pm, acts=acts) -> None:  # noqa: ANN001
+            def fwd(net=net, x=x, t=t, emb=emb, cm=cm, pm=pm, acts=acts) -> None:
                 net(
                     hidden_states=x,
                     timestep=t,

@@ -18,7 +18,6 @@ hence by cell as well (one cell per episode).
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from collections.abc import Sequence
@@ -234,8 +233,8 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> list[EpisodeResult]:
     existing = [i for i in indices if (root / episode_id(cfg.variant_set, i)).exists()]
     if existing and not cfg.overwrite:
         raise FileExistsError(
-            f"{len(existing)} episodes exist already under {root} (e.g. {episode_id(cfg.variant_set, existing[0])}); "
-            "pass --overwrite or choose another --output"
+            f"{len(existing)} episodes exist already under {root} "
+            f"(e.g. {episode_id(cfg.variant_set, existing[0])}); pass --overwrite or choose another --output"
         )
     workers = min(cfg.workers or os.cpu_count() or 1, len(indices))
     t0 = time.perf_counter()

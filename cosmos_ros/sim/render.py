@@ -54,7 +54,7 @@ OBJECT_KINDS = ("box", "ball", "bottle")
 
 
 def far_from_arm(rgb: Sequence[int], margin: int = MIN_SCENE_ARM_DISTANCE) -> bool:
-    """Whether a scene colour stays readable as "not the arm": at least ``margin`` (max-norm) from every part."""
+    """Whether a scene colour reads as "not the arm": at least ``margin`` (max-norm) from every arm part."""
     c = np.asarray(rgb, np.int16)
     return all(int(np.abs(c - np.asarray(a, np.int16)).max()) >= margin for a in ARM_RGBS)
 
