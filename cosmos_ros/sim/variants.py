@@ -98,8 +98,8 @@ class CellDistribution:
         )
         grey = rng.uniform(150, 230)
         sky_top = _colour(rng, lambda: grey + rng.uniform(-15, 15, 3))
-        sky_bottom = tuple(int(np.clip(v - rng.uniform(20, 60), 0, 255)) for v in sky_top)
-        wall = tuple(int(np.clip(v + rng.uniform(-25, 25), 0, 255)) for v in sky_top)
+        sky_bottom = _colour(rng, lambda: np.asarray(sky_top) - rng.uniform(20, 60))
+        wall = _colour(rng, lambda: np.asarray(sky_top) + rng.uniform(-25, 25))
         table_grey = rng.uniform(70, 180)
         table = _colour(rng, lambda: table_grey + rng.uniform(-35, 35, 3))
         objects = []
@@ -112,9 +112,9 @@ class CellDistribution:
         scene = Scene(
             objects=tuple(objects),
             sky_top=sky_top,
-            sky_bottom=sky_bottom,  # type: ignore[arg-type]
+            sky_bottom=sky_bottom,
             table_rgb=table,
-            wall_rgb=wall,  # type: ignore[arg-type]
+            wall_rgb=wall,
         )
         return Cell(scene, camera, lighting, name or f"cell-{seed}")
 
