@@ -25,7 +25,7 @@ TRANSFORMERS = {  # name: (layers, heads, head_dim)
     "L6-h4x64": (6, 4, 64),
     "L4-h4x64": (4, 4, 64),
 }
-VAES = {"vae32": 32, "vae24": 24, "vae16": 16}
+VAES = {"vae32": 32, "vae24": 24, "vae16": 16, "vae12": 12}
 
 
 def transformer(layers: int, heads: int, head_dim: int) -> ActionConditionedTransformer:
@@ -87,13 +87,19 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--threads", type=int, default=2)
+    # One thread: with other jobs on the 2 cores, two OpenMP threads spin-wait on each other (10x slower).
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--sizes", default="64x80,128x160", help="HxW list")
+    ap.add_argument("--vaes", default=",".join(VAES), help=f"subset of {','.join(VAES)}")
+    ap.add_argument("--transformers", default=",".join(TRANSFORMERS), help="subset of the names")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     b = args.batch
-    for h, w in ((64, 80), (128, 160)):
+    sizes = [tuple(int(v) for v in hw.split("x")) for hw in args.sizes.split(",")]
+    for h, w in sizes:
         lh, lw = h // 8, w // 8
-        for name, base_dim in VAES.items():
+        for name in filter(None, args.vaes.split(",")):
+            base_dim = VAES[name]
             v = vae(base_dim)
             z = torch.randn(b, 16, 4, lh, lw)
             z[:, :, :1] = z[:1, :, :1]
@@ -107,7 +113,8 @@ def main() -> None:
                 f"{dec:.3f} s, encode context {enc:.3f} s",
                 flush=True,
             )
-        for name, (layers, heads, hd) in TRANSFORMERS.items():
+        for name in filter(None, args.transformers.split(",")):
+            layers, heads, hd = TRANSFORMERS[name]
             net = transformer(layers, heads, hd)
             x = torch.randn(b, 16, 4, lh, lw)
             t = torch.rand(b, 1, 4, 1, 1)
