@@ -245,7 +245,7 @@ class VaeTrainer:
                 self.sched.step()
                 self.opt.zero_grad(set_to_none=True)
                 step += 1
-                losses[step] = float(loss)
+                losses[step] = float(loss.detach())
                 if writer is not None and (step % cfg.log_every == 0 or step == 1):
                     writer.add_scalar("vae/loss", losses[step], step)
                     writer.add_scalar("vae/lr", self.sched.get_last_lr()[0], step)
