@@ -9,9 +9,11 @@ Stages (each a function; `run` chains them and times each; config/sim_twin.yaml 
 4. `write_base`: a random-init `CosmosTransformer3DModel` of the configured size + that VAE + the UniPC
    scheduler config + a tiny text encoder and the prompt-embedding cache, in the diffusers layout: the
    "base" the project's trainer starts from (no 7B text encoder anywhere);
-5. `train_transformer`: the project's trainer (`cosmos_ros.train.trainer.Trainer`) in ``full`` mode from
-   that random init; it encodes the clips into its latent cache with the VAE first;
-6. `export`: the shipped folder ``<out>/sim_twin``: trained transformer (bf16, shards under 16 MB),
+5. `encode_latents`: the trainer's latent cache (the trainer's own functions and fingerprint, so the trainer
+   finds it fresh and skips encoding), in large batches on the GPU instead of the trainer's 4 clips a call;
+6. `train_transformer`: the project's trainer (`cosmos_ros.train.trainer.Trainer`) in ``full`` mode from
+   that random init;
+7. `export`: the shipped folder ``<out>/sim_twin``: trained transformer (bf16, shards under 16 MB),
    VAE, scheduler, text encoder, prompt cache, the trained action MLPs
    (``action_conditioning.safetensors``) and ``cosmos_ros_card.json`` (action tokenizer, clip geometry,
    data, recipe and figures) + a README model card and the loss curves. `WorldModel.from_pretrained`,
@@ -36,7 +38,7 @@ import yaml
 
 from cosmos_ros.sim.dataset import DEFAULT_PROMPT, GenerateConfig
 
-STAGES = ("generate", "clips", "vae", "base", "transformer", "export")
+STAGES = ("generate", "clips", "vae", "base", "latents", "transformer", "export")
 
 #: Every stage's counts and sizes cut down so the whole pipeline runs on CPU in about a minute.
 SMOKE: dict[str, Any] = {
@@ -243,6 +245,56 @@ def train_config(cfg: dict[str, Any], out: Path) -> Any:
     return TrainConfig.from_dict(deep_update(cfg.get("train", {}), fixed))
 
 
+def encode_latents(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 5: build the trainer's latent caches (train, val) exactly as `Trainer` would, faster."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from cosmos_ros.clips.dataset import ClipDataset
+    from cosmos_ros.model.world_model import WorldModel
+    from cosmos_ros.train.latent_cache import (
+        build_latents,
+        cache_identity,
+        clip_ids_of,
+        data_identity,
+        fingerprint,
+        stale_reason,
+    )
+
+    tcfg = train_config(cfg, out)
+    base = str(tcfg.model.base)
+    vae_cfg = {
+        k: v for k, v in AutoencoderKLWan.load_config(base, subfolder="vae").items() if not k.startswith("_")
+    }
+    tok = json.loads((out / "clips" / "tokenizer.json").read_text())
+    device = "cuda" if torch.cuda.is_available() and not tcfg.run.cpu else "cpu"
+    wm = WorldModel.from_pretrained(base, load_vae=True, device=device)
+    counts = {}
+    for split in (tcfg.data.train_split, tcfg.data.val_split):
+        ds = ClipDataset(out / "clips", split)
+        if len(ds) == 0:
+            continue
+        name = "train" if split == tcfg.data.train_split else "val"
+        ids = clip_ids_of(ds)
+        data = data_identity(ds, tok)
+        fp = fingerprint(base, vae_cfg, ids, data)
+        identity = cache_identity(base, vae_cfg, ids, data)
+        path = Path(str(tcfg.data.latent_cache_dir)) / f"{name}.safetensors"
+        if stale_reason(path, fp, identity) is not None:
+            batch = int(cfg.get("latents", {}).get("batch_size", 64))
+            build_latents(
+                wm,
+                ds,
+                path,
+                fp,
+                batch_size=batch,
+                progress=bool(cfg.get("progress", True)),
+                identity=identity,
+            )
+        counts[name] = len(ds)
+    return counts
+
+
 def train_transformer(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     """Stage 5: full training from random init with the project's trainer -> <out>/train/adapter."""
     from cosmos_ros.train.trainer import Trainer
@@ -382,6 +434,7 @@ def run(
         "clips": lambda: build_clips(cfg, out),
         "vae": lambda: train_vae(cfg, out),
         "base": lambda: write_base(cfg, out),
+        "latents": lambda: encode_latents(cfg, out),
         "transformer": lambda: train_transformer(cfg, out),
         "export": lambda: export(cfg, out, report),
     }
