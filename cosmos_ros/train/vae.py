@@ -210,7 +210,9 @@ class VaeTrainer:
             post = vae.encode(x).latent_dist
             z = post.sample()
             rec = vae.decode(z).sample
-        kl = post.kl().float().mean() / float(post.mean[0].numel())
+        # KL(q || N(0, 1)) per latent element (diffusers' `kl()` sums over dims 1-3 only, not 4-D latents)
+        mean, logvar = post.mean.float(), post.logvar.float()
+        kl = 0.5 * (mean**2 + logvar.exp() - 1.0 - logvar).mean()
         return reconstruction_loss(rec, x, mask, self.cfg.arm_weight) + self.cfg.kl_weight * kl
 
     def train(self) -> VaeResult:
