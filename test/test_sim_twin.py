@@ -35,7 +35,7 @@ def test_smoke_pipeline_ships_a_twin_the_predictor_loads_by_name(tmp_path, monke
     out = tmp_path / "run"
     report = sim_twin.run(cfg, out, log=lambda _: None)
     assert report["generate"]["train"]["episodes"] == 3
-    assert report["clips"]["train"] == {"train": 8, "val": 4}
+    assert report["clips"]["train"] == {"train": 6, "val": 3}  # 27 frames: 3 clips of 13 at stride 6
     assert np.isfinite(report["vae"]["psnr_db"])
     assert report["transformer"]["steps"] == 3
     twin = out / "sim_twin"

@@ -44,7 +44,7 @@ STAGES = ("generate", "clips", "vae", "base", "latents", "transformer", "export"
 SMOKE: dict[str, Any] = {
     "size": [32, 48],
     "data": {"train_episodes": 3, "heldout_episodes": 1, "episode_seconds": 2.6, "workers": 1},
-    "clips": {"val_fraction": 0.34},
+    "clips": {"val_fraction": 0.34, "stride": 6},
     "vae": {
         "base_dim": 4,
         "steps": 2,
