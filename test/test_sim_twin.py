@@ -66,3 +66,30 @@ def test_smoke_pipeline_ships_a_twin_the_predictor_loads_by_name(tmp_path, monke
     context = np.zeros((1, 32, 48, 3), np.uint8)
     frames = pred.predict(context, np.zeros((2, 4, 3), np.float32), num_steps=2)
     assert frames.shape == (2, 4, 32, 48, 3) and frames.dtype == np.uint8
+
+    # A LoRA fine-tune on top of the twin (the demo's path) starts from the twin's trained action MLPs.
+    from cosmos_ros.train.config import TrainConfig
+    from cosmos_ros.train.trainer import Trainer
+
+    tcfg = TrainConfig.from_dict(
+        {
+            "model": {"base": "sim_twin", "dtype": "float32", "compile": False, "memory_policy": "none"},
+            "adapter": {"mode": "lora", "rank": 4, "alpha": 4},
+            "data": {"clips_dir": str(out / "clips")},
+            "optim": {"max_steps": 1, "batch_size": 2, "warmup_steps": 0, "cfg_dropout": 0.0},
+            "run": {
+                "output_dir": str(tmp_path / "lora"),
+                "cpu": True,
+                "mixed_precision": "no",
+                "val_every": 0,
+                "checkpoint_every": 0,
+                "progress": False,
+            },
+        }
+    )
+    trainer = Trainer(tcfg)
+    start = trainer.wm.transformer.action_embedder.to_adaln.fc2.weight.detach().clone()
+    assert torch.equal(start, trained.to_adaln.fc2.weight)
+    result = trainer.train()
+    tuned = Predictor.load(None, adapter=str(result.adapter_dir), device="cpu")
+    assert (tuned.height, tuned.width) == (32, 48)
