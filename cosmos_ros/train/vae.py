@@ -122,17 +122,6 @@ def reconstruction_loss(
     return (w * err).sum() / (w.sum() * rec.shape[1])
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor | None = None) -> float:
-    """PSNR [dB] of uint8-valued tensors (0..255), over the mask's pixels when given."""
-    se = (a.float() - b.float()) ** 2
-    if mask is not None:
-        m = mask.expand_as(se)
-        mse = float((se * m).sum() / m.sum().clamp_min(1))
-    else:
-        mse = float(se.mean())
-    return 10 * math.log10(255.0**2 / max(mse, 1e-10))
-
-
 def _frames_to_uint8(video: torch.Tensor) -> torch.Tensor:
     return ((video.float().clamp(-1, 1) + 1) * 127.5).round()
 
