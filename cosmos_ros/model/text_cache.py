@@ -199,7 +199,10 @@ def embed_prompts(
     """Embed prompts as the 2.5 pipeline does (normalised, concatenated hidden layers); prompt -> [L, C]."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
+    from cosmos_ros.model.registry import resolve_base
     from cosmos_ros.model.world_model import _revision_for
+
+    base = resolve_base(base)  # a shipped model's short name (sim_twin) -> its folder
 
     base = str(base)
     rev = _revision_for(base, revision)

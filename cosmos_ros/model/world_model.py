@@ -174,9 +174,10 @@ class WorldModel(nn.Module):
         """
         from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
 
+        from cosmos_ros.model.registry import resolve_base
         from cosmos_ros.model.safe_files import refuse_pickles
 
-        base = str(base)
+        base = resolve_base(str(base))
         rev = _revision_for(base, revision)
         if not Path(base).exists() and "/" not in base:
             raise FileNotFoundError(
@@ -203,6 +204,8 @@ class WorldModel(nn.Module):
         if action_dim is not None:
             hidden = transformer.config.num_attention_heads * transformer.config.attention_head_dim
             embedder = ActionEmbedder(action_dim, hidden, hidden_dim=action_hidden_dim).to(dtype)
+        if Path(base, ACTION_CONDITIONING_FILE).is_file():  # a base trained with actions (the sim twin)
+            embedder = load_action_embedder(Path(base, ACTION_CONDITIONING_FILE), action_dim).to(dtype)
         wm = cls(
             ActionConditionedTransformer(transformer, embedder),
             vae,
@@ -444,6 +447,29 @@ class WorldModel(nn.Module):
             negative_prompt_embeds,
         )
         return self.decode_latents(latents)
+
+
+#: A base model trained with action conditioning (the sim twin) keeps its action MLPs here.
+ACTION_CONDITIONING_FILE = "action_conditioning.safetensors"
+
+
+def load_action_embedder(path: Path, action_dim: int | None = None) -> ActionEmbedder:
+    """The trained action MLPs shipped with a base model (safetensors, config in the metadata)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+    if "config" not in meta:
+        raise ValueError(f"{path} has no 'config' metadata: not action MLPs written by cosmos_ros")
+    emb = ActionEmbedder(**json.loads(meta["config"]))
+    if action_dim is not None and emb.action_dim != action_dim:
+        raise ValueError(
+            f"base model {path.parent} takes {emb.action_dim}-dim actions but the data has {action_dim}; "
+            "use clips with the base's joints and action mode"
+        )
+    emb.load_state_dict(state, strict=True)
+    return emb
 
 
 def _plain_config(cfg: Any) -> dict[str, Any]:

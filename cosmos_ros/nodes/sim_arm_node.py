@@ -31,6 +31,7 @@ from cosmos_ros.sim import (
     make_trajectory,
     render_frame,
 )
+from cosmos_ros.sim.variants import VARIANT_SETS, Cell, cell_for
 
 NODE_NAME = "sim_arm"
 
@@ -55,7 +56,14 @@ PARAMETERS: tuple[Param, ...] = (
     Param("jpeg_quality", 90, "JPEG quality", (1, 100)),
     Param("trajectory", "scripted", "Motion when no command is active", choices=TRAJECTORY_MODES),
     Param("seed", 0, "Seed of the trajectory and of the scene layout", (0, 2**31 - 1)),
-    Param("num_objects", 2, "Objects on the table", (0, 4)),
+    Param("num_objects", 2, "Objects on the table (cell 'default')", (0, 4)),
+    Param(
+        "cell",
+        "default",
+        "Scene, camera pose and lighting: default (the original cell, seeded objects), demo (the demo cell "
+        "the sim twin never saw), train / heldout (random cells of the twin's data, by seed)",
+        choices=VARIANT_SETS,
+    ),
     Param("command_timeout", 2.0, "Seconds a command overrides the trajectory (0 = forever)", (0.0, 86400.0)),
     Param("frame_id", "sim_camera", "frame_id of the image headers"),
 )
@@ -80,7 +88,10 @@ def _build_node(args: list[str] | None) -> object:
                 trajectory=make_trajectory(p["trajectory"], ArmConfig(), p["seed"]),
                 command_timeout=p["command_timeout"],
             )
-            self.scene = Scene.seeded(p["seed"], p["num_objects"])
+            if p["cell"] == "default":
+                self.cell = Cell(scene=Scene.seeded(p["seed"], p["num_objects"]))
+            else:
+                self.cell = cell_for(p["cell"], p["seed"])
             self._t0 = time.monotonic()
             self._last_step = self._t0
             self._stamp = self.get_clock().now().to_msg()
@@ -131,7 +142,10 @@ def _build_node(args: list[str] | None) -> object:
 
         def _on_camera_timer(self) -> None:
             p = self.p
-            rgb = render_frame(self._q, p["width"], p["height"], scene=self.scene)
+            c = self.cell
+            rgb = render_frame(
+                self._q, p["width"], p["height"], scene=c.scene, camera=c.camera, lighting=c.lighting
+            )
             if self.pub_img is not None:
                 img = rgb if p["encoding"] == "rgb8" else np.ascontiguousarray(rgb[:, :, ::-1])
                 msg = Image()

@@ -27,9 +27,9 @@ from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
 from sensor_msgs.msg import Image
 
-from cosmos_ros.images import ImageError, decode_image
 from cosmos_ros.evaluate.health import HEALTH_METRICS, PlanFidelity, TwinHealth
 from cosmos_ros.evaluate.metrics import MOTION_THRESHOLD, warm_up
+from cosmos_ros.images import ImageError, decode_image
 from cosmos_ros.msg import PredictedFrames
 from cosmos_ros.msg import TwinHealth as TwinHealthMsg
 from cosmos_ros.nodes.param_table import Param, declare_parameters

@@ -185,8 +185,11 @@ class Predictor:
         action_dim: int | None = None,
     ) -> Predictor:
         """Base model (+ adapter and its card: tokenizer stats, clip geometry, prompt cache)."""
+        from cosmos_ros.model.registry import resolve_base
         from cosmos_ros.model.text_cache import PromptCache
         from cosmos_ros.model.world_model import TINY_FRAME_SIZE, WorldModel
+
+        base = resolve_base(base) if base else base
 
         dev = torch.device(
             "cuda"
@@ -223,6 +226,13 @@ class Predictor:
             model = WorldModel.from_pretrained(
                 base, revision=revision, action_dim=action_dim, device=dev, dtype=tdtype
             )
+            if base and (Path(base) / "cosmos_ros_card.json").is_file():
+                # a base trained by cosmos_ros (the sim twin) carries its tokenizer and clip geometry
+                card = json.loads((Path(base) / "cosmos_ros_card.json").read_text())
+                if card.get("tokenizer"):
+                    from cosmos_ros.tokens import ActionTokenizer
+
+                    tokenizer = ActionTokenizer.from_dict(card["tokenizer"])
         geo = card.get("geometry") or {}
         spec = PreprocessSpec.from_card(card) if card else None  # logs the default for older cards
         is_tiny = (Path(base) / "model_index.json").is_file() and json.loads(

@@ -216,7 +216,9 @@ class Trainer:
         self.tokenizer_dict = tokenizer_dict
         self.dataset_stats = dataset_stats or {}
         self._train_ds, self._val_ds = train_dataset, val_dataset
-        self.base = str(cfg.model.base)
+        from cosmos_ros.model.registry import resolve_base
+
+        self.base = resolve_base(cfg.model.base)  # a short name (sim_twin) -> its installed folder
         self.revision = _revision_for(self.base, cfg.model.revision)
         self.train_set, self.val_set = self._prepare_latents()
         self.prompts = self._on_all_ranks("loading the prompt embeddings", self._load_prompts)

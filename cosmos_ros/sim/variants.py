@@ -1,0 +1,168 @@
+"""Seeded cell variants of the simulated arm: scene, camera pose and lighting drawn from named sets.
+
+A world model trained on one fixed cell memorises it; one trained on many cells learns "an arm in a cell",
+and a small adapter then fits a new cell. The sets:
+
+- ``train``: random cells (0-3 boxes and balls of random colours and places, random wall, table and
+  lighting, camera centre, zoom and roll within :data:`TRAIN_CAMERA`): the base model's training data;
+- ``heldout``: the same distribution from a disjoint seed range: the base model's held-out evaluation;
+- ``demo``: the demo cell, never seen in training: a camera outside the training ranges (more roll, wider
+  view, shifted centre), a warm light and an object kind (``bottle``) no training cell has.
+
+Every colour drawn is kept :data:`~cosmos_ros.sim.render.MIN_SCENE_ARM_DISTANCE` away from the arm's and the
+lighting within :data:`~cosmos_ros.sim.render.MAX_LIGHT_SHIFT`, so :func:`estimate_joint_positions` reads
+the pose in every cell given that cell's camera. ``cell_for(set, seed)`` is a pure function of its arguments.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from cosmos_ros.sim.render import (
+    Camera,
+    Lighting,
+    Scene,
+    SceneObject,
+    far_from_arm,
+)
+
+#: Seeds of the held-out set start here (train seeds stay below it).
+HELDOUT_SEED_OFFSET = 1_000_000
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One cell: what the camera sees (scene, lighting) and from where (camera)."""
+
+    scene: Scene = field(default_factory=Scene)
+    camera: Camera = field(default_factory=Camera)
+    lighting: Lighting = field(default_factory=Lighting)
+    name: str = "default"
+
+    def describe(self) -> dict[str, object]:
+        """JSON-able summary (written into each generated episode's index)."""
+        return {
+            "name": self.name,
+            "camera": {
+                "center": list(self.camera.center),
+                "half_height": self.camera.half_height,
+                "roll": self.camera.roll,
+            },
+            "lighting": {"brightness": self.lighting.brightness, "tint": list(self.lighting.tint)},
+            "objects": [
+                {"kind": o.kind, "x": o.x, "y": o.y, "size": o.size, "rgb": list(o.rgb)}
+                for o in self.scene.objects
+            ],
+            "sky_top": list(self.scene.sky_top),
+            "sky_bottom": list(self.scene.sky_bottom),
+            "table_rgb": list(self.scene.table_rgb),
+        }
+
+
+@dataclass(frozen=True)
+class CameraRanges:
+    """Uniform ranges of the camera pose: centre x, y [m], half height [m], roll [rad]."""
+
+    center_x: tuple[float, float] = (-0.05, 0.05)
+    center_y: tuple[float, float] = (0.26, 0.34)
+    half_height: tuple[float, float] = (0.52, 0.60)
+    roll: tuple[float, float] = (-0.06, 0.06)
+
+
+@dataclass(frozen=True)
+class CellDistribution:
+    """How random cells are drawn (every range uniform; colours rejected when near the arm's)."""
+
+    camera: CameraRanges = field(default_factory=CameraRanges)
+    num_objects: tuple[int, int] = (0, 3)  # inclusive
+    object_kinds: tuple[str, ...] = ("box", "ball")
+    object_size: tuple[float, float] = (0.05, 0.10)  # [m]
+    object_x: tuple[float, float] = (0.12, 0.65)  # |x| [m]: either side of the pedestal
+    brightness: tuple[float, float] = (0.90, 1.10)
+    tint: tuple[float, float] = (0.97, 1.03)  # per channel
+
+    def sample(self, seed: int, name: str = "") -> Cell:
+        """The cell of ``seed`` (pure function of the seed)."""
+        rng = np.random.default_rng([seed, 0x5EED])
+        c = self.camera
+        camera = Camera(
+            center=(float(rng.uniform(*c.center_x)), float(rng.uniform(*c.center_y))),
+            half_height=float(rng.uniform(*c.half_height)),
+            roll=float(rng.uniform(*c.roll)),
+        )
+        lighting = Lighting(
+            brightness=float(rng.uniform(*self.brightness)),
+            tint=tuple(float(v) for v in rng.uniform(*self.tint, size=3)),  # type: ignore[arg-type]
+        )
+        grey = rng.uniform(150, 230)
+        sky_top = _colour(rng, lambda: grey + rng.uniform(-15, 15, 3))
+        sky_bottom = _colour(rng, lambda: np.asarray(sky_top) - rng.uniform(20, 60))
+        wall = _colour(rng, lambda: np.asarray(sky_top) + rng.uniform(-25, 25))
+        table_grey = rng.uniform(70, 180)
+        table = _colour(rng, lambda: table_grey + rng.uniform(-35, 35, 3))
+        objects = []
+        for _ in range(int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))):
+            kind = str(rng.choice(self.object_kinds))
+            size = float(rng.uniform(*self.object_size))
+            x = float(rng.uniform(*self.object_x)) * float(rng.choice([-1.0, 1.0]))
+            y = size / 2  # standing on the table (y = 0)
+            objects.append(SceneObject(kind, x, y, size, _colour(rng, lambda: rng.uniform(0, 255, 3))))
+        scene = Scene(
+            objects=tuple(objects),
+            sky_top=sky_top,
+            sky_bottom=sky_bottom,
+            table_rgb=table,
+            wall_rgb=wall,
+        )
+        return Cell(scene, camera, lighting, name or f"cell-{seed}")
+
+
+def _colour(rng: np.random.Generator, draw: object) -> tuple[int, int, int]:
+    """Draw colours until one is far enough from every arm colour (the pose reader's masks need it)."""
+    for _ in range(1000):
+        c = np.clip(np.rint(draw()), 0, 255).astype(int)  # type: ignore[operator]
+        rgb = (int(c[0]), int(c[1]), int(c[2]))
+        if far_from_arm(rgb):
+            return rgb
+    raise RuntimeError("no colour far enough from the arm's in 1000 draws; widen the colour ranges")
+
+
+TRAIN_DISTRIBUTION = CellDistribution()
+TRAIN_CAMERA = TRAIN_DISTRIBUTION.camera
+
+#: The demo cell: camera, light and object kind outside the training distribution.
+DEMO_CELL = Cell(
+    scene=Scene(
+        objects=(
+            SceneObject("bottle", 0.42, 0.07, 0.14, (200, 120, 40)),
+            SceneObject("box", -0.38, 0.045, 0.09, (110, 60, 130)),
+            SceneObject("bottle", -0.58, 0.06, 0.12, (230, 230, 225)),
+        ),
+        sky_top=(222, 216, 200),
+        sky_bottom=(178, 170, 150),
+        table_rgb=(96, 104, 112),
+        wall_rgb=(200, 192, 176),
+    ),
+    camera=Camera(center=(0.08, 0.37), half_height=0.64, roll=0.09),
+    lighting=Lighting(brightness=0.93, tint=(1.04, 1.0, 0.95)),
+    name="demo",
+)
+
+VARIANT_SETS: tuple[str, ...] = ("train", "heldout", "demo", "default")
+
+
+def cell_for(variant_set: str, seed: int) -> Cell:
+    """The cell of ``seed`` in a named set (``train``, ``heldout``, ``demo``, ``default``)."""
+    if seed < 0 or seed >= HELDOUT_SEED_OFFSET:
+        raise ValueError(f"cell seed {seed} must be in [0, {HELDOUT_SEED_OFFSET})")
+    if variant_set == "train":
+        return TRAIN_DISTRIBUTION.sample(seed, f"train-{seed}")
+    if variant_set == "heldout":
+        return TRAIN_DISTRIBUTION.sample(HELDOUT_SEED_OFFSET + seed, f"heldout-{seed}")
+    if variant_set == "demo":
+        return DEMO_CELL
+    if variant_set == "default":
+        return Cell(scene=Scene.seeded(seed), name=f"default-{seed}")
+    raise ValueError(f"unknown variant set {variant_set!r}; use one of {', '.join(VARIANT_SETS)}")

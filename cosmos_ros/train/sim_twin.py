@@ -1,0 +1,495 @@
+"""The sim twin: a small Cosmos world model of the simulated cell, trained from scratch in one command.
+
+Stages (each a function; `run` chains them and times each; config/sim_twin.yaml sizes them):
+
+1. `generate`: ROS-free sim episodes (`cosmos_ros.sim.dataset`): the ``train`` cells and the held-out
+   ``heldout`` cells (same distribution, other seeds), MCAP + episode.json like the recorder writes;
+2. `build_clips`: the project's clip builder on both (the held-out clips are for evaluation);
+3. `train_vae`: a small `AutoencoderKLWan` on the training frames (`cosmos_ros.train.vae`);
+4. `write_base`: a random-init `CosmosTransformer3DModel` of the configured size + that VAE + the UniPC
+   scheduler config + a tiny text encoder and the prompt-embedding cache, in the diffusers layout: the
+   "base" the project's trainer starts from (no 7B text encoder anywhere);
+5. `encode_latents`: the trainer's latent cache (the trainer's own functions and fingerprint, so the trainer
+   finds it fresh and skips encoding), in large batches on the GPU instead of the trainer's 4 clips a call;
+6. `train_transformer`: the project's trainer (`cosmos_ros.train.trainer.Trainer`) in ``full`` mode from
+   that random init;
+7. `export`: the shipped folder ``<out>/sim_twin``: trained transformer (bf16, shards under 16 MB),
+   VAE, scheduler, text encoder, prompt cache, the trained action MLPs
+   (``action_conditioning.safetensors``) and ``cosmos_ros_card.json`` (action tokenizer, clip geometry,
+   data, recipe and figures) + a README model card and the loss curves. `WorldModel.from_pretrained`,
+   `Predictor.load` and the trainer read it directly, and by short name once installed
+   (``base_model:=sim_twin``, `cosmos_ros.model.registry`).
+
+CLI: ``python -m cosmos_ros.train.sim_twin --config config/sim_twin.yaml --out runs/sim_twin [--smoke]``;
+``--smoke`` runs every stage on CPU with tiny counts and sizes (about a minute) to check the plumbing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cosmos_ros.sim.dataset import DEFAULT_PROMPT, GenerateConfig
+
+STAGES = ("generate", "clips", "vae", "base", "latents", "transformer", "export")
+
+#: Every stage's counts and sizes cut down so the whole pipeline runs on CPU in about a minute.
+SMOKE: dict[str, Any] = {
+    "size": [32, 48],
+    "data": {"train_episodes": 3, "heldout_episodes": 1, "episode_seconds": 2.6, "workers": 1},
+    "clips": {"val_fraction": 0.34, "stride": 6},
+    "vae": {
+        "base_dim": 4,
+        "steps": 2,
+        "batch_size": 2,
+        "val_clips": 2,
+        "stats_clips": 2,
+        "cpu": True,
+        "num_workers": 0,
+    },
+    "transformer": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "adaln_lora_dim": 8},
+    "train": {
+        "model": {"dtype": "float32", "compile": False, "memory_policy": "none", "action_hidden_dim": 16},
+        "optim": {"max_steps": 3, "batch_size": 2, "warmup_steps": 1},
+        "run": {"cpu": True, "mixed_precision": "no", "val_every": 3, "checkpoint_every": 0, "log_every": 1},
+    },
+    "export": {"dtype": "float32"},
+}
+
+
+def deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Nested dict update (returns a new dict)."""
+    out = copy.deepcopy(base)
+    for k, v in new.items():
+        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path, smoke: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
+    """The sim-twin YAML (config/sim_twin.yaml) with the smoke cut and `a.b.c=value` overrides applied."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"sim-twin config {p} not found (see config/sim_twin.yaml)")
+    cfg = yaml.safe_load(p.read_text()) or {}
+    if smoke:
+        cfg = deep_update(cfg, SMOKE)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r} must look like [section.]key=value (e.g. vae.steps=100)")
+        node = cfg
+        *parents, last = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = yaml.safe_load(value)
+    return cfg
+
+
+def _size(cfg: dict[str, Any]) -> tuple[int, int]:
+    h, w = (int(v) for v in cfg["size"])
+    if h % 16 or w % 16:
+        raise ValueError(f"size {h}x{w}: height and width must be multiples of 16 (8x VAE, 2x2 patch)")
+    return h, w
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def generate(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 1: train and held-out sim episodes under <out>/data/{train,heldout}."""
+    from cosmos_ros.sim.dataset import generate as gen
+
+    d = cfg["data"]
+    h, w = _size(cfg)
+    report = {}
+    for vset, count in (("train", d["train_episodes"]), ("heldout", d["heldout_episodes"])):
+        if not count:
+            continue
+        g = GenerateConfig(
+            output=str(out / "data"),
+            variant_set=vset,
+            num_episodes=int(count),
+            episode_seconds=float(d.get("episode_seconds", 30.0)),
+            width=w,
+            height=h,
+            seed=int(d.get("seed", 0)),
+            prompt=str(d.get("prompt", DEFAULT_PROMPT)),
+            workers=int(d.get("workers", 0)),
+            overwrite=True,
+        )
+        results = gen(g, progress=bool(cfg.get("progress", True)))
+        report[vset] = {"episodes": len(results), "frames": sum(r.frames for r in results)}
+    return report
+
+
+def build_clips(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 2: the project's build_clips on the train episodes (+ held-out ones, all in one split)."""
+    from cosmos_ros.clips.cli import main as clips_main
+
+    h, w = _size(cfg)
+    c = cfg.get("clips", {})
+    report = {}
+    for vset, dest, val in (
+        ("train", out / "clips", c.get("val_fraction", 0.02)),
+        ("heldout", out / "clips_heldout", 0.0),
+    ):
+        src = out / "data" / vset
+        if not src.is_dir():
+            continue
+        args = [str(src), "-o", str(dest), "--width", str(w), "--height", str(h), "--overwrite"]
+        for key, value in {**c, "val_fraction": val, "progress": False}.items():
+            args += ["--set", f"{key}={json.dumps(value) if isinstance(value, list) else value}"]
+        if clips_main(args) != 0:
+            raise RuntimeError(f"build_clips failed on {src} (see its message above)")
+        report[vset] = json.loads((dest / "clips.json").read_text())["counts"]
+    return report
+
+
+def train_vae(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 3: the VAE on the training clips -> <out>/vae/vae."""
+    from cosmos_ros.train.vae import VaeTrainer, config_from
+
+    vcfg = config_from(
+        {
+            **cfg.get("vae", {}),
+            "clips_dir": str(out / "clips"),
+            "output_dir": str(out / "vae"),
+            "progress": bool(cfg.get("progress", True)),
+        }
+    )
+    res = VaeTrainer(vcfg).train()
+    return {"steps": res.steps, "params": res.params, "psnr_db": res.psnr, "psnr_arm_db": res.psnr_arm}
+
+
+def transformer_config(cfg: dict[str, Any], text_channels: int) -> dict[str, Any]:
+    """`CosmosTransformer3DModel` kwargs of the configured size (16 latent channels + condition mask)."""
+    t = cfg.get("transformer", {})
+    z = int(cfg.get("vae", {}).get("z_dim", 16))
+    text_dim = int(t.get("text_embed_dim", 64))
+    return dict(
+        in_channels=z + 1,
+        out_channels=z,
+        num_attention_heads=int(t.get("num_attention_heads", 4)),
+        attention_head_dim=int(t.get("attention_head_dim", 64)),
+        num_layers=int(t.get("num_layers", 6)),
+        mlp_ratio=float(t.get("mlp_ratio", 4.0)),
+        text_embed_dim=text_dim,
+        adaln_lora_dim=int(t.get("adaln_lora_dim", 64)),
+        max_size=(32, 64, 64),
+        patch_size=(1, 2, 2),
+        rope_scale=(1.0, 3.0, 3.0),
+        concat_padding_mask=True,
+        extra_pos_embed_type=None,
+        use_crossattn_projection=True,
+        crossattn_proj_in_channels=text_channels,
+        encoder_hidden_states_channels=text_dim,
+    )
+
+
+def write_base(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 4: the random-init base in the diffusers layout under <out>/base."""
+    import torch
+    from diffusers import CosmosTransformer3DModel, UniPCMultistepScheduler
+
+    from cosmos_ros.model import text_cache
+    from cosmos_ros.model.world_model import SCHEDULER_CONFIG
+
+    base = out / "base"
+    if base.exists():
+        shutil.rmtree(base)
+    base.mkdir(parents=True)
+    shutil.copytree(out / "vae" / "vae", base / "vae")
+    UniPCMultistepScheduler(**SCHEDULER_CONFIG).save_pretrained(base / "scheduler")
+    seed = int(cfg.get("seed", 0))
+    text_cache.make_tiny_text_encoder(base, seed=seed)
+    prompt = str(cfg.get("data", {}).get("prompt", DEFAULT_PROMPT))
+    text_cache.build_prompt_cache(base, [prompt], base / "prompt_cache.safetensors", device="cpu")
+    channels = text_cache.PromptCache.load(base / "prompt_cache.safetensors").embed_dim
+    torch.manual_seed(seed)
+    net = CosmosTransformer3DModel(**transformer_config(cfg, channels))
+    net.save_pretrained(base / "transformer", safe_serialization=True)
+    (base / "model_index.json").write_text(json.dumps(_model_index(), indent=1))
+    return {"transformer_params": sum(p.numel() for p in net.parameters())}
+
+
+def _model_index() -> dict[str, Any]:
+    return {
+        "_class_name": "Cosmos2_5_PredictBasePipeline",
+        "transformer": ["diffusers", "CosmosTransformer3DModel"],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "Qwen2_5_VLForConditionalGeneration"],
+        "tokenizer": ["transformers", "PreTrainedTokenizerFast"],
+    }
+
+
+def train_config(cfg: dict[str, Any], out: Path) -> Any:
+    """The project's TrainConfig for full training of the base (config section ``train:``)."""
+    from cosmos_ros.train.config import TrainConfig
+
+    fixed = {
+        "model": {"base": str(out / "base")},
+        "adapter": {"mode": "full"},
+        "data": {
+            "clips_dir": str(out / "clips"),
+            "prompt_cache": str(out / "base" / "prompt_cache.safetensors"),
+            "latent_cache_dir": str(out / "train" / "latents"),
+        },
+        "run": {"output_dir": str(out / "train"), "progress": bool(cfg.get("progress", True))},
+    }
+    return TrainConfig.from_dict(deep_update(cfg.get("train", {}), fixed))
+
+
+def encode_latents(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 5: build the trainer's latent caches (train, val) exactly as `Trainer` would, faster."""
+    import torch
+    from diffusers import AutoencoderKLWan
+
+    from cosmos_ros.clips.dataset import ClipDataset
+    from cosmos_ros.model.world_model import WorldModel
+    from cosmos_ros.train.latent_cache import (
+        build_latents,
+        cache_identity,
+        clip_ids_of,
+        data_identity,
+        fingerprint,
+        stale_reason,
+    )
+
+    tcfg = train_config(cfg, out)
+    base = str(tcfg.model.base)
+    vae_cfg = {
+        k: v for k, v in AutoencoderKLWan.load_config(base, subfolder="vae").items() if not k.startswith("_")
+    }
+    tok = json.loads((out / "clips" / "tokenizer.json").read_text())
+    device = "cuda" if torch.cuda.is_available() and not tcfg.run.cpu else "cpu"
+    wm = WorldModel.from_pretrained(base, load_vae=True, device=device)
+    counts = {}
+    for split in (tcfg.data.train_split, tcfg.data.val_split):
+        ds = ClipDataset(out / "clips", split)
+        if len(ds) == 0:
+            continue
+        name = "train" if split == tcfg.data.train_split else "val"
+        ids = clip_ids_of(ds)
+        data = data_identity(ds, tok)
+        fp = fingerprint(base, vae_cfg, ids, data)
+        identity = cache_identity(base, vae_cfg, ids, data)
+        path = Path(str(tcfg.data.latent_cache_dir)) / f"{name}.safetensors"
+        if stale_reason(path, fp, identity) is not None:
+            batch = int(cfg.get("latents", {}).get("batch_size", 64))
+            build_latents(
+                wm,
+                ds,
+                path,
+                fp,
+                batch_size=batch,
+                progress=bool(cfg.get("progress", True)),
+                identity=identity,
+            )
+        counts[name] = len(ds)
+    return counts
+
+
+def train_transformer(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Stage 5: full training from random init with the project's trainer -> <out>/train/adapter."""
+    from cosmos_ros.train.trainer import Trainer
+
+    trainer = Trainer(train_config(cfg, out))
+    result = trainer.train()
+    curves = {
+        "train_loss": {str(k): v for k, v in result.losses.items()},
+        "val_loss": {str(k): v for k, v in result.val_losses.items()},
+    }
+    (out / "train" / "loss_curves.json").write_text(json.dumps(curves))
+    last = [result.losses[k] for k in sorted(result.losses)[-50:]]
+    return {
+        "steps": result.step,
+        "final_train_loss": sum(last) / max(len(last), 1),
+        "val_loss": result.val_losses.get(max(result.val_losses)) if result.val_losses else None,
+        "trainable_params": trainer.n_trainable,
+        "train_seconds": round(result.seconds, 1),
+    }
+
+
+def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, Any]:
+    """Stage 6: the shipped folder <out>/sim_twin (see the module docstring); checks the size limits."""
+    import torch
+    from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
+    from safetensors.torch import load_file
+
+    from cosmos_ros.model.world_model import ACTION_CONDITIONING_FILE
+
+    e = cfg.get("export", {})
+    dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[
+        e.get("dtype", "bfloat16")
+    ]
+    shard = str(e.get("max_shard_size", "15MB"))
+    base, adapter, dest = out / "base", out / "train" / "adapter", out / "sim_twin"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    net = CosmosTransformer3DModel.from_pretrained(base, subfolder="transformer", torch_dtype=torch.float32)
+    state = load_file(str(adapter / "transformer.safetensors"))
+    net.load_state_dict(state, strict=True)
+    net.to(dtype).save_pretrained(dest / "transformer", safe_serialization=True, max_shard_size=shard)
+    vae = AutoencoderKLWan.from_pretrained(base, subfolder="vae", torch_dtype=torch.float32)
+    vae.to(dtype).save_pretrained(dest / "vae", safe_serialization=True, max_shard_size=shard)
+    for name in ("scheduler", "text_encoder", "tokenizer"):
+        shutil.copytree(base / name, dest / name)
+    shutil.copy2(base / "prompt_cache.safetensors", dest / "prompt_cache.safetensors")
+    shutil.copy2(adapter / "action_conditioning.safetensors", dest / ACTION_CONDITIONING_FILE)
+    (dest / "model_index.json").write_text(
+        json.dumps({**_model_index(), "cosmos_ros_sim_twin": True}, indent=1)
+    )
+    adapter_card = json.loads((adapter / "cosmos_ros_card.json").read_text())
+    for name in ("loss_curves.json",):
+        shutil.copy2(out / "train" / name, dest / name)
+    vae_report = json.loads((out / "vae" / "vae_report.json").read_text())
+    (dest / "vae_losses.json").write_text(json.dumps(vae_report.get("losses", {})))
+    card = {
+        "format": "cosmos_ros.base/1",
+        "name": "sim_twin",
+        "tokenizer": adapter_card.get("tokenizer"),
+        "geometry": adapter_card.get("geometry"),
+        "action_conditioning": adapter_card.get("action_conditioning"),
+        "transformer_config": adapter_card.get("transformer_config"),
+        "dataset": adapter_card.get("dataset"),
+        "training": adapter_card.get("training"),
+        "vae": {k: v for k, v in vae_report.items() if k != "losses"},
+        "pipeline": report,
+        "recipe": {k: v for k, v in cfg.items() if k != "progress"},
+    }
+    (dest / "cosmos_ros_card.json").write_text(json.dumps(card, indent=1, default=str))
+    sizes = {str(p.relative_to(dest)): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
+    total = sum(sizes.values())
+    biggest = max(sizes.items(), key=lambda kv: kv[1])
+    (dest / "README.md").write_text(_model_card(card, total))
+    limits = e.get("limits", {"total_mb": 40, "file_mb": 16})
+    over = []
+    if total > limits["total_mb"] * 1e6:
+        over.append(f"total {total / 1e6:.1f} MB > {limits['total_mb']} MB")
+    if biggest[1] > limits["file_mb"] * 1e6:
+        over.append(f"{biggest[0]} is {biggest[1] / 1e6:.1f} MB > {limits['file_mb']} MB")
+    return {
+        "path": str(dest),
+        "total_mb": round(total / 1e6, 2),
+        "largest_file": biggest[0],
+        "over_limits": over,
+    }
+
+
+def _model_card(card: dict[str, Any], total: int) -> str:
+    t = card.get("training") or {}
+    v = card.get("vae") or {}
+    p = card.get("pipeline") or {}
+    geo = card.get("geometry") or {}
+    lines = [
+        "---",
+        "library_name: diffusers",
+        "tags: [cosmos, world-model, robotics, simulation]",
+        "---",
+        "",
+        "# cosmos_ros sim twin",
+        "",
+        "A small Cosmos Predict 2.5 world model (diffusers `CosmosTransformer3DModel` + cosmos_ros action "
+        "conditioning, `AutoencoderKLWan`) of the simulated arm cell, trained from random initialisation "
+        "with the cosmos_ros trainer (full training) on ROS-free sim episodes with random scenes, lighting "
+        "and camera poses. Load with `WorldModel.from_pretrained(path)` / `Predictor.load(path)`, or "
+        "`base_model:=sim_twin` once installed.",
+        "",
+        f"- Frames: {geo.get('num_frames')} x {geo.get('height')}x{geo.get('width')} "
+        f"({geo.get('num_cond_latent_frames')} conditioning latent frame)",
+        f"- Transformer: {t.get('total_params')} parameters, {t.get('steps')} steps; "
+        f"VAE: {v.get('params')} parameters, held-out PSNR {v.get('val_psnr_db')} dB "
+        f"(arm pixels {v.get('val_psnr_arm_db')} dB)",
+        f"- Data: {json.dumps(p.get('generate'))}; clips {json.dumps(p.get('clips'))}",
+        f"- Stage times [s]: {json.dumps(p.get('seconds'))}",
+        f"- Shipped size: {total / 1e6:.1f} MB (safetensors, diffusers layout)",
+        "- Loss curves: `loss_curves.json` (transformer), `vae_losses.json`; recipe and figures: "
+        "`cosmos_ros_card.json`.",
+        "",
+        "Reproduce: `tools/train_sim_twin.sh <out>` (config/sim_twin.yaml) on one GPU.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(
+    cfg: dict[str, Any],
+    out: str | Path,
+    stages: tuple[str, ...] = STAGES,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the stages in order; returns (and writes to <out>/pipeline_report.json) what each did."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"seconds": {}}
+    fns: dict[str, Callable[[], dict[str, Any]]] = {
+        "generate": lambda: generate(cfg, out),
+        "clips": lambda: build_clips(cfg, out),
+        "vae": lambda: train_vae(cfg, out),
+        "base": lambda: write_base(cfg, out),
+        "latents": lambda: encode_latents(cfg, out),
+        "transformer": lambda: train_transformer(cfg, out),
+        "export": lambda: export(cfg, out, report),
+    }
+    unknown = [s for s in stages if s not in fns]
+    if unknown:
+        raise ValueError(f"unknown stages {unknown}; use some of {', '.join(STAGES)}")
+    t_all = time.time()
+    for name in STAGES:
+        if name not in stages:
+            continue
+        t0 = time.time()
+        log(f"sim_twin: stage {name} ...")
+        report[name] = fns[name]()
+        report["seconds"][name] = round(time.time() - t0, 1)
+        summary = json.dumps(report[name], default=str)
+        log(f"sim_twin: stage {name} done in {report['seconds'][name]} s: {summary}")
+        (out / "pipeline_report.json").write_text(json.dumps(report, indent=1, default=str))
+    report["seconds"]["total"] = round(time.time() - t_all, 1)
+    (out / "pipeline_report.json").write_text(json.dumps(report, indent=1, default=str))
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI; exit 0 on success, 1 on a clear error, 2 when the shipped folder is over the size limits."""
+    import argparse
+    import sys
+
+    ap = argparse.ArgumentParser(
+        prog="python -m cosmos_ros.train.sim_twin", description=__doc__.split("\n")[0]
+    )
+    ap.add_argument("--config", default="config/sim_twin.yaml")
+    ap.add_argument("--out", required=True, help="output folder (data, clips, runs and <out>/sim_twin)")
+    ap.add_argument("--smoke", action="store_true", help="tiny CPU run of every stage (plumbing check)")
+    ap.add_argument("--stages", default=",".join(STAGES), help="comma list, in pipeline order")
+    ap.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. vae.steps=100")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.smoke, args.overrides)
+        if args.smoke:
+            import torch
+
+            torch.set_num_threads(1)
+        report = run(cfg, args.out, tuple(s for s in args.stages.split(",") if s))
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        print(f"sim_twin: error: {e}", file=sys.stderr)
+        return 1
+    over = (report.get("export") or {}).get("over_limits")
+    if over:
+        print(f"sim_twin: the shipped folder is over the limits: {'; '.join(over)}", file=sys.stderr)
+        return 2
+    print(
+        f"sim_twin: done in {report['seconds'].get('total')} s -> {Path(args.out) / 'sim_twin'}", flush=True
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

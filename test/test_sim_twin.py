@@ -1,0 +1,95 @@
+"""The sim-twin pipeline end to end on CPU (its --smoke cut): sim episodes -> build_clips -> VAE ->
+random-init base -> full training with the project's trainer -> shipped folder, which the predictor then
+loads by short name. Tiny sizes: this checks the plumbing and the contracts between stages, not quality."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from cosmos_ros.model.registry import resolve_base
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_name_passes_paths_through_and_explains_missing_weights(tmp_path, monkeypatch) -> None:
+    assert resolve_base("nvidia/Cosmos-Predict2.5-2B") == "nvidia/Cosmos-Predict2.5-2B"
+    assert resolve_base(str(tmp_path)) == str(tmp_path)
+    monkeypatch.setenv("COSMOS_ROS_MODELS", str(tmp_path / "none"))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "none"))
+    if (REPO / "models" / "sim_twin" / "transformer" / "config.json").is_file():
+        pytest.skip("the sim twin is shipped in this checkout")
+    with pytest.raises(FileNotFoundError, match=r"not installed .*tools/train_sim_twin.sh"):
+        resolve_base("sim_twin")
+
+
+def test_smoke_pipeline_ships_a_twin_the_predictor_loads_by_name(tmp_path, monkeypatch) -> None:
+    from cosmos_ros.train import sim_twin
+
+    torch.set_num_threads(1)
+    cfg = sim_twin.load_config(REPO / "config" / "sim_twin.yaml", smoke=True, overrides=["progress=false"])
+    out = tmp_path / "run"
+    report = sim_twin.run(cfg, out, log=lambda _: None)
+    assert report["generate"]["train"]["episodes"] == 3
+    assert report["clips"]["train"] == {"train": 6, "val": 3}  # 27 frames: 3 clips of 13 at stride 6
+    assert np.isfinite(report["vae"]["psnr_db"])
+    assert report["transformer"]["steps"] == 3
+    twin = out / "sim_twin"
+    assert report["export"]["over_limits"] == []
+    # The diffusers layout: sub-model folders with configs and safetensors only (no pickles anywhere).
+    for sub in ("transformer", "vae", "scheduler", "text_encoder", "tokenizer"):
+        assert (twin / sub).is_dir(), sub
+    assert not [p for p in twin.rglob("*") if p.suffix in (".bin", ".pt", ".pkl")]
+    vae_cfg = json.loads((twin / "vae" / "config.json").read_text())
+    assert vae_cfg["base_dim"] == 4 and len(vae_cfg["latents_std"]) == 16
+    card = json.loads((twin / "cosmos_ros_card.json").read_text())
+    assert card["geometry"]["height"] == 32 and card["tokenizer"]["joint_names"] == [
+        "joint1",
+        "joint2",
+        "joint3",
+    ]
+    assert set(json.loads((twin / "loss_curves.json").read_text())["train_loss"]) == {"1", "2", "3"}
+
+    # By short name, through the registry, with the trained action MLPs and the base's tokenizer.
+    from cosmos_ros.model.adapters import load_world_model
+    from cosmos_ros.predict.core import Predictor
+
+    monkeypatch.setenv("COSMOS_ROS_MODELS", str(out))
+    pred = Predictor.load("sim_twin", device="cpu")
+    assert (pred.height, pred.width) == (32, 48) and pred.tokenizer is not None
+    trained = load_world_model(str(twin)).transformer.action_embedder
+    assert trained is not None and float(trained.to_adaln.fc2.weight.abs().sum()) > 0
+    context = np.zeros((1, 32, 48, 3), np.uint8)
+    frames = pred.predict(context, np.zeros((2, 4, 3), np.float32), num_steps=2)
+    assert frames.shape == (2, 4, 32, 48, 3) and frames.dtype == np.uint8
+
+    # A LoRA fine-tune on top of the twin (the demo's path) starts from the twin's trained action MLPs.
+    from cosmos_ros.train.config import TrainConfig
+    from cosmos_ros.train.trainer import Trainer
+
+    tcfg = TrainConfig.from_dict(
+        {
+            "model": {"base": "sim_twin", "dtype": "float32", "compile": False, "memory_policy": "none"},
+            "adapter": {"mode": "lora", "rank": 4, "alpha": 4},
+            "data": {"clips_dir": str(out / "clips")},
+            "optim": {"max_steps": 1, "batch_size": 2, "warmup_steps": 0, "cfg_dropout": 0.0},
+            "run": {
+                "output_dir": str(tmp_path / "lora"),
+                "cpu": True,
+                "mixed_precision": "no",
+                "val_every": 0,
+                "checkpoint_every": 0,
+                "progress": False,
+            },
+        }
+    )
+    trainer = Trainer(tcfg)
+    start = trainer.wm.transformer.action_embedder.to_adaln.fc2.weight.detach().clone()
+    assert torch.equal(start, trained.to_adaln.fc2.weight)
+    result = trainer.train()
+    tuned = Predictor.load(None, adapter=str(result.adapter_dir), device="cpu")
+    assert (tuned.height, tuned.width) == (32, 48)
