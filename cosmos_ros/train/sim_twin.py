@@ -322,6 +322,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
     from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
     from safetensors.torch import load_file
 
+    from cosmos_ros.model.adapters import read_card
     from cosmos_ros.model.world_model import ACTION_CONDITIONING_FILE
 
     e = cfg.get("export", {})
@@ -346,7 +347,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
     (dest / "model_index.json").write_text(
         json.dumps({**_model_index(), "cosmos_ros_sim_twin": True}, indent=1)
     )
-    adapter_card = json.loads((adapter / "cosmos_ros_card.json").read_text())
+    adapter_card = read_card(adapter)  # the trainer's card of the full fine-tune (model card section)
     for name in ("loss_curves.json",):
         shutil.copy2(out / "train" / name, dest / name)
     vae_report = json.loads((out / "vae" / "vae_report.json").read_text())
@@ -356,6 +357,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         "name": "sim_twin",
         "tokenizer": adapter_card.get("tokenizer"),
         "geometry": adapter_card.get("geometry"),
+        "preprocessing": adapter_card.get("preprocessing"),
         "action_conditioning": adapter_card.get("action_conditioning"),
         "transformer_config": adapter_card.get("transformer_config"),
         "dataset": adapter_card.get("dataset"),
