@@ -94,6 +94,10 @@ def test_cells_are_seeded_and_their_colours_stay_off_the_arm() -> None:
         assert TRAIN_CAMERA.half_height[0] <= cam.half_height <= TRAIN_CAMERA.half_height[1]
         assert {o.kind for o in s.objects} <= set(TRAIN_DISTRIBUTION.object_kinds)
     assert n_objects > 20  # objects are the rule, not the exception
+    # every seed gives a cell: a grey level whose derived colours all sit near the arm's greys is redrawn
+    # (it failed 28 of the first 3000 seeds, e.g. seed 190, and stopped a whole data generation run)
+    for seed in range(400):
+        TRAIN_DISTRIBUTION.sample(seed)
     # The demo cell is outside the training distribution: its camera and one object kind.
     assert not TRAIN_CAMERA.roll[0] <= DEMO_CELL.camera.roll <= TRAIN_CAMERA.roll[1]
     assert not TRAIN_CAMERA.half_height[0] <= DEMO_CELL.camera.half_height <= TRAIN_CAMERA.half_height[1]

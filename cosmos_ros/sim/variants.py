@@ -96,12 +96,7 @@ class CellDistribution:
             brightness=float(rng.uniform(*self.brightness)),
             tint=tuple(float(v) for v in rng.uniform(*self.tint, size=3)),  # type: ignore[arg-type]
         )
-        grey = rng.uniform(150, 230)
-        sky_top = _colour(rng, lambda: grey + rng.uniform(-15, 15, 3))
-        sky_bottom = _colour(rng, lambda: np.asarray(sky_top) - rng.uniform(20, 60))
-        wall = _colour(rng, lambda: np.asarray(sky_top) + rng.uniform(-25, 25))
-        table_grey = rng.uniform(70, 180)
-        table = _colour(rng, lambda: table_grey + rng.uniform(-35, 35, 3))
+        sky_top, sky_bottom, wall, table = _background_colours(rng)
         objects = []
         for _ in range(int(rng.integers(self.num_objects[0], self.num_objects[1] + 1))):
             kind = str(rng.choice(self.object_kinds))
@@ -119,14 +114,42 @@ class CellDistribution:
         return Cell(scene, camera, lighting, name or f"cell-{seed}")
 
 
-def _colour(rng: np.random.Generator, draw: object) -> tuple[int, int, int]:
-    """Draw colours until one is far enough from every arm colour (the pose reader's masks need it)."""
+class _NoColour(RuntimeError):
+    """No colour far enough from the arm's among the draws of one base colour."""
+
+
+def _background_colours(rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
+    """Sky top/bottom, wall and table colours, each far enough from the arm's.
+
+    The sky and wall colours derive from one grey level; a level whose derived colours all land near an arm
+    colour (the palm and base are greys too) is redrawn as a whole rather than failing the cell.
+    """
     for _ in range(1000):
+        try:
+            return _draw_background(rng)
+        except _NoColour:
+            continue
+    raise RuntimeError("no background colours far enough from the arm's in 1000 draws; widen the ranges")
+
+
+def _draw_background(rng: np.random.Generator) -> tuple[tuple[int, int, int], ...]:
+    grey = rng.uniform(150, 230)
+    sky_top = _colour(rng, lambda: grey + rng.uniform(-15, 15, 3))
+    sky_bottom = _colour(rng, lambda: np.asarray(sky_top) - rng.uniform(20, 60))
+    wall = _colour(rng, lambda: np.asarray(sky_top) + rng.uniform(-25, 25))
+    table_grey = rng.uniform(70, 180)
+    table = _colour(rng, lambda: table_grey + rng.uniform(-35, 35, 3))
+    return sky_top, sky_bottom, wall, table
+
+
+def _colour(rng: np.random.Generator, draw: object, tries: int = 100) -> tuple[int, int, int]:
+    """Draw colours until one is far enough from every arm colour (the pose reader's masks need it)."""
+    for _ in range(tries):
         c = np.clip(np.rint(draw()), 0, 255).astype(int)  # type: ignore[operator]
         rgb = (int(c[0]), int(c[1]), int(c[2]))
         if far_from_arm(rgb):
             return rgb
-    raise RuntimeError("no colour far enough from the arm's in 1000 draws; widen the colour ranges")
+    raise _NoColour(f"no colour far enough from the arm's in {tries} draws")
 
 
 TRAIN_DISTRIBUTION = CellDistribution()
