@@ -32,7 +32,7 @@ setup(
         "numpy>=1.26",
         "pyyaml>=6.0",
         "tqdm>=4.66",
-        "rosbags>=0.11",
+        "rosbags>=0.11,<0.12",
         "mcap>=1.2",
         "safetensors>=0.4",
         "imageio>=2.34",
@@ -40,13 +40,13 @@ setup(
     ],
     extras_require={
         "train": [
-            "torch>=2.4",
-            "torchvision>=0.19",
-            "diffusers>=0.42",
+            "torch>=2.11",  # tested: 2.11 (GPU) and 2.14.1 (CPU; requirements/python.txt pins it)
+            "torchvision>=0.26",
+            "diffusers>=0.42,<0.43",  # upper bounds: requirements/python.txt says why
             "huggingface_hub>=0.30",
-            "peft>=0.21",
+            "peft>=0.21,<0.22",
             "accelerate>=1.0",
-            "transformers>=4.50",
+            "transformers>=4.50,<5.25",
             "tensorboard>=2.16",
             "imageio-ffmpeg>=0.5",
             "matplotlib>=3.8",

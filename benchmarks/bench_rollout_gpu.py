@@ -189,14 +189,8 @@ def build_world_model(smoke: bool = False) -> Any:
     from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
 
     from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
-    from cosmos_ros.model.world_model import (
-        COSMOS_2B_CONFIG,
-        SCHEDULER_CONFIG,
-        TINY_TRANSFORMER_CONFIG,
-        TINY_VAE_CONFIG,
-        ModelSource,
-        WorldModel,
-    )
+    from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG, TINY_VAE_CONFIG
+    from cosmos_ros.model.world_model import COSMOS_2B_CONFIG, SCHEDULER_CONFIG, ModelSource, WorldModel
 
     torch.manual_seed(0)
     tcfg, vcfg, dtype = (
@@ -579,7 +573,7 @@ def _smoke_setup(a: argparse.Namespace) -> None:
     """CPU, tiny model at its geometry, 2 candidates, 2 steps, one repeat, compile/fp8 off (the fast path
     on unless a variant turns it off), no baseline."""
     global DEVICE, T, H, W, PIX_H, PIX_W, TEXT_SHAPE
-    from cosmos_ros.model.world_model import TINY_FRAME_SIZE, TINY_TRANSFORMER_CONFIG
+    from cosmos_ros.model.tiny import TINY_FRAME_SIZE, TINY_TRANSFORMER_CONFIG
 
     DEVICE = "cpu"
     PIX_H, PIX_W = TINY_FRAME_SIZE

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from rclpy.context import Context
     from rclpy.node import Node
 
-    from cosmos_ros.model.world_model import make_tiny_world_model
+    from cosmos_ros.model.tiny import make_tiny_world_model
 
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         # short on a small CPU (the tiny VAE's 13-frame 256x320 decode takes minutes for 8 candidates).
         from diffusers import AutoencoderKLWan
 
-        from cosmos_ros.model.world_model import TINY_VAE_CONFIG
+        from cosmos_ros.model.tiny import TINY_VAE_CONFIG
 
         slim = dict(TINY_VAE_CONFIG, base_dim=4, dim_mult=[1, 1, 1, 1], num_res_blocks=0)
         AutoencoderKLWan(**slim).save_pretrained(model_dir / "vae", safe_serialization=True)

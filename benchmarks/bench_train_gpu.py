@@ -86,12 +86,8 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
     from cosmos_ros.model import perf
     from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
     from cosmos_ros.model.adapters import AdapterConfig, apply_adapters
-    from cosmos_ros.model.world_model import (
-        COSMOS_2B_CONFIG,
-        TINY_TRANSFORMER_CONFIG,
-        ModelSource,
-        WorldModel,
-    )
+    from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG
+    from cosmos_ros.model.world_model import COSMOS_2B_CONFIG, ModelSource, WorldModel
 
     mode, policy, comp, attn, cmode = parse_variant(spec)
     cleanup()

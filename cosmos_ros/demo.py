@@ -297,7 +297,7 @@ def build_clips(demo: Demo, episodes_dir: Path) -> Path:
 
 
 def make_model(demo: Demo, clips: Path) -> Path:
-    from cosmos_ros.model.world_model import make_tiny_world_model
+    from cosmos_ros.model.tiny import make_tiny_world_model
 
     model = demo.out / "tiny_model"
     if model.exists():

@@ -20,7 +20,7 @@ import pytest
 
 HERE = Path(__file__).resolve().parent
 JOINTS = ("joint1", "joint2", "joint3")
-HEIGHT, WIDTH = 64, 80  # the tiny model's size (cosmos_ros.model.world_model.TINY_FRAME_SIZE)
+HEIGHT, WIDTH = 64, 80  # the tiny model's size (cosmos_ros.model.tiny.TINY_FRAME_SIZE)
 
 
 @dataclass(frozen=True)

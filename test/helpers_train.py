@@ -68,7 +68,7 @@ class SimArmClips(torch.utils.data.Dataset):
 
 def tiny_model_dir(root: Path) -> Path:
     """Tiny random Cosmos 2.5 model (+ tiny text encoder and prompt cache) saved under root/tiny_model."""
-    from cosmos_ros.model.world_model import make_tiny_world_model
+    from cosmos_ros.model.tiny import make_tiny_world_model
 
     path = root / "tiny_model"
     if not (path / "transformer" / "config.json").is_file():

@@ -14,7 +14,8 @@ torch.set_num_threads(1)  # 2 cores shared: one thread avoids OpenMP oversubscri
 from helpers_train import shared_dir, tiny_model_dir, train_and_val_clips, train_config  # noqa: E402
 
 from cosmos_ros.model.adapters import AdapterError, load_world_model, read_card  # noqa: E402
-from cosmos_ros.model.world_model import TINY_TRANSFORMER_CONFIG, WorldModel, make_tiny_world_model  # noqa: E402
+from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG, make_tiny_world_model  # noqa: E402
+from cosmos_ros.model.world_model import WorldModel  # noqa: E402
 from cosmos_ros.train.trainer import Trainer  # noqa: E402
 
 

@@ -71,7 +71,8 @@ def test_bf16_base_norm_matches_pefts_float32_norm_and_saves_the_same_keys() -> 
 
     from cosmos_ros.model.action_cond import ActionConditionedTransformer
     from cosmos_ros.model.adapters import apply_adapters
-    from cosmos_ros.model.world_model import TINY_TRANSFORMER_CONFIG, ModelSource, WorldModel
+    from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG
+    from cosmos_ros.model.world_model import ModelSource, WorldModel
 
     torch.manual_seed(0)
     tr = CosmosTransformer3DModel(**TINY_TRANSFORMER_CONFIG).to(torch.bfloat16)

@@ -23,7 +23,8 @@ from cosmos_ros.model.inference_speedups import (
     uses_grouped_prompts,
 )
 from cosmos_ros.model.sampler import sample_latents
-from cosmos_ros.model.world_model import SCHEDULER_CONFIG, TINY_TRANSFORMER_CONFIG, ModelSource, WorldModel
+from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG
+from cosmos_ros.model.world_model import SCHEDULER_CONFIG, ModelSource, WorldModel
 
 T, H, W = 4, 8, 10
 B = 3  # candidates

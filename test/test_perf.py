@@ -15,7 +15,8 @@ import torch
 from cosmos_ros.model import perf
 from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
 from cosmos_ros.model.adapters import AdapterConfig, apply_adapters
-from cosmos_ros.model.world_model import TINY_TRANSFORMER_CONFIG, ModelSource, WorldModel
+from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG
+from cosmos_ros.model.world_model import ModelSource, WorldModel
 
 ACTION_DIM = 3
 

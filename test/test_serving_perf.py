@@ -36,8 +36,8 @@ def test_keepout_checker_same_verdicts_on_tensors() -> None:
 def test_optimized_vae_decodes_the_same_frames() -> None:
     from diffusers import AutoencoderKLWan
 
+    from cosmos_ros.model.tiny import TINY_VAE_CONFIG
     from cosmos_ros.model.vae_perf import optimize_vae
-    from cosmos_ros.model.world_model import TINY_VAE_CONFIG
 
     torch.manual_seed(0)
     vae = AutoencoderKLWan(**TINY_VAE_CONFIG).eval()

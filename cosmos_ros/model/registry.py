@@ -60,3 +60,16 @@ def resolve_base(base: str | os.PathLike[str]) -> str:
     raise FileNotFoundError(
         f"base model {text!r} is {what}, but its weights are not installed (looked in {looked}); {how}"
     )
+
+
+#: NVIDIA's Cosmos Predict 2.5 2B on the hub, and the branch that holds its diffusers layout.
+BASE_MODEL_ID = "nvidia/Cosmos-Predict2.5-2B"
+BASE_REVISION = "diffusers/base/post-trained"
+
+
+def hub_revision(base: str, revision: str | None) -> str | None:
+    """The revision to load ``base`` at: none for a local directory (it has no revisions); for a hub id the
+    given one, or NVIDIA's diffusers branch for the Cosmos base."""
+    if Path(base).exists():
+        return None
+    return revision if revision is not None else (BASE_REVISION if base == BASE_MODEL_ID else None)

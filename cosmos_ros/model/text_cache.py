@@ -27,12 +27,6 @@ import torch
 
 SYSTEM_PROMPT = "You are a helpful assistant who will provide prompts to an image generator."
 MAX_SEQUENCE_LENGTH = 512
-TINY_MAX_SEQUENCE_LENGTH = 256
-_TINY_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'text' %}{{ c['text'] }}{% endif %}{% endfor %}"
-    "{% endif %}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
 
 
 def prompt_key(prompt: str) -> str:
@@ -110,64 +104,6 @@ class PromptCache:
         return torch.stack([self.get(p) for p in prompts])
 
 
-def make_tiny_text_encoder(path: str | Path, seed: int = 0) -> Path:
-    """Save a tiny random Qwen2.5-VL text encoder + byte-level tokenizer (text_encoder/, tokenizer/).
-
-    Same classes and the same chat-template call as the real Cosmos-Reason1 path; 2 layers of 32 channels,
-    so the concatenated embedding has 64 channels (the tiny transformer's `crossattn_proj_in_channels`).
-    """
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast, Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    path = Path(path)
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {ch: i for i, ch in enumerate(alphabet)}
-    for s in specials:
-        vocab[s] = len(vocab)
-    tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="<|endoftext|>",
-        eos_token="<|im_end|>",
-        additional_special_tokens=specials[1:],
-        model_max_length=TINY_MAX_SEQUENCE_LENGTH,
-    )
-    fast.chat_template = _TINY_CHAT_TEMPLATE
-    fast.save_pretrained(path / "tokenizer")
-    torch.manual_seed(seed)
-    cfg = Qwen2_5_VLConfig(
-        text_config=dict(
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=1,
-            intermediate_size=64,
-            vocab_size=len(vocab),
-            max_position_embeddings=1024,
-            bos_token_id=vocab["<|im_start|>"],
-            eos_token_id=vocab["<|im_end|>"],
-            pad_token_id=vocab["<|endoftext|>"],
-            rope_scaling={"type": "mrope", "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(
-            depth=1,
-            hidden_size=16,
-            out_hidden_size=32,
-            num_heads=2,
-            intermediate_size=32,
-            fullatt_block_indexes=[0],
-        ),
-        bos_token_id=vocab["<|im_start|>"],
-        eos_token_id=vocab["<|im_end|>"],
-        pad_token_id=vocab["<|endoftext|>"],
-    )
-    Qwen2_5_VLForConditionalGeneration(cfg).save_pretrained(path / "text_encoder", safe_serialization=True)
-    return path
-
-
 def _tokenize(tokenizer: object, prompt: str, max_len: int) -> torch.Tensor:
     conversation = [
         {"role": "system", "content": [{"type": "text", "text": SYSTEM_PROMPT}]},
@@ -199,13 +135,12 @@ def embed_prompts(
     """Embed prompts as the 2.5 pipeline does (normalised, concatenated hidden layers); prompt -> [L, C]."""
     from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
 
-    from cosmos_ros.model.registry import resolve_base
-    from cosmos_ros.model.world_model import _revision_for
+    from cosmos_ros.model.registry import hub_revision, resolve_base
 
     base = resolve_base(base)  # a shipped model's short name (sim_twin) -> its folder
 
     base = str(base)
-    rev = _revision_for(base, revision)
+    rev = hub_revision(base, revision)
     tokenizer = AutoTokenizer.from_pretrained(base, subfolder="tokenizer", revision=rev)
     encoder = (
         Qwen2_5_VLForConditionalGeneration.from_pretrained(

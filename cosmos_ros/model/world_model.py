@@ -9,8 +9,8 @@
 
 Everything loads with `from_pretrained` from a hub id (`nvidia/Cosmos-Predict2.5-2B`, revision
 `diffusers/base/post-trained`) or a local directory with the diffusers layout (`transformer/`, `vae/`,
-`scheduler/`). `make_tiny_world_model(path)` writes a tiny random model of the same classes in that layout so
-tests and the demo go through the very same loading path.
+`scheduler/`). `cosmos_ros.model.tiny.make_tiny_world_model(path)` writes a tiny random model of the same
+classes in that layout so tests and the demo go through the very same loading path.
 
 Conventions (mirroring diffusers' `Cosmos2_5_PredictBasePipeline`): latents are normalised as
 `(z - mean) / std`; the flow is `x_sigma = (1 - sigma) * x0 + sigma * noise` and the transformer predicts
@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from cosmos_ros.model.action_cond import ACTIONS_PER_LATENT, ActionConditionedTransformer, ActionEmbedder
+from cosmos_ros.model.registry import BASE_MODEL_ID, hub_revision
 
-BASE_MODEL_ID = "nvidia/Cosmos-Predict2.5-2B"
-BASE_REVISION = "diffusers/base/post-trained"
 CONDITIONAL_FRAME_TIMESTEP = 1e-4
 
 #: The 2B transformer config (DESIGN §4); used for random-weight benchmarks.
@@ -66,40 +65,6 @@ SCHEDULER_CONFIG: dict[str, Any] = dict(
     final_sigmas_type="zero",
 )
 
-#: Tiny random config of the same transformer class: fast on CPU (a train step well under a second).
-TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    in_channels=17,
-    out_channels=16,
-    num_attention_heads=2,
-    attention_head_dim=16,
-    num_layers=2,
-    mlp_ratio=2.0,
-    text_embed_dim=32,
-    adaln_lora_dim=8,
-    max_size=(32, 64, 64),
-    patch_size=(1, 2, 2),
-    rope_scale=(1.0, 3.0, 3.0),
-    concat_padding_mask=True,
-    extra_pos_embed_type=None,
-    use_crossattn_projection=True,
-    crossattn_proj_in_channels=64,
-    encoder_hidden_states_channels=32,
-)
-
-#: Tiny Wan VAE: same class, 8x spatial (3 downsamples), 4x temporal, 16 latent channels.
-TINY_VAE_CONFIG: dict[str, Any] = dict(
-    base_dim=8,
-    z_dim=16,
-    dim_mult=[1, 2, 2, 2],
-    num_res_blocks=1,
-    attn_scales=[],
-    temperal_downsample=[False, True, True],
-    dropout=0.0,
-)
-
-#: Resolution the tiny model is meant for (tests, demo): 13 frames of 64x80 -> 4 x 8 x 10 latents.
-TINY_FRAME_SIZE = (64, 80)
-
 
 @dataclass(frozen=True)
 class ModelSource:
@@ -108,13 +73,6 @@ class ModelSource:
     base: str
     revision: str | None
     transformer_config: dict[str, Any]
-
-
-def _revision_for(base: str, revision: str | None) -> str | None:
-    # A local directory has no revisions; a hub id gets the given revision or NVIDIA's diffusers branch.
-    if Path(base).exists():
-        return None
-    return revision if revision is not None else (BASE_REVISION if base == BASE_MODEL_ID else None)
 
 
 def latent_frames(num_pixel_frames: int) -> int:
@@ -178,11 +136,12 @@ class WorldModel(nn.Module):
         from cosmos_ros.model.safe_files import refuse_pickles
 
         base = resolve_base(str(base))
-        rev = _revision_for(base, revision)
+        rev = hub_revision(base, revision)
         if not Path(base).exists() and "/" not in base:
             raise FileNotFoundError(
                 f"base model {base!r} is neither a local directory nor a hub id "
-                f"(owner/name); use e.g. {BASE_MODEL_ID} or make_tiny_world_model(path)"
+                f"(owner/name); use e.g. {BASE_MODEL_ID}, a shipped short name (sim_twin) or a local "
+                "diffusers-layout folder"
             )
         refuse_pickles(base, "base model")  # local dirs; use_safetensors keeps the hub's pickles away
         transformer = CosmosTransformer3DModel.from_pretrained(
@@ -475,54 +434,3 @@ def load_action_embedder(path: Path, action_dim: int | None = None) -> ActionEmb
 def _plain_config(cfg: Any) -> dict[str, Any]:
     """A JSON-able copy of a diffusers config (tuples -> lists, private keys dropped)."""
     return json.loads(json.dumps({k: v for k, v in dict(cfg).items() if not k.startswith("_")}, default=list))
-
-
-def make_tiny_world_model(
-    path: str | Path,
-    seed: int = 0,
-    prompts: list[str] | None = None,
-    with_text_encoder: bool = True,
-    transformer_overrides: dict[str, Any] | None = None,
-) -> Path:
-    """Save a tiny random Cosmos 2.5 model (same classes) to `path` in the diffusers layout; return `path`.
-
-    Writes `transformer/`, `vae/`, `scheduler/` and, with `with_text_encoder`, a tiny random Qwen2.5-VL
-    `text_encoder/` + `tokenizer/` plus `prompt_cache.safetensors` holding the embeddings of `prompts`
-    (default: one generic prompt) computed through the real text-encoder path. Sized for CPU: 13 frames of
-    64x80 give 4x8x10 latents, 80 tokens. `transformer_overrides` changes keys of the tiny transformer config.
-    """
-    from diffusers import AutoencoderKLWan, CosmosTransformer3DModel, UniPCMultistepScheduler
-
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(seed)
-    transformer = CosmosTransformer3DModel(**{**TINY_TRANSFORMER_CONFIG, **(transformer_overrides or {})})
-    # diffusers' init leaves some layers at zero/identity-like scales; random weights everywhere make the
-    # tiny model's output depend on its inputs, which the tests rely on.
-    with torch.no_grad():
-        for p in transformer.parameters():
-            if p.ndim >= 2 and float(p.abs().sum()) == 0.0:
-                p.normal_(0.0, 0.02)
-    transformer.save_pretrained(path / "transformer", safe_serialization=True)
-    AutoencoderKLWan(**TINY_VAE_CONFIG).save_pretrained(path / "vae", safe_serialization=True)
-    UniPCMultistepScheduler(**SCHEDULER_CONFIG).save_pretrained(path / "scheduler")
-    (path / "model_index.json").write_text(
-        json.dumps(
-            {
-                "_class_name": "Cosmos2_5_PredictBasePipeline",
-                "cosmos_ros_tiny": True,
-                "transformer": ["diffusers", "CosmosTransformer3DModel"],
-                "vae": ["diffusers", "AutoencoderKLWan"],
-                "scheduler": ["diffusers", "UniPCMultistepScheduler"],
-            },
-            indent=1,
-        )
-    )
-    if with_text_encoder:
-        from cosmos_ros.model import text_cache
-
-        text_cache.make_tiny_text_encoder(path, seed=seed)
-        text_cache.build_prompt_cache(
-            path, prompts or ["move the arm"], path / "prompt_cache.safetensors", device="cpu"
-        )
-    return path

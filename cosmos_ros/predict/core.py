@@ -187,7 +187,8 @@ class Predictor:
         """Base model (+ adapter and its card: tokenizer stats, clip geometry, prompt cache)."""
         from cosmos_ros.model.registry import resolve_base
         from cosmos_ros.model.text_cache import PromptCache
-        from cosmos_ros.model.world_model import TINY_FRAME_SIZE, WorldModel
+        from cosmos_ros.model.tiny import TINY_FRAME_SIZE
+        from cosmos_ros.model.world_model import WorldModel
 
         base = resolve_base(base) if base else base
 

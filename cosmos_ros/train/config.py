@@ -284,7 +284,7 @@ def prepare_base_model(cfg: TrainConfig) -> None:
         if int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ValueError("model.base=tiny is for a single-process CPU trial; start it without accelerate")
         from cosmos_ros.model.text_cache import build_prompt_cache
-        from cosmos_ros.model.world_model import make_tiny_world_model
+        from cosmos_ros.model.tiny import make_tiny_world_model
 
         path = Path(cfg.run.output_dir) / "tiny_base"
         prompts = _clips_prompts(cfg.data.clips_dir)
@@ -296,9 +296,9 @@ def prepare_base_model(cfg: TrainConfig) -> None:
         return
     if Path(base).expanduser().exists():
         return
-    from cosmos_ros.model.world_model import _revision_for
+    from cosmos_ros.model.registry import hub_revision
 
-    revision = _revision_for(base, cfg.model.revision)
+    revision = hub_revision(base, cfg.model.revision)
     if _in_hub_cache(base, revision):
         return
     why = hub_unreachable()

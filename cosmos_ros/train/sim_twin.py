@@ -197,6 +197,7 @@ def write_base(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     from diffusers import CosmosTransformer3DModel, UniPCMultistepScheduler
 
     from cosmos_ros.model import text_cache
+    from cosmos_ros.model.tiny import make_tiny_text_encoder
     from cosmos_ros.model.world_model import SCHEDULER_CONFIG
 
     base = out / "base"
@@ -206,7 +207,7 @@ def write_base(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     shutil.copytree(out / "vae" / "vae", base / "vae")
     UniPCMultistepScheduler(**SCHEDULER_CONFIG).save_pretrained(base / "scheduler")
     seed = int(cfg.get("seed", 0))
-    text_cache.make_tiny_text_encoder(base, seed=seed)
+    make_tiny_text_encoder(base, seed=seed)
     prompt = str(cfg.get("data", {}).get("prompt", DEFAULT_PROMPT))
     text_cache.build_prompt_cache(base, [prompt], base / "prompt_cache.safetensors", device="cpu")
     channels = text_cache.PromptCache.load(base / "prompt_cache.safetensors").embed_dim

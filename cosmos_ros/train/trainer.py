@@ -38,8 +38,9 @@ import torch
 from cosmos_ros.model.adapters import AdapterConfig, apply_adapters, count_parameters, save_adapter
 from cosmos_ros.model.dora import StepNormDoRA, enable_step_norm_dora
 from cosmos_ros.model.perf import optimize_for_training
+from cosmos_ros.model.registry import hub_revision
 from cosmos_ros.model.text_cache import PromptCache
-from cosmos_ros.model.world_model import WorldModel, _revision_for
+from cosmos_ros.model.world_model import WorldModel
 from cosmos_ros.train.config import TrainConfig
 from cosmos_ros.train.latent_cache import (
     LatentSet,
@@ -219,7 +220,7 @@ class Trainer:
         from cosmos_ros.model.registry import resolve_base
 
         self.base = resolve_base(cfg.model.base)  # a short name (sim_twin) -> its installed folder
-        self.revision = _revision_for(self.base, cfg.model.revision)
+        self.revision = hub_revision(self.base, cfg.model.revision)
         self.train_set, self.val_set = self._prepare_latents()
         self.prompts = self._on_all_ranks("loading the prompt embeddings", self._load_prompts)
         self._on_all_ranks("building the model", self._build_model)
