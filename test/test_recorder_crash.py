@@ -76,6 +76,12 @@ def test_sigkill_loses_about_the_last_second(start_node, probe, tmp_path, capsys
         "-r",
         f"__ns:={NS}",
     )
+    from rclpy.qos import QoSProfile
+    from sensor_msgs.msg import JointState
+
+    # an independent subscriber: what was published, so that a publisher's stall (a load spike) is not
+    # taken for data the recovery lost
+    seen_js = probe.collect(JointState, JS, QoSProfile(depth=200))
     killed: dict[tuple[str, int], int] = {}  # (storage, kill number) -> wall time of the kill [ns]
     for k, (after, seg_s) in enumerate(KILLS):
         recs = {s: _start_recorder(start_node, tmp_path, s, k, segment_max_duration=seg_s) for s in STORAGES}
@@ -112,16 +118,24 @@ def test_sigkill_loses_about_the_last_second(start_node, probe, tmp_path, capsys
         tail = (kill_ns - times[-1]) / 1e9  # by receive time (the recorder's clock: this machine's)
         tail_pub = (kill_ns - stamps[-1]) / 1e9  # by the publisher's header stamps (same clock)
         hole = max((b - a for a, b in itertools.pairwise(times)), default=0) / 1e9
+        # joint states the probe saw inside the recovered span but the recovered bag lacks: a lost chunk
+        # in the middle (one flush interval, 0.5 s = 50 messages) would show here, a publisher stall not
+        got = set(bag["stamps"].get(JS, []))
+        lo, hi = min(got), max(got)
+        published = {m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for m in list(seen_js)}
+        missing = sorted(t for t in published if lo <= t <= hi and t not in got)
         n_js = len(bag["log_ns"].get(JS, []))
         age = (kill_ns - stamps[0]) / 1e9
         # what the recorder lost before the flush and the recovery: the whole segment that was open
         opened = [seg for seg in index["segments"] if "recovered" in seg]
         was_open = (kill_ns - opened[-1]["start_ns"]) / 1e9 if opened else 0.0
         rows.append((s, KILLS[k], age, tail, tail_pub, hole, n_js, len(index["segments"]), was_open))
-    for s, (after, _), _, tail, tail_pub, hole, *_ in rows:
+        assert len(missing) < 20, (
+            f"{s}, kill {k}: {len(missing)} joint states published inside the recovered span are missing"
+        )
+    for s, (after, _), _, tail, tail_pub, *_ in rows:
         assert tail < 1.0, f"{s}, kill at {after} s: the last {tail:.2f} s were lost"
         assert tail_pub < 1.5, f"{s}, kill at {after} s: the last {tail_pub:.2f} s published were lost"
-        assert hole < 0.25, f"{s}, kill at {after} s: a {hole:.2f} s hole in the recovered messages"
     with capsys.disabled():  # the measurement, for the record (pytest -s not needed)
         print("\nstorage  segment  recorded  lost (received)  lost (published)  gap     segs  open segment")
         for s, (_, seg), age, tail, pub, hole, _, nseg, was_open in rows:
