@@ -151,6 +151,19 @@ def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
+def read_index_file(index_path: Path) -> dict[str, Any]:
+    """The raw episode index at ``index_path``; errors name the file and what is wrong with it."""
+    try:
+        data = json.loads(index_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{index_path} does not exist: not a cosmos_ros episode directory") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{index_path} is not valid JSON ({exc}); the episode index is damaged") from exc
+    if data.get("format") != INDEX_FORMAT:
+        raise ValueError(f"{index_path} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}")
+    return data
+
+
 def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     """Read an episode index and say what is usable.
 
@@ -163,14 +176,7 @@ def load_episode_index(episode_dir: str | Path) -> dict[str, Any]:
     """
     episode_dir = Path(episode_dir)
     index_path = episode_dir / INDEX_NAME if episode_dir.is_dir() else episode_dir
-    try:
-        data = json.loads(index_path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{index_path} does not exist: not a cosmos_ros episode directory") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{index_path} is not valid JSON ({exc}); the episode index is damaged") from exc
-    if data.get("format") != INDEX_FORMAT:
-        raise ValueError(f"{index_path} has format {data.get('format')!r}; expected {INDEX_FORMAT!r}")
+    data = read_index_file(index_path)
     root = index_path.parent
 
     def complete(seg: dict[str, Any]) -> bool:

@@ -45,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_ros.atomic_io import fsync_path, write_json_atomic
-from cosmos_ros.record.episode import INDEX_FORMAT, INDEX_NAME
+from cosmos_ros.record.episode import INDEX_FORMAT, INDEX_NAME, read_index_file
 
 _WORK = ".recovering"  # scratch folder inside the episode: the new bag, then the unfinished one
 
@@ -147,14 +147,7 @@ def recover_episode(episode_dir: str | Path, typestore: Any = None) -> EpisodeRe
     episode_dir = Path(episode_dir)
     index_path = episode_dir / INDEX_NAME
     with _episode_lock(episode_dir):
-        try:
-            index = json.loads(index_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{index_path} does not exist: not a cosmos_ros episode") from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{index_path} is not valid JSON ({exc}); the episode index is damaged") from exc
-        if index.get("format") != INDEX_FORMAT:
-            raise ValueError(f"{index_path} has format {index.get('format')!r}; expected {INDEX_FORMAT!r}")
+        index = read_index_file(index_path)
         report = EpisodeRecovery(episode_dir)
         if index.get("status") != "recording":
             return report
