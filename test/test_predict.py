@@ -412,6 +412,26 @@ def test_core_reads_geometry_tokenizer_and_prompts_from_the_adapter(predictor: A
     assert np.allclose(acts, [[[0.1, 0.0, 0.0], [0.1, 0.0, 0.0]]], atol=1e-6)
 
 
+def test_every_action_mode_the_clips_can_make_can_be_served(predictor: Any) -> None:
+    """An adapter trained on ee_delta clips (Bridge-like end-effector poses) failed to load in the node
+    (KeyError 'ee_delta' in request_limits: NOT_READY forever)."""
+    from cosmos_ros.tokens import MODES, ActionTokenizer
+
+    pose = ["x", "y", "z", "roll", "pitch", "yaw", "gripper"]
+    old = predictor.tokenizer
+    try:
+        for mode in MODES:
+            predictor.tokenizer = ActionTokenizer(pose, mode=mode, gripper_joints=["gripper"], fps=3.0)
+            lim = predictor.request_limits()
+            assert lim.action_names == tuple(pose), mode
+        predictor.tokenizer = ActionTokenizer(pose, mode="ee_delta", gripper_joints=["gripper"], fps=3.0)
+        lim = predictor.request_limits()
+        assert lim.action_kind == va.KIND_JOINT_POSITION_DELTA
+        assert lim.convertible_kinds == (va.KIND_JOINT_POSITION,)  # absolute poses, converted
+    finally:
+        predictor.tokenizer = old
+
+
 def test_non_finite_latents_are_refused_not_decoded_to_black_frames(predictor: Any) -> None:
     """Issue 17 item 4: weights that overflow at inference (finite at load) made NaN latents, which decoded
     to black frames served as success; now the prediction fails naming the cause (the node answers

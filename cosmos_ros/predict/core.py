@@ -41,8 +41,13 @@ from cosmos_ros.predict.validation import (
 from cosmos_ros.preprocessing import PreprocessSpec
 
 LOG = logging.getLogger(__name__)
+# ActionSequence kind a request must carry for a model trained in each action mode. An ee_delta model takes
+# per-step vectors of its tokenizer's action names (end-effector motion in the gripper frame + gripper), sent
+# as the delta kind; absolute targets of its pose "joints" (x, y, z, roll, pitch, yaw, gripper) are converted
+# with the tokenizer, as joint targets are for a joint-delta model.
 MODE_TO_KIND = {
     "delta": KIND_JOINT_POSITION_DELTA,
+    "ee_delta": KIND_JOINT_POSITION_DELTA,
     "absolute": KIND_JOINT_POSITION,
     "velocity": KIND_JOINT_VELOCITY,
 }
