@@ -200,3 +200,29 @@ def test_twin_health_scores_plans_and_warns_when_the_cell_changes() -> None:
     health.add_camera_frame(1200 * ms, dark)
     (p3,) = health.poll()
     assert p3.steps_compared == 0 and health.plans_unmatched == 1 and math.isnan(p3.score)
+
+
+def test_twin_health_fits_camera_frames_as_the_predictor_does_and_bounds_its_memory() -> None:
+    """The monitor stretched camera frames while the predictor centre-crops them (the clips' default): a
+    wider camera then read as an unhealthy twin. And plans waiting for a stalled camera grew without bound."""
+    q0 = np.array([0.0, 0.6, 0.5])
+    frames, _ = sim_video(q0, np.tile([0.08, 0.0, 0.0], (2, 1)))
+    ms = 1_000_000
+    rng = np.random.default_rng(0)
+
+    def wider(f: np.ndarray) -> np.ndarray:  # the same view with 16 extra columns each side (a wider camera)
+        side = rng.integers(0, 255, (f.shape[0], 16, 3), dtype=np.uint8)
+        return np.concatenate([side, f, side], axis=1)
+
+    for fit, healthy in (("crop", True), ("stretch", False)):
+        health = TwinHealth(threshold=0.9, window=1, metric="ssim", tolerance_s=0.02, fit=fit)
+        health.add_prediction("p", 0, [100 * ms, 200 * ms], frames)
+        for i, f in enumerate(frames):
+            health.add_camera_frame(100 * ms * (i + 1), wider(f))
+        health.add_camera_frame(300 * ms, wider(frames[-1]))
+        (plan,) = health.poll()
+        assert plan.healthy is healthy, (fit, plan.score)
+    stalled = TwinHealth(threshold=0.5, max_pending=8)
+    for i in range(12):
+        stalled.add_prediction(f"p{i}", 0, [100 * ms], frames[:1])
+    assert len(stalled.pending) == 8 and stalled.plans_unmatched == 4

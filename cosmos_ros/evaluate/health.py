@@ -23,10 +23,10 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 
 from cosmos_ros.evaluate import metrics
+from cosmos_ros.images import DEFAULT_FIT, FIT_POLICIES, fit_image
 
 HEALTH_METRICS = ("ssim", "psnr", "psnr_moving", "ssim_moving")
 
@@ -91,7 +91,11 @@ class TwinHealth:
         tolerance_s: float = 0.05,
         buffer_s: float = 10.0,
         motion_threshold: float = metrics.MOTION_THRESHOLD,
+        fit: str = DEFAULT_FIT,
+        max_pending: int = 64,
     ) -> None:
+        if fit not in FIT_POLICIES:
+            raise ValueError(f"fit policy {fit!r}: use one of {', '.join(FIT_POLICIES)}")
         if metric not in HEALTH_METRICS:
             raise ValueError(f"health metric {metric!r}: use one of {', '.join(HEALTH_METRICS)}")
         if window < 1 or tolerance_s <= 0 or buffer_s <= 0:
@@ -101,6 +105,10 @@ class TwinHealth:
         self.tolerance_ns = int(tolerance_s * 1e9)
         self.buffer_ns = int(buffer_s * 1e9)
         self.motion_threshold = motion_threshold
+        # camera frames are fitted to the predictions' size as the predictor fits them (the adapter's
+        # preprocessing spec: centre crop unless the clips were built otherwise)
+        self.fit = fit
+        self.max_pending = max_pending  # plans waiting for their camera frames; older ones are dropped
         self.scores: deque[float] = deque(maxlen=window)
         self.frames: deque[tuple[int, np.ndarray]] = deque()
         self.pending: list[_Pending] = []
@@ -131,12 +139,14 @@ class TwinHealth:
         self.pending.append(
             _Pending(request_id, adapter, int(context_stamp_ns), np.asarray(stamps_ns, np.int64), frames)
         )
+        while len(self.pending) > self.max_pending:  # the camera stalled: keep memory bounded
+            self.pending.pop(0)
+            self.plans_unmatched += 1
 
     def add_camera_frame(self, stamp_ns: int, frame: np.ndarray) -> None:
         """A camera frame (uint8 RGB), resized to the predictions' size once that is known."""
         if self.size is not None and frame.shape[:2] != self.size:
-            # the predictor resizes camera frames this way before predicting (cv2 INTER_AREA to its size)
-            frame = cv2.resize(frame, (self.size[1], self.size[0]), interpolation=cv2.INTER_AREA)
+            frame = fit_image(frame, self.size[1], self.size[0], self.fit)
         self.frames.append((int(stamp_ns), np.asarray(frame, np.uint8)))
         while self.frames and self.frames[0][0] < stamp_ns - self.buffer_ns:
             self.frames.popleft()
@@ -185,7 +195,7 @@ class TwinHealth:
     def _fit(self, frame: np.ndarray, like: np.ndarray) -> np.ndarray:
         if frame.shape[:2] == like.shape[:2]:
             return frame
-        return cv2.resize(frame, (like.shape[1], like.shape[0]), interpolation=cv2.INTER_AREA)
+        return fit_image(frame, like.shape[1], like.shape[0], self.fit)
 
     def score(self, due: DuePlan) -> PlanFidelity:
         """One plan's figures; updates the rolling score."""

@@ -25,11 +25,11 @@ import rclpy.executors
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.node import Node
 from rclpy.qos import QoSProfile, qos_profile_sensor_data
-from sensor_msgs.msg import Image
+from sensor_msgs.msg import CompressedImage, Image
 
 from cosmos_ros.evaluate.health import HEALTH_METRICS, PlanFidelity, TwinHealth
 from cosmos_ros.evaluate.metrics import MOTION_THRESHOLD, warm_up
-from cosmos_ros.images import ImageError, decode_image
+from cosmos_ros.images import DEFAULT_FIT, FIT_POLICIES, ImageError, decode_image
 from cosmos_ros.msg import PredictedFrames
 from cosmos_ros.msg import TwinHealth as TwinHealthMsg
 from cosmos_ros.nodes.param_table import Param, declare_parameters
@@ -37,7 +37,18 @@ from cosmos_ros.nodes.param_table import Param, declare_parameters
 NODE_NAME = "twin_monitor"
 
 PARAMETERS: tuple[Param, ...] = (
-    Param("camera_topic", "/camera/image_raw", "Camera the predictor predicts (sensor_msgs/Image)"),
+    Param(
+        "camera_topic",
+        "/camera/image_raw",
+        "Camera the predictor predicts (sensor_msgs/Image; CompressedImage for a name ending /compressed)",
+    ),
+    Param(
+        "fit",
+        DEFAULT_FIT,
+        "How camera frames are fitted to the predictions' size: the adapter's fit policy (its card's "
+        "preprocessing spec, the clips' --resize)",
+        choices=FIT_POLICIES,
+    ),
     Param("predicted_frames_topic", "/predictor/predicted_frames", "Predictor output (PredictedFrames)"),
     Param("health_topic", "~/health", "Per-plan figures and rolling score (cosmos_ros/msg/TwinHealth)"),
     Param("metric", "ssim", "Figure behind the health score", choices=HEALTH_METRICS),
@@ -73,6 +84,7 @@ class TwinMonitorNode(Node):
             tolerance_s=p["stamp_tolerance"],
             buffer_s=p["buffer_seconds"],
             motion_threshold=p["motion_threshold"],
+            fit=p["fit"],
         )
         self.frame_id = ""
         warm_up()  # before subscribing: the first scoring imports the metric library (seconds)
@@ -80,7 +92,10 @@ class TwinMonitorNode(Node):
         # so with a multi-threaded executor the camera keeps being received while a plan is scored.
         self._lock = threading.Lock()
         self.pub = self.create_publisher(TwinHealthMsg, p["health_topic"], QoSProfile(depth=10))
-        self.create_subscription(Image, p["camera_topic"], self._on_camera, qos_profile_sensor_data)
+        compressed = p["camera_topic"].rstrip("/").endswith("/compressed")
+        self._camera_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
+        cam_type = CompressedImage if compressed else Image
+        self.create_subscription(cam_type, p["camera_topic"], self._on_camera, qos_profile_sensor_data)
         self.create_subscription(
             PredictedFrames, p["predicted_frames_topic"], self._on_prediction, QoSProfile(depth=4)
         )
@@ -92,9 +107,9 @@ class TwinMonitorNode(Node):
             f"{p['threshold']}"
         )
 
-    def _on_camera(self, msg: Image) -> None:
+    def _on_camera(self, msg: Image | CompressedImage) -> None:
         try:
-            rgb = decode_image(msg, "sensor_msgs/msg/Image")
+            rgb = decode_image(msg, self._camera_type)
         except ImageError as exc:
             self.get_logger().warning(f"camera frame ignored: {exc}", throttle_duration_sec=10.0)
             return
