@@ -167,7 +167,8 @@ def _tokenizer_differences(a: dict[str, Any] | None, b: dict[str, Any] | None) -
     if a is None or b is None:  # one side does not know: nothing to compare
         return []
     out = []
-    for key in ("mode", "joint_names", "gripper_joints", "num_bins"):
+    # the ee_delta / angle keys change what an action vector means, as much as the mode does
+    for key in ("mode", "joint_names", "gripper_joints", "num_bins", "angle_joints", "pose_joints", "euler"):
         if a.get(key) != b.get(key):
             out.append(f"tokenizer {key}: trained {a.get(key)!r}, here {b.get(key)!r}")
     sa, sb = a.get("stats") or {}, b.get("stats") or {}

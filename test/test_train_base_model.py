@@ -68,3 +68,21 @@ def test_tiny_base_embeds_the_clips_prompts(tmp_path: Path) -> None:
     base = Path(cfg.model.base)
     assert base == tmp_path / "run" / "tiny_base" and (base / "transformer" / "config.json").is_file()
     assert PromptCache.load(base / "prompt_cache.safetensors").prompts == prompts
+
+
+def test_shipped_short_name_resolves_without_the_hub(
+    empty_hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`model.base=sim_twin` was taken for a hub id: offline it failed with "huggingface-cli download
+    sim_twin" although the twin was installed."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    models = tmp_path / "models"
+    monkeypatch.setenv("COSMOS_ROS_MODELS", str(models))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", "")
+    cfg = TrainConfig.from_dict({"model": {"base": "sim_twin"}})
+    with pytest.raises(ValueError, match=r"model.base=sim_twin: .*weights are not installed"):
+        prepare_base_model(cfg)
+    (models / "sim_twin" / "transformer").mkdir(parents=True)
+    (models / "sim_twin" / "transformer" / "config.json").write_text("{}")
+    prepare_base_model(cfg)  # found where the registry looks; no hub involved
+    assert cfg.model.base == "sim_twin"

@@ -31,7 +31,8 @@ def _candidates(name: str) -> list[Path]:
     try:
         from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
-        with contextlib.suppress(PackageNotFoundError):
+        # OSError: ament_index is importable but no ROS environment is sourced (AMENT_PREFIX_PATH unset)
+        with contextlib.suppress(PackageNotFoundError, OSError):
             out.append(Path(get_package_share_directory("cosmos_ros")) / "models" / name)
     except ImportError:  # pip install without ROS
         pass

@@ -277,6 +277,7 @@ def prepare_base_model(cfg: TrainConfig) -> None:
       holding the prompts of ``data.clips_dir``: a CPU trial of the whole pipeline on one's own clips in
       minutes. It learns nothing useful; it shows that the clips, the trainer and the adapter work.
     - an existing local folder: used as is.
+    - a shipped short name (``sim_twin``): found where `cosmos_ros.model.registry` looks (no network).
     - a hub id: fine when cached locally or when the hub answers; otherwise an error at once.
     """
     base = cfg.model.base
@@ -296,7 +297,14 @@ def prepare_base_model(cfg: TrainConfig) -> None:
         return
     if Path(base).expanduser().exists():
         return
-    from cosmos_ros.model.registry import hub_revision
+    from cosmos_ros.model.registry import SHIPPED_MODELS, hub_revision, resolve_base
+
+    if base in SHIPPED_MODELS:  # a short name (sim_twin): its folder, or an error saying how to make it
+        try:
+            resolve_base(base)
+        except FileNotFoundError as e:
+            raise ValueError(f"model.base={base}: {e}") from None
+        return
 
     revision = hub_revision(base, cfg.model.revision)
     if _in_hub_cache(base, revision):
