@@ -229,7 +229,9 @@ def _load_predictor(settings: EvalSettings, adapter: str | None, base: str | Non
             batch_size=settings.batch_size,
             height=int(ds.meta["height"]),
             width=int(ds.meta["width"]),
-            num_frames=int(ds.meta["num_frames"]),
+            # an adapter predicts in chunks of the clip length it was trained on (its card); longer clips
+            # are predicted autoregressively, as the predictor node does
+            num_frames=None if adapter else int(ds.meta["num_frames"]),
             action_dim=None if adapter else ds.tokenizer.dim,
         )
     except (OSError, ValueError) as exc:

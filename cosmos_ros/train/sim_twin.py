@@ -331,7 +331,10 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         e.get("dtype", "bfloat16")
     ]
     shard = str(e.get("max_shard_size", "15MB"))
-    base, adapter, dest = out / "base", out / "train" / "adapter", out / "sim_twin"
+    base, adapter, final = out / "base", out / "train" / "adapter", out / "sim_twin"
+    # written beside and renamed into place at the end: a failure halfway never leaves a folder that the
+    # registry would take for a model (it looks for transformer/config.json)
+    dest = out / ".sim_twin.partial"
     if dest.exists():
         shutil.rmtree(dest)
     dest.mkdir(parents=True)
@@ -378,8 +381,11 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         over.append(f"total {total / 1e6:.1f} MB > {limits['total_mb']} MB")
     if biggest[1] > limits["file_mb"] * 1e6:
         over.append(f"{biggest[0]} is {biggest[1] / 1e6:.1f} MB > {limits['file_mb']} MB")
+    if final.exists():
+        shutil.rmtree(final)
+    dest.rename(final)
     return {
-        "path": str(dest),
+        "path": str(final),
         "total_mb": round(total / 1e6, 2),
         "largest_file": biggest[0],
         "over_limits": over,
