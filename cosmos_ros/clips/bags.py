@@ -95,9 +95,12 @@ def _episode_from_dir(path: Path) -> EpisodeSpec:
             seg = path / str(name)
             status = item.get("status", "closed") if isinstance(item, dict) else "closed"
             if status != "closed" and not (seg / "metadata.yaml").exists():
-                # our recorder marks the segment that was open when it died: lost, the rest is usable
+                # our recorder marks the segment that was open when it died; its complete chunks come back
+                # when the recorder starts again (recover_on_start) or with cosmos_ros.record.recover_episodes
                 warnings.append(
-                    f"skipped segment {seg.name} (status {status!r}: lost when the recording stopped)"
+                    f"skipped segment {seg.name} (status {status!r}: open when the recording stopped; start "
+                    "the recorder once on this folder, or run cosmos_ros.record.recover_episodes on it, to "
+                    "recover its complete chunks)"
                 )
                 continue
             segs.append(seg)
