@@ -463,7 +463,13 @@ class Predictor:
         return torch.cat(frames_out, dim=1)[:, :n]
 
     def warmup(self, num_steps: int = 2, guidance: float = 0.0, batch: int | None = None) -> None:
-        """One full prediction (compiles kernels, allocates memory) so the first request pays no extra."""
+        """One full prediction (compiles kernels, allocates memory) so the first request pays no extra.
+
+        With compiled blocks the warm-up runs a full model batch (``batch_size`` candidates), the shape a
+        check_collision request mostly runs at: compiled for one candidate only, the first full batch
+        would compile again inside its request's deadline."""
+        if batch is None and self.optimize.compile:
+            batch = self.batch_size
         ctx = np.zeros((self.num_context_frames, self.height, self.width, 3), np.uint8)
         acts = np.zeros((batch or 1, self.chunk_actions, self.action_dim), np.float32)
         self.predict(ctx, acts, num_steps=max(1, num_steps), guidance=guidance, seed=0)
