@@ -32,23 +32,18 @@ def transformer(layers: int, heads: int, head_dim: int) -> ActionConditionedTran
     from diffusers import CosmosTransformer3DModel
 
     dim = heads * head_dim
+    from cosmos_ros.model.tiny import small_transformer_config
+
     net = CosmosTransformer3DModel(
-        in_channels=17,
-        out_channels=16,
-        num_attention_heads=heads,
-        attention_head_dim=head_dim,
-        num_layers=layers,
-        mlp_ratio=4.0,
-        text_embed_dim=dim,
-        adaln_lora_dim=64,
-        max_size=(32, 64, 64),
-        patch_size=(1, 2, 2),
-        rope_scale=(1.0, 3.0, 3.0),
-        concat_padding_mask=True,
-        extra_pos_embed_type=None,
-        use_crossattn_projection=True,
-        crossattn_proj_in_channels=64,
-        encoder_hidden_states_channels=dim,
+        **small_transformer_config(
+            num_attention_heads=heads,
+            attention_head_dim=head_dim,
+            num_layers=layers,
+            mlp_ratio=4.0,
+            text_embed_dim=dim,
+            adaln_lora_dim=64,
+            crossattn_proj_in_channels=64,
+        )
     )
     return ActionConditionedTransformer(net, ActionEmbedder(3, dim, hidden_dim=dim)).eval()
 

@@ -171,22 +171,31 @@ def wait_for(predicate, timeout: float, interval: float = 0.05, what: str = "con
     raise AssertionError(f"timed out after {timeout:.1f} s waiting for {what}")
 
 
-@pytest.fixture
-def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    """A 1.5 MiB tmpfs (disk-full tests); skipped where mounting is not allowed."""
-    mnt = tmp_path / "small"
+@contextlib.contextmanager
+def _tmpfs(mnt: Path, options: str, what: str) -> Iterator[Path]:
+    """A tmpfs mounted at ``mnt`` with ``options``, unmounted after; the test is skipped where mounting is
+    not allowed (``what`` says which test needed it)."""
     mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1536k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    cmd = ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mnt)]
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if res.returncode != 0:
-        why = res.stderr.strip() or res.returncode
-        pytest.skip(f"cannot mount a small tmpfs for the disk-full test: {why}")
+        pytest.skip(f"cannot mount a tmpfs for {what}: {res.stderr.strip() or res.returncode}")
     try:
         yield mnt
     finally:
         with contextlib.suppress(Exception):
             subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 1.5 MiB tmpfs (disk-full tests); skipped where mounting is not allowed."""
+    with _tmpfs(tmp_path / "small", "size=1536k", "the disk-full test") as mnt:
+        yield mnt
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A read-only file system (root ignores file modes, so a mode bit would not do)."""
+    with _tmpfs(tmp_path / "ro", "ro,size=64k", "the read-only output test") as mnt:
+        yield mnt

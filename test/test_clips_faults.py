@@ -4,11 +4,9 @@ only when it is complete, and a full disk or a read-only output gives a clear er
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -110,26 +108,6 @@ def test_full_disk_keeps_the_old_build_and_says_so(
     assert (out / "clips.json").read_text() == before
     assert len(ClipDataset(out, "all", as_numpy=True)) >= 1
     assert sorted(p.name for p in small_tmpfs.iterdir()) == ["clips"]  # the new build's folder is gone
-
-
-@pytest.fixture
-def read_only_dir(tmp_path: Path) -> Iterator[Path]:
-    """A read-only file system (root ignores file modes, so a mode bit would not do)."""
-    mnt = tmp_path / "ro"
-    mnt.mkdir()
-    res = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mnt)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if res.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs: {res.stderr.strip() or res.returncode}")
-    try:
-        yield mnt
-    finally:
-        with contextlib.suppress(Exception):
-            subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 def test_read_only_output_is_a_clear_error(

@@ -16,24 +16,50 @@ import torch
 
 from cosmos_ros.model.world_model import SCHEDULER_CONFIG
 
+
+def small_transformer_config(
+    *,
+    num_attention_heads: int,
+    attention_head_dim: int,
+    num_layers: int,
+    mlp_ratio: float,
+    text_embed_dim: int,
+    adaln_lora_dim: int,
+    crossattn_proj_in_channels: int,
+    latent_channels: int = 16,
+) -> dict[str, Any]:
+    """`CosmosTransformer3DModel` kwargs of a small model in the Cosmos Predict 2.5 layout (condition-mask
+    channel, padding mask, no extra position embedding, text projection from the cached embeddings): the
+    tiny test model, the sim twin and its CPU sizing benchmark differ only in these sizes."""
+    return dict(
+        in_channels=latent_channels + 1,
+        out_channels=latent_channels,
+        num_attention_heads=num_attention_heads,
+        attention_head_dim=attention_head_dim,
+        num_layers=num_layers,
+        mlp_ratio=mlp_ratio,
+        text_embed_dim=text_embed_dim,
+        adaln_lora_dim=adaln_lora_dim,
+        max_size=(32, 64, 64),
+        patch_size=(1, 2, 2),
+        rope_scale=(1.0, 3.0, 3.0),
+        concat_padding_mask=True,
+        extra_pos_embed_type=None,
+        use_crossattn_projection=True,
+        crossattn_proj_in_channels=crossattn_proj_in_channels,
+        encoder_hidden_states_channels=text_embed_dim,
+    )
+
+
 #: Tiny random config of the same transformer class: fast on CPU (a train step well under a second).
-TINY_TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    in_channels=17,
-    out_channels=16,
+TINY_TRANSFORMER_CONFIG: dict[str, Any] = small_transformer_config(
     num_attention_heads=2,
     attention_head_dim=16,
     num_layers=2,
     mlp_ratio=2.0,
     text_embed_dim=32,
     adaln_lora_dim=8,
-    max_size=(32, 64, 64),
-    patch_size=(1, 2, 2),
-    rope_scale=(1.0, 3.0, 3.0),
-    concat_padding_mask=True,
-    extra_pos_embed_type=None,
-    use_crossattn_projection=True,
     crossattn_proj_in_channels=64,
-    encoder_hidden_states_channels=32,
 )
 
 #: Tiny Wan VAE: same class, 8x spatial (3 downsamples), 4x temporal, 16 latent channels.

@@ -171,23 +171,17 @@ def transformer_config(cfg: dict[str, Any], text_channels: int) -> dict[str, Any
     t = cfg.get("transformer", {})
     z = int(cfg.get("vae", {}).get("z_dim", 16))
     text_dim = int(t.get("text_embed_dim", 64))
-    return dict(
-        in_channels=z + 1,
-        out_channels=z,
+    from cosmos_ros.model.tiny import small_transformer_config
+
+    return small_transformer_config(
         num_attention_heads=int(t.get("num_attention_heads", 4)),
         attention_head_dim=int(t.get("attention_head_dim", 64)),
         num_layers=int(t.get("num_layers", 6)),
         mlp_ratio=float(t.get("mlp_ratio", 4.0)),
         text_embed_dim=text_dim,
         adaln_lora_dim=int(t.get("adaln_lora_dim", 64)),
-        max_size=(32, 64, 64),
-        patch_size=(1, 2, 2),
-        rope_scale=(1.0, 3.0, 3.0),
-        concat_padding_mask=True,
-        extra_pos_embed_type=None,
-        use_crossattn_projection=True,
         crossattn_proj_in_channels=text_channels,
-        encoder_hidden_states_channels=text_dim,
+        latent_channels=z,
     )
 
 
