@@ -368,6 +368,7 @@ class Predictor:
         seed: int = 0,
         ctx: Any = None,
         output: str = "numpy",
+        context_latents: torch.Tensor | None = None,
     ) -> Any:
         """context uint8 [C, H, W, 3] (or [H, W, 3]); actions raw float [B, N, D] -> uint8 [B, N, H, W, 3].
 
@@ -375,6 +376,8 @@ class Predictor:
         chunk's last frame(s); the last chunk is padded with hold-still actions and cut back to N frames.
         `output="tensor"` returns the frames as a torch tensor on the model's device (a checker that takes
         tensors then runs there, and nothing is copied to the host that is not needed).
+        `context_latents` (from :meth:`encode_context` of this same context) skips the first chunk's VAE
+        encode: a planner scoring several batches from one camera frame encodes it once.
         """
         if output not in ("numpy", "tensor"):
             raise ValueError(f"output {output!r}: use 'numpy' or 'tensor'")
@@ -399,7 +402,14 @@ class Predictor:
         for start in range(0, actions.shape[0], self.batch_size):
             outs.append(
                 self._predict_batch(
-                    context, actions[start : start + self.batch_size], text, num_steps, guidance, seed, ctx
+                    context,
+                    actions[start : start + self.batch_size],
+                    text,
+                    num_steps,
+                    guidance,
+                    seed,
+                    ctx,
+                    context_latents,
                 )
             )
         frames = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
@@ -414,6 +424,7 @@ class Predictor:
         guidance: float,
         seed: int,
         ctx: Any,
+        context_latents: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """One model batch through the steps of the module docstring; uint8 frames [B, N, H, W, 3]."""
         from cosmos_ros.model.sampler import sample_latents
@@ -431,7 +442,10 @@ class Predictor:
                 chunk = self._normalize(actions[:, k * a : (k + 1) * a])
                 # 2. context frames -> clean conditioning latents [1 or B, C, n_cond, h, w]
                 with ctx.stage("encode"):
-                    cond = self.model.encode_frames(cur_context)
+                    if k == 0 and context_latents is not None:
+                        cond = context_latents
+                    else:
+                        cond = self.model.encode_frames(cur_context)
                     _sync(self.device)
                 # 3. denoise every candidate (+ its unconditional twin with CFG) from common noise
                 with ctx.stage("denoise"):
@@ -461,6 +475,20 @@ class Predictor:
                 frames_out.append(video[:, self.num_context_frames :])
                 cur_context = video[:, -self.num_context_frames :]  # the next chunk's context
         return torch.cat(frames_out, dim=1)[:, :n]
+
+    @torch.no_grad()
+    def encode_context(self, context: np.ndarray) -> torch.Tensor:
+        """Conditioning latents [1, C, n_cond, h, w] of a uint8 context [C, H, W, 3], for
+        ``predict(..., context_latents=...)``: encode a camera frame once, score many batches from it."""
+        context = np.asarray(context)
+        if context.ndim == 3:
+            context = context[None]
+        if context.shape != (self.num_context_frames, self.height, self.width, 3) or context.dtype != np.uint8:
+            raise ValueError(
+                f"context must be uint8 [{self.num_context_frames}, {self.height}, {self.width}, 3], "
+                f"got {context.dtype} {context.shape}"
+            )
+        return self.model.encode_frames(torch.as_tensor(context, device=self.device)[None])
 
     def warmup(self, num_steps: int = 2, guidance: float = 0.0, batch: int | None = None) -> None:
         """One full prediction (compiles kernels, allocates memory) so the first request pays no extra.

@@ -1,0 +1,203 @@
+"""Plan cost from predicted frames: goal (joint target, goal image, image-space end effector) + collision +
+smoothness.
+
+Everything is read from what the model predicts, never from the true state: joint targets through a pose
+estimator (`cosmos_ros.evaluate.pose`, the entry-point group ``cosmos_ros.pose_estimators``), the end
+effector through an image locator, collisions through a collision checker (`cosmos_ros.predict.checkers`).
+A model that knows the poses exactly (the oracle) hands them over and the estimator is skipped. Costs are
+per step and weighted towards the end of the horizon, so a plan that gets there sooner costs less.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from cosmos_ros.evaluate.pose import PoseEstimator
+from cosmos_ros.plan.models import Rollout
+from cosmos_ros.plan.sim_arm import wrap
+from cosmos_ros.predict.checkers import CollisionChecker, KeepOutRegionChecker, Region
+
+#: Cost of a step whose pose (or end effector) cannot be read from the predicted frame [rad or image units]:
+#: a smeared arm must not look like an arm at the goal.
+UNREADABLE_PENALTY = 2.0
+
+
+@dataclass
+class Goal:
+    """What to reach. Any combination of the three targets; at least one is needed.
+
+    joint_target: joint name -> position (read from predicted frames through the pose estimator);
+    goal_image: uint8 [H, W, 3] the camera should see at the end; ee_target: (x, y) normalised image
+    coordinates of the end effector; regions: keep-out regions ("name:x0,y0,x1,y1" or `Region`).
+    """
+
+    joint_target: dict[str, float] = field(default_factory=dict)
+    goal_image: np.ndarray | None = None
+    ee_target: tuple[float, float] | None = None
+    regions: Sequence[Region | str] = ()
+    joint_tolerance: float = 0.1
+    ee_tolerance: float = 0.03
+
+    def __post_init__(self) -> None:
+        if not self.joint_target and self.goal_image is None and self.ee_target is None:
+            raise ValueError("a goal needs a joint target, a goal image or an end-effector target")
+        for name, v in self.joint_target.items():
+            if not np.isfinite(v):
+                raise ValueError(f"joint target {name}={v} is not finite")
+        if self.ee_target is not None and not all(0.0 <= float(v) <= 1.0 for v in self.ee_target):
+            raise ValueError(f"ee_target {self.ee_target}: use normalised image coordinates in [0, 1]")
+        self.regions = [r if isinstance(r, Region) else Region.parse(r) for r in self.regions]
+
+
+@dataclass
+class CostWeights:
+    """Weights of the cost terms (config/planner.yaml documents them)."""
+
+    joint: float = 1.0
+    image: float = 4.0
+    ee: float = 4.0
+    terminal: float = 6.0  # extra weight of the last step's goal terms
+    collision: float = 20.0
+    smooth: float = 0.02
+    region_margin: float = 0.02  # keep-out regions grown by this (normalised) for the checker
+
+
+class PlanCost:
+    """Scores rollouts of candidate plans against a goal."""
+
+    def __init__(
+        self,
+        joint_names: Sequence[str],
+        estimator: PoseEstimator | None,
+        weights: CostWeights | None = None,
+        checker_factory: Callable[[Sequence[Region]], CollisionChecker] | None = None,
+        ee_locator: Callable[[np.ndarray], np.ndarray | None] | None = None,
+    ) -> None:
+        self.joint_names = tuple(joint_names)
+        self.estimator = estimator
+        self.w = weights or CostWeights()
+        self.checker_factory = checker_factory or self._keepout
+        self.ee_locator = ee_locator
+        self._checker: CollisionChecker | None = None
+        self._goal: Goal | None = None
+        # the checker's reference: the first context frame of the goal (regions clear). Against each step's
+        # own context, an arm next to a region would be penalised for leaving it (its pixels change too).
+        self._reference: np.ndarray | None = None
+
+    def _keepout(self, regions: Sequence[Region]) -> CollisionChecker:
+        m = self.w.region_margin
+        grown = [
+            {
+                "name": r.name,
+                "x0": max(r.x0 - m, 0.0),
+                "y0": max(r.y0 - m, 0.0),
+                "x1": min(r.x1 + m, 1.0),
+                "y1": min(r.y1 + m, 1.0),
+            }
+            for r in regions
+        ]
+        return KeepOutRegionChecker(grown)
+
+    def set_goal(self, goal: Goal) -> None:
+        """Check the goal against what this cost can read, and build the checker for its regions."""
+        unknown = [j for j in goal.joint_target if j not in self.joint_names]
+        if unknown:
+            raise ValueError(f"joint target names {unknown} are not joints of the model {list(self.joint_names)}")
+        if goal.joint_target and self.estimator is None:
+            raise ValueError("a joint target needs a pose estimator to read joints from predicted frames")
+        if goal.joint_target and self.estimator is not None:
+            unread = [j for j in goal.joint_target if j not in self.estimator.joint_names]
+            if unread:
+                raise ValueError(
+                    f"pose estimator {self.estimator.name!r} reads {list(self.estimator.joint_names)}, not "
+                    f"{unread}: leave those out of the joint target or pick another estimator"
+                )
+        if goal.ee_target is not None and self.ee_locator is None:
+            raise ValueError("an end-effector target needs an ee locator for this robot")
+        self._goal = goal
+        self._reference = None
+        self._checker = self.checker_factory(goal.regions) if goal.regions else None
+
+    def __call__(
+        self, context: np.ndarray, rollout: Rollout, plans: np.ndarray, start: np.ndarray
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Costs [B] of rollouts of plans [B, H, J] that start at joint positions ``start`` [J]; also the terms."""
+        goal = self._goal
+        if goal is None:
+            raise RuntimeError("set_goal before scoring")
+        frames = rollout.frames
+        b, h = frames.shape[:2]
+        wt = np.linspace(1.0 / h, 1.0, h)
+        wt[-1] += self.w.terminal
+        wt /= wt.sum()
+        terms: dict[str, np.ndarray] = {}
+        total = np.zeros(b)
+        if goal.joint_target:
+            err = self.joint_errors(goal, rollout)  # [B, H]
+            terms["joint"] = err @ wt
+            total += self.w.joint * terms["joint"]
+        if goal.goal_image is not None:
+            gi = cv2.resize(goal.goal_image, (frames.shape[3], frames.shape[2]), interpolation=cv2.INTER_AREA)
+            diff = np.abs(frames.astype(np.int16) - gi.astype(np.int16)).mean(axis=(2, 3, 4)) / 255.0
+            terms["image"] = diff @ wt
+            total += self.w.image * terms["image"]
+        if goal.ee_target is not None:
+            ee = rollout.ee if rollout.ee is not None else self._read_ee(frames)
+            d = np.linalg.norm(ee - np.asarray(goal.ee_target)[None, None], axis=-1)
+            terms["ee"] = np.nan_to_num(d, nan=UNREADABLE_PENALTY) @ wt
+            total += self.w.ee * terms["ee"]
+        if self._checker is not None:
+            if self._reference is None or self._reference.shape != context.shape:
+                self._reference = context
+            results = self._checker.check(self._reference, frames)
+            step = np.array([r.step_scores for r in results], np.float64)  # [B, H] 0..1
+            hit = np.array([r.collision for r in results], np.float64)
+            terms["collision"] = step.mean(axis=1) + hit
+            total += self.w.collision * terms["collision"]
+        seq = np.concatenate([np.broadcast_to(start, (b, 1, len(start))), plans], axis=1)
+        vel = np.diff(seq, axis=1)
+        terms["smooth"] = (np.diff(vel, axis=1) ** 2).sum(axis=(1, 2)) + 0.1 * (vel**2).sum(axis=(1, 2))
+        total += self.w.smooth * terms["smooth"]
+        return total, terms
+
+    def joint_errors(self, goal: Goal, rollout: Rollout) -> np.ndarray:
+        """Per-step joint distance to the target [B, H] (angles wrapped; unreadable frames penalised)."""
+        names = list(goal.joint_target)
+        target = np.array([goal.joint_target[j] for j in names])
+        if rollout.poses is not None:
+            poses = rollout.poses[..., [self.joint_names.index(j) for j in names]]
+            angular = [self._is_angular(j) for j in names]
+        else:
+            est = self.estimator
+            assert est is not None
+            cols = [est.joint_names.index(j) for j in names]
+            b, h = rollout.frames.shape[:2]
+            poses = np.full((b, h, len(names)), np.nan)
+            for i in range(b):
+                for t in range(h):
+                    p = est.estimate(rollout.frames[i, t])
+                    if p is not None:
+                        poses[i, t] = np.asarray(p, np.float64)[cols]
+            angular = [est.angular[c] if est.angular else False for c in cols]
+        err = np.abs(wrap(poses - target, angular))
+        return np.sqrt(np.nan_to_num(err, nan=UNREADABLE_PENALTY) ** 2).sum(axis=-1)
+
+    def _is_angular(self, joint: str) -> bool:
+        est = self.estimator
+        if est is not None and joint in est.joint_names and est.angular:
+            return bool(est.angular[est.joint_names.index(joint)])
+        return True
+
+    def _read_ee(self, frames: np.ndarray) -> np.ndarray:
+        assert self.ee_locator is not None
+        out = np.full(frames.shape[:2] + (2,), np.nan)
+        for i in range(frames.shape[0]):
+            for t in range(frames.shape[1]):
+                p = self.ee_locator(frames[i, t])
+                if p is not None:
+                    out[i, t] = p
+        return out

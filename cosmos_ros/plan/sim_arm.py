@@ -1,0 +1,104 @@
+"""What the planner knows of the simulated arm: its skeleton in image space, exact collisions, its end effector.
+
+Three jobs the evaluation and the oracle need and the world model never sees: where the arm's links are in
+normalised image coordinates (so a keep-out box, which is image-space, can be tested against the true arm
+geometry: the evaluation's ground truth), where the gripper is (the image-space end-effector target), and a
+vectorised copy of the arm's joint controller (`ArmSim.step` on a batch: the oracle's exact dynamics).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from cosmos_ros.predict.checkers import Region
+from cosmos_ros.sim.arm import ArmConfig
+from cosmos_ros.sim.render import FINGER_LENGTH, FINGER_RGB, MASK_TOLERANCE, Camera
+
+#: Aspect (width, height) of the sim camera images (320x256, 160x128, 64x80 all share it).
+SIM_ASPECT = (80, 64)
+
+
+def arm_points(
+    q: np.ndarray,
+    camera: Camera | None = None,
+    config: ArmConfig | None = None,
+    per_link: int = 12,
+    size: tuple[int, int] = SIM_ASPECT,
+) -> np.ndarray:
+    """Points along link 1, link 2 and the fingers for joint positions ``q`` [..., 3]: normalised image
+    coordinates [..., P, 2] (x right, y down, 0..1), so they compare directly with keep-out regions."""
+    cfg = config or ArmConfig()
+    cam = camera or Camera()
+    q = np.asarray(q, np.float64)
+    a1 = q[..., 0]
+    a2 = a1 + q[..., 1]
+    l1, l2 = cfg.link_lengths
+    elbow = np.stack([l1 * np.sin(a1), l1 * np.cos(a1)], axis=-1)
+    along = np.stack([np.sin(a2), np.cos(a2)], axis=-1)
+    wrist = elbow + l2 * along
+    tip = wrist + FINGER_LENGTH * along
+    t = np.linspace(0.0, 1.0, per_link)[:, None]
+    segs = [
+        elbow[..., None, :] * t,
+        elbow[..., None, :] + (wrist - elbow)[..., None, :] * t,
+        wrist[..., None, :] + (tip - wrist)[..., None, :] * t[: max(per_link // 3, 2)],
+    ]
+    pts = np.concatenate(segs, axis=-2)
+    w, h = size
+    pix = cam.world_to_pixel(pts, w, h)
+    return pix / np.array([w, h], np.float64)
+
+
+def ee_point(q: np.ndarray, camera: Camera | None = None, config: ArmConfig | None = None) -> np.ndarray:
+    """Normalised image position [..., 2] of the gripper (the wrist plus half a finger length)."""
+    pts = arm_points(q, camera, config, per_link=3)
+    return pts[..., -1, :] * 0.5 + pts[..., -2, :] * 0.5
+
+
+def in_regions(points: np.ndarray, regions: Sequence[Region], margin: float = 0.0) -> np.ndarray:
+    """Whether any point [..., P, 2] lies in any region (grown by ``margin``): bool [...]."""
+    hit = np.zeros(points.shape[:-2], bool)
+    for r in regions:
+        x, y = points[..., 0], points[..., 1]
+        inside = (x >= r.x0 - margin) & (x <= r.x1 + margin) & (y >= r.y0 - margin) & (y <= r.y1 + margin)
+        hit |= inside.any(axis=-1)
+    return hit
+
+
+def arm_in_regions(
+    q: np.ndarray, regions: Sequence[Region], camera: Camera | None = None, margin: float = 0.0
+) -> np.ndarray:
+    """Ground truth: whether the arm at ``q`` [..., 3] overlaps a keep-out region (link width included)."""
+    # half the drawn link width (LINK_WIDTH 0.035 m) in normalised height units of the default view
+    half_link = 0.0175 / (2 * (camera or Camera()).half_height)
+    return in_regions(arm_points(q, camera), regions, margin + half_link)
+
+
+def ee_from_frame(frame: np.ndarray) -> np.ndarray | None:
+    """Normalised image position of the gripper fingers' colour centroid, or None when not visible.
+
+    The sim arm's image-space end-effector reader (predicted frames carry no poses)."""
+    diff = np.abs(frame.astype(np.int16) - np.array(FINGER_RGB, np.int16)).max(axis=-1)
+    v, u = np.nonzero(diff <= MASK_TOLERANCE)
+    if len(u) < 2:
+        return None
+    h, w = frame.shape[:2]
+    return np.array([(u.mean() + 0.5) / w, (v.mean() + 0.5) / h])
+
+
+def controller_step(q: np.ndarray, target: np.ndarray, dt: float, config: ArmConfig) -> np.ndarray:
+    """`ArmSim.step` for a batch [B, 3]: velocity-limited P control, never overshooting, joint limits."""
+    vmax = np.asarray(config.max_velocity)
+    err = target - q
+    vel = np.clip(config.gain * err, -vmax, vmax)
+    vel = np.where(np.abs(vel * dt) > np.abs(err), err / dt, vel)
+    return np.clip(q + vel * dt, config.lower, config.upper)
+
+
+def wrap(delta: np.ndarray, angular: Sequence[bool]) -> np.ndarray:
+    """Differences with angular joints wrapped into [-pi, pi)."""
+    wrapped = (delta + math.pi) % (2 * math.pi) - math.pi
+    return np.where(np.asarray(angular, bool), wrapped, delta)
