@@ -10,7 +10,7 @@ node keeps serving.
 
     ros2 launch cosmos_ros plan.launch.py                      # sim arm + planner (oracle)
     ros2 action send_goal /planner/plan_to_goal cosmos_ros/action/PlanToGoal \
-        "{joint_names: [joint1, joint2], joint_target: [0.6, -0.8], keep_out_regions: ['box:0.6,0.2,0.7,0.3']}"
+        "{joint_names: [joint1, joint2], joint_target: [0.6, -0.8], keep_out_regions: ['b:0.6,0.2,0.7,0.3']}"
 """
 
 from __future__ import annotations
@@ -62,7 +62,9 @@ class PlannerNode(Node):
         self.create_subscription(
             Image, p["camera_topic"], self._on_image, qos_profile_sensor_data, callback_group=group
         )
-        self.create_subscription(JointState, p["joint_states_topic"], self._on_joints, 10, callback_group=group)
+        self.create_subscription(
+            JointState, p["joint_states_topic"], self._on_joints, 10, callback_group=group
+        )
         self.pub_cmd = self.create_publisher(JointState, p["command_topic"], 10)
         self.server = ActionServer(
             self,
@@ -114,7 +116,8 @@ class PlannerNode(Node):
     def _to_goal(self, req: Any) -> Goal:
         if len(req.joint_names) != len(req.joint_target):
             raise ValueError(
-                f"joint_names has {len(req.joint_names)} names but joint_target {len(req.joint_target)} values"
+                f"joint_names has {len(req.joint_names)} names but joint_target "
+                f"{len(req.joint_target)} values"
             )
         image = None
         if req.goal_image.width:
@@ -156,8 +159,10 @@ class PlannerNode(Node):
             handle.canceled()
         else:
             handle.abort()
-        log = self.get_logger().info if code in (R.REACHED, R.CANCELED) else self.get_logger().warning
-        log(f"goal finished: {reason}")
+        if code in (R.REACHED, R.CANCELED):  # rclpy: one severity per call site
+            self.get_logger().info(f"goal finished: {reason}")
+        else:
+            self.get_logger().warning(f"goal finished: {reason}")
         return res
 
     def _run(self, handle: Any) -> Any:
@@ -184,14 +189,16 @@ class PlannerNode(Node):
             frame, q, stamp = self._state()
             assert frame is not None and q is not None
             if goal_reached(goal, self.model.joint_names, q, frame, self.ee_locator, p["image_tolerance"]):
-                return self._finish(handle, R.REACHED, f"goal reached after {replans} replanning steps", replans, t0)
+                return self._finish(
+                    handle, R.REACHED, f"goal reached after {replans} replanning steps", replans, t0
+                )
             if handle.is_cancel_requested:
                 return self._finish(handle, R.CANCELED, "cancelled", replans, t0)
             if time.monotonic() - t0 > limit:
                 return self._finish(handle, R.TIME_LIMIT, f"time limit {limit:.1f} s passed", replans, t0)
             try:
                 res = self.planner.plan(frame, q)
-            except Exception as exc:  # noqa: BLE001 - a model failure ends this goal, never the node
+            except Exception as exc:
                 return self._finish(handle, R.MODEL_ERROR, f"the model failed: {exc}", replans, t0)
             self._feedback(handle, goal, q, res, replans, stamp)
             replans += 1

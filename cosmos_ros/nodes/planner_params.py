@@ -15,13 +15,19 @@ PARAMETERS: tuple[Param, ...] = (
     ),
     Param("adapter", "", "Adapter folder on top of a world model (empty = the base alone)."),
     Param("device", "auto", "Torch device of a world model: auto, cpu, cuda, cuda:N."),
-    Param("dtype", "auto", "Weights dtype of a world model.", choices=("auto", "float32", "bfloat16", "float16")),
+    Param(
+        "dtype", "auto", "Weights dtype of a world model.", choices=("auto", "float32", "bfloat16", "float16")
+    ),
     Param("num_steps", 4, "Sampling steps of the world model per prediction.", (1, 100)),
     Param("camera_topic", "/camera/image_raw", "sensor_msgs/Image the planner re-plans from."),
     Param("joint_states_topic", "/joint_states", "sensor_msgs/JointState of the arm."),
     Param("command_topic", "/sim_arm/command", "sensor_msgs/JointState position commands (the sim arm's)."),
     Param("plan_joints", ["joint1", "joint2"], "Joints the planner moves (others hold)."),
-    Param("max_step", [0.12, 0.16], "Largest command step per frame of each planned joint (velocity limit / fps)."),
+    Param(
+        "max_step",
+        [0.12, 0.16],
+        "Largest command step per frame of each planned joint (velocity limit / fps).",
+    ),
     Param("horizon", 12, "Plan length in frames.", (1, 200)),
     Param("candidates", 16, "CEM candidates per iteration.", (2, 1024)),
     Param("iterations", 2, "CEM iterations per replanning step.", (1, 50)),
@@ -30,9 +36,18 @@ PARAMETERS: tuple[Param, ...] = (
     Param("seed", 0, "Seed of the CEM sampling.", (0, 2**31 - 1)),
     Param("time_limit", 20.0, "Default time limit of a goal [s].", (0.1, 3600.0)),
     Param("joint_tolerance", 0.1, "Default joint tolerance of a goal [rad].", (0.001, 3.2)),
-    Param("ee_tolerance", 0.03, "End-effector target reached within this (normalised image units).", (0.001, 1.0)),
-    Param("image_tolerance", 0.03, "Goal image reached below this mean colour difference (0..1).", (0.001, 1.0)),
-    Param("pose_estimator", "sim_arm", "Reads joints from frames: built-in, entry-point name or module:Class."),
+    Param(
+        "ee_tolerance",
+        0.03,
+        "End-effector target reached within this (normalised image units).",
+        (0.001, 1.0),
+    ),
+    Param(
+        "image_tolerance", 0.03, "Goal image reached below this mean colour difference (0..1).", (0.001, 1.0)
+    ),
+    Param(
+        "pose_estimator", "sim_arm", "Reads joints from frames: built-in, entry-point name or module:Class."
+    ),
     Param("ee_locator", "sim_arm", "Reads the end effector from frames: 'sim_arm' or 'module:function'."),
     Param("cost_joint", 1.0, "Weight of the joint-target cost.", (0.0, 1e6)),
     Param("cost_image", 4.0, "Weight of the goal-image cost.", (0.0, 1e6)),

@@ -160,7 +160,7 @@ class CemPlanner:
             u = np.clip(mean + std * eps, -1.0, 1.0)
             # a share of broad samples around "hold still", not the mean: a way round an obstacle that the
             # mean has not found yet (the warm start alone would wait in front of a box)
-            n_wide = int(round(cfg.explore_fraction * cfg.candidates))
+            n_wide = round(cfg.explore_fraction * cfg.candidates)
             if n_wide:
                 u[-n_wide:] = np.clip(cfg.explore_std * eps[-n_wide:], -1.0, 1.0)
             u[0] = mean  # the warm start itself is always scored

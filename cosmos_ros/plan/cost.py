@@ -106,7 +106,9 @@ class PlanCost:
         """Check the goal against what this cost can read, and build the checker for its regions."""
         unknown = [j for j in goal.joint_target if j not in self.joint_names]
         if unknown:
-            raise ValueError(f"joint target names {unknown} are not joints of the model {list(self.joint_names)}")
+            raise ValueError(
+                f"joint target names {unknown} are not joints of the model {list(self.joint_names)}"
+            )
         if goal.joint_target and self.estimator is None:
             raise ValueError("a joint target needs a pose estimator to read joints from predicted frames")
         if goal.joint_target and self.estimator is not None:
@@ -125,7 +127,7 @@ class PlanCost:
     def __call__(
         self, context: np.ndarray, rollout: Rollout, plans: np.ndarray, start: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Costs [B] of rollouts of plans [B, H, J] that start at joint positions ``start`` [J]; also the terms."""
+        """Costs [B] of rollouts of plans [B, H, J] starting at joint positions ``start`` [J], and the terms."""
         goal = self._goal
         if goal is None:
             raise RuntimeError("set_goal before scoring")
@@ -194,7 +196,7 @@ class PlanCost:
 
     def _read_ee(self, frames: np.ndarray) -> np.ndarray:
         assert self.ee_locator is not None
-        out = np.full(frames.shape[:2] + (2,), np.nan)
+        out = np.full((*frames.shape[:2], 2), np.nan)
         for i in range(frames.shape[0]):
             for t in range(frames.shape[1]):
                 p = self.ee_locator(frames[i, t])

@@ -189,8 +189,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"Model `{report['model']}`, device {report['device']}; CEM {report['cem']}; "
         f"time limit {report['time_limit']} s, tolerance {report['tolerance']} rad.",
         "",
-        "| planner | success | reached | collision episodes | mean time to goal [s] | plan s/step mean | median "
-        "| p95 |",
+        "| planner | success | reached | collision episodes | mean time to goal [s] | plan s/step mean "
+        "| median | p95 |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, s in report["summary"].items():

@@ -25,7 +25,7 @@ from cosmos_ros.sim.variants import Cell
 
 
 def load_ee_locator(spec: str) -> Callable[[np.ndarray], np.ndarray | None] | None:
-    """'sim_arm' (the sim gripper's colour centroid), 'none', or 'module:function' (frame -> [x, y] | None)."""
+    """'sim_arm' (the sim gripper's colour centroid), 'none' or 'module:function' (frame -> [x, y] | None)."""
     if spec in ("", "none"):
         return None
     if spec == "sim_arm":
@@ -34,7 +34,9 @@ def load_ee_locator(spec: str) -> Callable[[np.ndarray], np.ndarray | None] | No
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError, ValueError) as exc:
-        raise ValueError(f"ee locator {spec!r}: cannot load it ({exc}); use 'sim_arm' or 'module:function'") from exc
+        raise ValueError(
+            f"ee locator {spec!r}: cannot load it ({exc}); use 'sim_arm' or 'module:function'"
+        ) from exc
     return fn
 
 
@@ -73,12 +75,15 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
     def checker(regions: Sequence[Region]) -> Any:
         m = weights.region_margin
         grown = [
-            f"{r.name}:{max(r.x0 - m, 0):.6f},{max(r.y0 - m, 0):.6f},{min(r.x1 + m, 1):.6f},{min(r.y1 + m, 1):.6f}"
+            f"{r.name}:{max(r.x0 - m, 0):.6f},{max(r.y0 - m, 0):.6f},"
+            f"{min(r.x1 + m, 1):.6f},{min(r.y1 + m, 1):.6f}"
             for r in regions
         ]
         return load_checker(checker_name, {"regions": grown})
 
-    cost = PlanCost(model.joint_names, estimator, weights, checker, load_ee_locator(p.get("ee_locator", "none")))
+    cost = PlanCost(
+        model.joint_names, estimator, weights, checker, load_ee_locator(p.get("ee_locator", "none"))
+    )
     sim = ArmConfig()
     is_sim = tuple(model.joint_names) == ("joint1", "joint2", "joint3")
     return CemPlanner(

@@ -82,7 +82,13 @@ class SimOracle(PlanModel):
     def render(self, q: np.ndarray) -> np.ndarray:
         c = self.cell
         return render_frame(
-            q, self.width, self.height, scene=c.scene, camera=c.camera, lighting=c.lighting, config=self.config
+            q,
+            self.width,
+            self.height,
+            scene=c.scene,
+            camera=c.camera,
+            lighting=c.lighting,
+            config=self.config,
         )
 
     def begin(self, frame: np.ndarray, positions: np.ndarray) -> np.ndarray:

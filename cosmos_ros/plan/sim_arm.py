@@ -1,4 +1,4 @@
-"""What the planner knows of the simulated arm: its skeleton in image space, exact collisions, its end effector.
+"""What the planner knows of the sim arm: its skeleton in image space, exact collisions, its end effector.
 
 Three jobs the evaluation and the oracle need and the world model never sees: where the arm's links are in
 normalised image coordinates (so a keep-out box, which is image-space, can be tested against the true arm

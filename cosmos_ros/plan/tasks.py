@@ -3,7 +3,8 @@
 Each task: a start pose, a joint target (joint1, joint2; the gripper holds), and one keep-out box in image
 space placed on the arm's straight-line (joint-space) path, so a planner that ignores it collides. A task is
 kept only when start and goal are clear of the box and a collision-free path exists (a search on a joint
-grid) no longer than ``max_detour`` x the straight path, so every task is solvable by a short-horizon MPC and the oracle's success rate measures the planner, not the tasks.
+grid) no longer than ``max_detour`` x the straight path: every task is solvable by a short-horizon MPC,
+and the oracle's success rate measures the planner, not the tasks.
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ class ReachTask:
         }
 
 
-def detour_ratio(start: np.ndarray, goal: np.ndarray, region: Region, margin: float, res: float = 0.06) -> float:
+def detour_ratio(
+    start: np.ndarray, goal: np.ndarray, region: Region, margin: float, res: float = 0.06
+) -> float:
     """Shortest collision-free path / straight path on an 8-connected (joint1, joint2) grid whose every cell
     is clear of the box (grown by ``margin``); inf when there is none."""
     cfg = ArmConfig()

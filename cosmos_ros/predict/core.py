@@ -483,7 +483,10 @@ class Predictor:
         context = np.asarray(context)
         if context.ndim == 3:
             context = context[None]
-        if context.shape != (self.num_context_frames, self.height, self.width, 3) or context.dtype != np.uint8:
+        if (
+            context.shape != (self.num_context_frames, self.height, self.width, 3)
+            or context.dtype != np.uint8
+        ):
             raise ValueError(
                 f"context must be uint8 [{self.num_context_frames}, {self.height}, {self.width}, 3], "
                 f"got {context.dtype} {context.shape}"
