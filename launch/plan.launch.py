@@ -3,7 +3,7 @@
     ros2 launch cosmos_ros plan.launch.py                          # sim arm + planner with the oracle
     ros2 launch cosmos_ros plan.launch.py model:=sim_twin device:=cuda
     ros2 action send_goal --feedback /planner/plan_to_goal cosmos_ros/action/PlanToGoal \
-        "{joint_names: [joint1, joint2], joint_target: [0.6, -0.8], keep_out_regions: ['b:0.55,0.2,0.65,0.3']}"
+        "{joint_names: [joint1, joint2], joint_target: [0.6, -0.8], keep_out_regions: ['b:0.5,0.2,0.6,0.3']}"
 
 The sim arm holds its pose between goals (trajectory hold, commands never time out), so the planner's last
 command stays in force. `model` and `device` override config/planner.yaml.

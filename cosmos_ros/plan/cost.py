@@ -127,7 +127,7 @@ class PlanCost:
     def __call__(
         self, context: np.ndarray, rollout: Rollout, plans: np.ndarray, start: np.ndarray
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """Costs [B] of rollouts of plans [B, H, J] starting at joint positions ``start`` [J], and the terms."""
+        """Costs [B] of rollouts of plans [B, H, J] from joint positions ``start`` [J], and the terms."""
         goal = self._goal
         if goal is None:
             raise RuntimeError("set_goal before scoring")
