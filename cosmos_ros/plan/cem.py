@@ -5,7 +5,7 @@ A plan is H absolute joint commands (one per camera frame) for the planned joint
 current value. CEM samples per-step increments in units of the arm's largest step per frame (so every
 candidate respects the velocity limits), rolls the batch through the model (`PlanModel`), scores it
 (`PlanCost`), and refits a diagonal Gaussian to the elites. Each iteration also scores the current mean and,
-on the first, a straight-at-the-goal guess; the best candidate ever seen is the plan. After the caller
+on the first, a straight-at-the-goal guess and proposals through random waypoints; the best candidate ever seen is the plan. After the caller
 executes ``n`` steps, ``advance(n)`` shifts the mean by ``n`` (warm start) and the next replanning step
 starts from it. MPPI was not added: CEM with a warm start reached the oracle's goals (docs/planning.md).
 """
@@ -37,6 +37,7 @@ class CemConfig:
     knots: int = 4  # control points of the time-correlated sampling noise
     explore_fraction: float = 0.25  # share of candidates sampled broadly around zero instead of the mean
     explore_std: float = 1.0
+    waypoint_fraction: float = 0.25  # share of first-iteration candidates through random waypoints
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -122,21 +123,31 @@ class CemPlanner:
         frac = (pos - lo)[None, :, None]
         return knots[:, lo] * (1 - frac) + knots[:, hi] * frac
 
-    def straight_guess(self, start: np.ndarray) -> np.ndarray:
-        """Increments that head straight for the joint target at full speed (zero without one)."""
+    def straight_guess(self, start: np.ndarray, via: np.ndarray | None = None) -> np.ndarray:
+        """Increments that head straight for the joint target at full speed (zero without one); with
+        ``via`` (planned-joint positions), first for that waypoint during the first half of the horizon."""
         u = np.zeros((self.cfg.horizon, len(self.idx)))
         if self.goal is None or not self.goal.joint_target:
             return u
         q = start[self.idx].copy()
-        names = self.plan_joints
+        goal = np.array([self.goal.joint_target.get(j, np.nan) for j in self.plan_joints])
         angular = getattr(self.model, "angular", ()) or (True,) * len(self.model.joint_names)
+        ang = [bool(angular[i]) for i in self.idx]
         for t in range(self.cfg.horizon):
-            for k, j in enumerate(names):
-                if j in self.goal.joint_target:
-                    d = float(wrap(np.array([self.goal.joint_target[j] - q[k]]), [angular[self.idx[k]]])[0])
-                    u[t, k] = float(np.clip(d / self.max_step[k], -1.0, 1.0))
+            aim = via if (via is not None and t < self.cfg.horizon // 2) else goal
+            d = np.nan_to_num(wrap(aim - q, ang))  # joints without a target hold
+            u[t] = np.clip(d / self.max_step, -1.0, 1.0)
             q += u[t] * self.max_step
         return u
+
+    def waypoint_guesses(self, start: np.ndarray, n: int) -> np.ndarray:
+        """``n`` proposals through random waypoints within reach (half the horizon at full speed), then
+        straight at the target: ways round an obstacle that local noise around the mean rarely finds."""
+        reach = self.max_step * (self.cfg.horizon // 2)
+        q = start[self.idx]
+        return np.stack(
+            [self.straight_guess(start, q + self.rng.uniform(-1, 1, len(self.idx)) * reach) for _ in range(n)]
+        )
 
     def plan(
         self,
@@ -166,6 +177,9 @@ class CemPlanner:
             u[0] = mean  # the warm start itself is always scored
             if it == 0:
                 u[1] = self.straight_guess(start)
+                n_way = min(round(cfg.waypoint_fraction * cfg.candidates), cfg.candidates - 2)
+                if n_way > 0 and self.goal.joint_target:
+                    u[2 : 2 + n_way] = self.waypoint_guesses(start, n_way)
             plans = self.to_plans(u, start)
             # common random numbers across iterations too: the same noise for every candidate of the step
             rollout = self.model.rollout(plans, seed=self.calls)

@@ -15,7 +15,14 @@ import numpy as np
 
 from cosmos_ros.predict.checkers import Region
 from cosmos_ros.sim.arm import ArmConfig
-from cosmos_ros.sim.render import FINGER_LENGTH, FINGER_RGB, MASK_TOLERANCE, Camera
+from cosmos_ros.sim.render import (
+    FINGER_LENGTH,
+    FINGER_MIN_OFFSET,
+    FINGER_RANGE,
+    FINGER_RGB,
+    MASK_TOLERANCE,
+    Camera,
+)
 
 #: Aspect (width, height) of the sim camera images (320x256, 160x128, 64x80 all share it).
 SIM_ASPECT = (80, 64)
@@ -28,7 +35,7 @@ def arm_points(
     per_link: int = 12,
     size: tuple[int, int] = SIM_ASPECT,
 ) -> np.ndarray:
-    """Points along link 1, link 2 and the fingers for joint positions ``q`` [..., 3]: normalised image
+    """Points along link 1, link 2, the palm and the fingers for joint positions ``q`` [..., 3]: normalised image
     coordinates [..., P, 2] (x right, y down, 0..1), so they compare directly with keep-out regions."""
     cfg = config or ArmConfig()
     cam = camera or Camera()
@@ -39,13 +46,19 @@ def arm_points(
     elbow = np.stack([l1 * np.sin(a1), l1 * np.cos(a1)], axis=-1)
     along = np.stack([np.sin(a2), np.cos(a2)], axis=-1)
     wrist = elbow + l2 * along
-    tip = wrist + FINGER_LENGTH * along
+    perp = np.stack([np.cos(a2), -np.sin(a2)], axis=-1)
+    off = (FINGER_MIN_OFFSET + FINGER_RANGE * np.clip(q[..., 2], 0.0, 1.0))[..., None]
+    palm = FINGER_MIN_OFFSET + FINGER_RANGE + 0.01  # as render_frame draws it
     t = np.linspace(0.0, 1.0, per_link)[:, None]
+    tf = t[: max(per_link // 2, 2)]
     segs = [
-        elbow[..., None, :] * t,
-        elbow[..., None, :] + (wrist - elbow)[..., None, :] * t,
-        wrist[..., None, :] + (tip - wrist)[..., None, :] * t[: max(per_link // 3, 2)],
+        elbow[..., None, :] * t,  # link 1
+        elbow[..., None, :] + (wrist - elbow)[..., None, :] * t,  # link 2 (its end is the wrist)
+        wrist[..., None, :] + (perp * palm)[..., None, :] * (2 * t - 1),  # the palm across the wrist
     ]
+    for sign in (-1.0, 1.0):  # the two fingers
+        root = wrist + sign * perp * off
+        segs.append(root[..., None, :] + (FINGER_LENGTH * along)[..., None, :] * tf)
     pts = np.concatenate(segs, axis=-2)
     w, h = size
     pix = cam.world_to_pixel(pts, w, h)
@@ -53,9 +66,11 @@ def arm_points(
 
 
 def ee_point(q: np.ndarray, camera: Camera | None = None, config: ArmConfig | None = None) -> np.ndarray:
-    """Normalised image position [..., 2] of the gripper (the wrist plus half a finger length)."""
-    pts = arm_points(q, camera, config, per_link=3)
-    return pts[..., -1, :] * 0.5 + pts[..., -2, :] * 0.5
+    """Normalised image position [..., 2] of the gripper: half a finger length past the wrist (where the
+    fingers' colour centroid, `ee_from_frame`, lies)."""
+    pts = arm_points(q, camera, config, per_link=3)  # index 5: the wrist, 4: the middle of link 2
+    scale = FINGER_LENGTH / (config or ArmConfig()).link_lengths[1]  # (finger / 2) / (link 2 / 2)
+    return pts[..., 5, :] + (pts[..., 5, :] - pts[..., 4, :]) * scale
 
 
 def in_regions(points: np.ndarray, regions: Sequence[Region], margin: float = 0.0) -> np.ndarray:

@@ -3,7 +3,7 @@
 Each task: a start pose, a joint target (joint1, joint2; the gripper holds), and one keep-out box in image
 space placed on the arm's straight-line (joint-space) path, so a planner that ignores it collides. A task is
 kept only when start and goal are clear of the box and a collision-free path exists (a search on a joint
-grid) no longer than ``max_detour`` x the straight path: every task is solvable by a short-horizon MPC,
+grid) at most ``max_detour`` frames longer than the straight path: every task is solvable by a short-horizon MPC,
 and the oracle's success rate measures the planner, not the tasks.
 """
 
@@ -38,14 +38,13 @@ class ReachTask:
         }
 
 
-def detour_ratio(
-    start: np.ndarray, goal: np.ndarray, region: Region, margin: float, res: float = 0.06
-) -> float:
-    """Shortest collision-free path / straight path on an 8-connected (joint1, joint2) grid whose every cell
-    is clear of the box (grown by ``margin``); inf when there is none."""
+def detour_frames(start: np.ndarray, goal: np.ndarray, region: Region, margin: float) -> float:
+    """Frames (at 10 Hz, full speed) the shortest way round the box takes beyond the straight way: a search
+    on an 8-connected (joint1, joint2) grid of half a frame's motion per cell (the arm's velocity limits),
+    every cell clear of the box grown by ``margin``; inf when there is none."""
     cfg = ArmConfig()
-    g1 = np.arange(cfg.lower[0], cfg.upper[0] + 1e-9, res)
-    g2 = np.arange(cfg.lower[1], cfg.upper[1] + 1e-9, res)
+    g1 = np.arange(cfg.lower[0], cfg.upper[0] + 1e-9, cfg.max_velocity[0] / 20)
+    g2 = np.arange(cfg.lower[1], cfg.upper[1] + 1e-9, cfg.max_velocity[1] / 20)
     j1, j2 = np.meshgrid(g1, g2, indexing="ij")
     q = np.stack([j1, j2, np.full_like(j1, start[2])], axis=-1)
     free = ~arm_in_regions(q, [region], margin=margin)
@@ -59,7 +58,7 @@ def detour_ratio(
     while todo:
         a, b = todo.popleft()
         if (a, b) == g:
-            return dist[g] / max(abs(s[0] - g[0]), abs(s[1] - g[1]), 1)
+            return (dist[g] - max(abs(s[0] - g[0]), abs(s[1] - g[1]))) / 2
         for da in (-1, 0, 1):
             for db in (-1, 0, 1):
                 n = (a + da, b + db)
@@ -74,9 +73,9 @@ def _visible(q: np.ndarray) -> bool:
     return bool(np.all((pts > 0.04) & (pts < 0.96)))
 
 
-def make_tasks(n: int, seed: int = 0, margin: float = 0.05, max_detour: float = 1.4) -> list[ReachTask]:
-    """``n`` seeded, solvable tasks (a pure function of its arguments): the shortest way round the box is at
-    most ``max_detour`` times the straight one (in joint-grid steps), so it fits a short MPC horizon."""
+def make_tasks(n: int, seed: int = 0, margin: float = 0.05, max_detour: float = 4.0) -> list[ReachTask]:
+    """``n`` seeded, solvable tasks (a pure function of its arguments): the shortest way round the box takes
+    at most ``max_detour`` frames more than the straight way, so a 12-frame MPC horizon can see round it."""
     rng = np.random.default_rng(seed)
     tasks: list[ReachTask] = []
     while len(tasks) < n:
@@ -98,7 +97,7 @@ def make_tasks(n: int, seed: int = 0, margin: float = 0.05, max_detour: float = 
             continue
         if arm_in_regions(np.stack([start, goal]), [region], margin=margin).any():
             continue
-        if detour_ratio(start, goal, region, margin) > max_detour:
+        if detour_frames(start, goal, region, margin) > max_detour:
             continue
         tasks.append(
             ReachTask(len(tasks), tuple(map(float, start)), tuple(map(float, goal)), region)  # type: ignore[arg-type]
