@@ -50,7 +50,11 @@ def build_planner(model: PlanModel, args: argparse.Namespace) -> CemPlanner:
         model,
         cost,
         CemConfig(
-            horizon=args.horizon, candidates=args.candidates, iterations=args.iterations, seed=args.seed
+            horizon=args.horizon,
+            candidates=args.candidates,
+            iterations=args.iterations,
+            elites=max(1, min(6, args.candidates // 4)),
+            seed=args.seed,
         ),
         plan_joints=("joint1", "joint2"),
         max_step=MAX_STEP,

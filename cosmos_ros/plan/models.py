@@ -20,7 +20,7 @@ import numpy as np
 
 from cosmos_ros.plan.sim_arm import controller_step, ee_point
 from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig
-from cosmos_ros.sim.render import render_frame
+from cosmos_ros.sim.render import Scene, render_frame
 from cosmos_ros.sim.variants import Cell
 
 
@@ -71,7 +71,7 @@ class SimOracle(PlanModel):
         sim_dt: float = 0.02,
         config: ArmConfig | None = None,
     ) -> None:
-        self.cell = cell or Cell()
+        self.cell = cell or Cell(scene=Scene.seeded(0, 2))  # the sim node's default cell
         self.height, self.width = int(height), int(width)
         self.fps = float(fps)
         self.substeps = max(1, round(1.0 / (self.fps * sim_dt)))
