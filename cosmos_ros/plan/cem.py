@@ -3,11 +3,11 @@ straight-line reference that ignores obstacles.
 
 A plan is H absolute joint commands (one per camera frame) for the planned joints; the others hold their
 current value. CEM samples per-step increments in units of the arm's largest step per frame (so every
-candidate respects the velocity limits), rolls the batch through the model (`PlanModel`), scores it
-(`PlanCost`), and refits a diagonal Gaussian to the elites. Each iteration also scores the current mean and,
-on the first, a straight-at-the-goal guess and proposals through random waypoints; the best candidate ever seen is the plan. After the caller
-executes ``n`` steps, ``advance(n)`` shifts the mean by ``n`` (warm start) and the next replanning step
-starts from it. MPPI was not added: CEM with a warm start reached the oracle's goals (docs/planning.md).
+candidate respects the velocity limits), with time-correlated noise, rolls the batch through the model
+(`PlanModel`), scores it (`PlanCost`), and refits a diagonal Gaussian to the elites. Each iteration also
+scores the current mean and some broad samples; the first adds a straight-at-the-goal guess and proposals
+through random waypoints. The best candidate ever seen is the plan. After the caller executes ``n`` steps,
+``advance(n)`` shifts the mean by ``n`` (warm start). MPPI was not added (docs/planning.md).
 """
 
 from __future__ import annotations

@@ -35,8 +35,8 @@ def arm_points(
     per_link: int = 12,
     size: tuple[int, int] = SIM_ASPECT,
 ) -> np.ndarray:
-    """Points along link 1, link 2, the palm and the fingers for joint positions ``q`` [..., 3]: normalised image
-    coordinates [..., P, 2] (x right, y down, 0..1), so they compare directly with keep-out regions."""
+    """Points along link 1, link 2, the palm and the fingers for joint positions ``q`` [..., 3]: normalised
+    image coordinates [..., P, 2] (x right, y down, 0..1), so they compare directly with keep-out regions."""
     cfg = config or ArmConfig()
     cam = camera or Camera()
     q = np.asarray(q, np.float64)

@@ -3,8 +3,8 @@
 Each task: a start pose, a joint target (joint1, joint2; the gripper holds), and one keep-out box in image
 space placed on the arm's straight-line (joint-space) path, so a planner that ignores it collides. A task is
 kept only when start and goal are clear of the box and a collision-free path exists (a search on a joint
-grid) at most ``max_detour`` frames longer than the straight path: every task is solvable by a short-horizon MPC,
-and the oracle's success rate measures the planner, not the tasks.
+grid) at most ``max_detour`` frames longer than the straight path: every task is solvable by a
+short-horizon MPC, and the oracle's success rate measures the planner, not the tasks.
 """
 
 from __future__ import annotations
