@@ -108,3 +108,11 @@ def test_planner_node_reaches_a_goal_rejects_a_bad_one_and_cancels(
         client.destroy()
     finally:
         probe.close()
+
+
+@requires_ros
+def test_plan_launch_file_and_params_yaml_match_the_declared_parameters() -> None:
+    from launch_static import check_launch_file
+
+    assert check_launch_file(REPO / "launch" / "plan.launch.py") == []
+    assert check_launch_file(REPO / "launch" / "plan.launch.py", config_dirs=[REPO / "config"]) == []
