@@ -179,3 +179,29 @@ def test_evaluation_cli_writes_report_and_gif(tmp_path: Path, predict_assets: An
     gif = imageio.mimread(out / "task0.gif")
     assert len(gif) >= 2 and gif[0].shape[1] == 3 * 160
     assert main(["--tasks", "1", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
+
+
+def test_planner_from_the_params_yaml_and_goal_reached_for_each_goal_kind() -> None:
+    import yaml
+    from conftest import REPO
+
+    from cosmos_ros.plan.factory import goal_reached, load_ee_locator, make_planner
+
+    params = yaml.safe_load((REPO / "config" / "planner.yaml").read_text())["/**/planner"]["ros__parameters"]
+    planner = make_planner(params)
+    assert isinstance(planner.model, SimOracle) and planner.cfg.candidates == params["candidates"]
+    q = np.array([0.3, 0.5, 0.5])
+    frame = render_frame(q, 160, 128)
+    names = planner.model.joint_names
+    assert goal_reached(Goal(joint_target={"joint1": 0.35}), names, q, frame)
+    assert not goal_reached(Goal(joint_target={"joint1": 0.5}), names, q, frame)
+    ee = tuple(ee_point(q))
+    loc = load_ee_locator("sim_arm")
+    assert goal_reached(Goal(ee_target=ee), names, q, frame, loc)
+    assert not goal_reached(Goal(ee_target=(0.1, 0.9)), names, q, frame, loc)
+    assert goal_reached(Goal(goal_image=frame), names, q, frame)
+    assert not goal_reached(Goal(goal_image=render_frame([-0.8, -1.0, 0.5], 160, 128)), names, q, frame)
+    with pytest.raises(ValueError, match="ee locator"):
+        load_ee_locator("no_such_module:fn")
+    with pytest.raises(ValueError, match="plan_joints"):
+        make_planner({**params, "plan_joints": ["elbow"]})

@@ -43,7 +43,10 @@ PARAMETERS: tuple[Param, ...] = (
         (0.001, 1.0),
     ),
     Param(
-        "image_tolerance", 0.03, "Goal image reached below this mean colour difference (0..1).", (0.001, 1.0)
+        "image_tolerance",
+        0.01,
+        "Goal image reached when at most this fraction of pixels differs (a channel by > 40 levels).",
+        (0.0001, 1.0),
     ),
     Param(
         "pose_estimator", "sim_arm", "Reads joints from frames: built-in, entry-point name or module:Class."

@@ -24,6 +24,20 @@ from cosmos_ros.predict.checkers import CollisionChecker, KeepOutRegionChecker, 
 #: Cost of a step whose pose (or end effector) cannot be read from the predicted frame [rad or image units]:
 #: a smeared arm must not look like an arm at the goal.
 UNREADABLE_PENALTY = 2.0
+#: A pixel differs from the goal image when a channel moves more than this (as the keep-out checker counts).
+IMAGE_PIXEL_THRESHOLD = 40
+#: Goal-image mismatch (fraction of differing pixels) -> cost units: the sim arm in a wholly different pose
+#: differs on about 4-5% of the pixels, so x20 puts it near a radian of joint error.
+IMAGE_SCALE = 20.0
+
+
+def image_mismatch(frames: np.ndarray, goal_image: np.ndarray) -> np.ndarray:
+    """Fraction of pixels [...] of frames [..., H, W, 3] that differ from the goal image (same size).
+
+    A fraction of changed pixels, not a mean colour difference: the arm is a few percent of the image, so a
+    mean difference barely moves between the right pose and a wrong one."""
+    diff = np.abs(frames.astype(np.int16) - goal_image.astype(np.int16)).max(axis=-1)
+    return (diff > IMAGE_PIXEL_THRESHOLD).mean(axis=(-1, -2))
 
 
 @dataclass
@@ -144,8 +158,7 @@ class PlanCost:
             total += self.w.joint * terms["joint"]
         if goal.goal_image is not None:
             gi = cv2.resize(goal.goal_image, (frames.shape[3], frames.shape[2]), interpolation=cv2.INTER_AREA)
-            diff = np.abs(frames.astype(np.int16) - gi.astype(np.int16)).mean(axis=(2, 3, 4)) / 255.0
-            terms["image"] = diff @ wt
+            terms["image"] = IMAGE_SCALE * image_mismatch(frames, gi) @ wt
             total += self.w.image * terms["image"]
         if goal.ee_target is not None:
             ee = rollout.ee if rollout.ee is not None else self._read_ee(frames)

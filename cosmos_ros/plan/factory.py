@@ -15,7 +15,7 @@ import numpy as np
 
 from cosmos_ros.evaluate.pose import load_estimator
 from cosmos_ros.plan.cem import CemConfig, CemPlanner
-from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost
+from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost, image_mismatch
 from cosmos_ros.plan.models import PlanModel, SimOracle, WorldModelPlanModel
 from cosmos_ros.plan.sim_arm import ee_from_frame, wrap
 from cosmos_ros.predict.checkers import Region, load_checker
@@ -109,7 +109,7 @@ def goal_reached(
     positions: np.ndarray,
     frame: np.ndarray | None,
     ee_locator: Callable[[np.ndarray], np.ndarray | None] | None = None,
-    image_tolerance: float = 0.03,
+    image_tolerance: float = 0.01,
 ) -> bool:
     """Whether every target of ``goal`` is met by the measured joint positions and the latest camera frame."""
     if goal.joint_target:
@@ -126,6 +126,6 @@ def goal_reached(
         if frame is None:
             return False
         gi = cv2.resize(goal.goal_image, (frame.shape[1], frame.shape[0]), interpolation=cv2.INTER_AREA)
-        if np.abs(frame.astype(np.int16) - gi.astype(np.int16)).mean() / 255.0 > image_tolerance:
+        if float(image_mismatch(frame, gi)) > image_tolerance:
             return False
     return True
