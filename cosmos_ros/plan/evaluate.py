@@ -180,7 +180,9 @@ def write_gif(path: Path, runs: dict[str, list[np.ndarray]], task: ReachTask, fp
             h, w = img.shape[:2]
             r = task.region
             cv2.rectangle(img, (int(r.x0 * w), int(r.y0 * h)), (int(r.x1 * w), int(r.y1 * h)), (255, 0, 0), 1)
-            cv2.putText(img, Path(name).name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA)
+            cv2.putText(
+                img, Path(name).name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
+            )
             row.append(img)
         tiles.append(np.concatenate(row, axis=1))
     imageio.mimsave(path, tiles, duration=1.0 / fps, loop=0)
