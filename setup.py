@@ -1,10 +1,10 @@
 """pip install of cosmos_ros without ROS: the ROS-free cores and the offline CLIs.
 
 On a GPU workstation without ROS, `pip install .[train]` gives the clip builder and the trainer
-(`cosmos-build-clips`, `cosmos-train`, `cosmos-embed-prompts`, `cosmos-evaluate`). The ROS nodes and the
-interfaces (`cosmos_ros.msg`, `cosmos_ros.srv`) come from the colcon build (CMakeLists.txt); in an
-environment that has both, install only the dependencies with pip (`pip install -r requirements/python.txt`)
-so the two copies of the package never shadow each other.
+(`cosmos-build-clips`, `cosmos-train`, `cosmos-embed-prompts`, `cosmos-evaluate`, `cosmos-plan-eval`).
+The ROS nodes and the interfaces (`cosmos_ros.msg`, `cosmos_ros.srv`, `cosmos_ros.action`) come from the
+colcon build (CMakeLists.txt); in an environment that has both, install only the dependencies with pip
+(`pip install -r requirements/python.txt`) so the two copies of the package never shadow each other.
 """
 
 import re
@@ -60,6 +60,7 @@ setup(
             "cosmos-train = cosmos_ros.train.cli:main",
             "cosmos-embed-prompts = cosmos_ros.model.text_cache:main",
             "cosmos-evaluate = cosmos_ros.evaluate.cli:main",
+            "cosmos-plan-eval = cosmos_ros.plan.evaluate:main",
         ],
         # Collision checkers the predictor can load by name (`collision_checker` parameter); users'
         # packages register theirs in the same group.

@@ -63,7 +63,11 @@ def test_interface_dependencies_declared() -> None:
     assert set(deps) <= declared, f"CMake interface deps missing from package.xml: {set(deps) - declared}"
     for dep in deps:
         assert f"find_package({dep} REQUIRED)" in CMAKE
-    for folder, var in (("msg", "COSMOS_ROS_MSGS"), ("srv", "COSMOS_ROS_SRVS")):
+    for folder, var in (
+        ("msg", "COSMOS_ROS_MSGS"),
+        ("srv", "COSMOS_ROS_SRVS"),
+        ("action", "COSMOS_ROS_ACTIONS"),
+    ):
         on_disk = sorted(f"{folder}/{p.name}" for p in (REPO / folder).iterdir())
         assert on_disk == sorted(_cmake_list(var)), f"{folder}/ and CMakeLists.txt {var} differ"
         for path in on_disk:  # every referenced package type is declared
@@ -93,7 +97,7 @@ def test_console_scripts_call_the_same_mains_as_ros2_run() -> None:
         assert func == "main"
         assert module in scripts.values(), f"console script {name} -> {module} has no ros2 run twin"
     # the ROS-free CLIs exist under both names
-    for exe in ("build_clips", "train", "embed_prompts"):
+    for exe in ("build_clips", "train", "embed_prompts", "plan_eval"):
         assert f"{scripts[exe]}:main" in targets.values(), f"{exe} has no pip console script"
 
 
