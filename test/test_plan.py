@@ -205,3 +205,24 @@ def test_planner_from_the_params_yaml_and_goal_reached_for_each_goal_kind() -> N
         load_ee_locator("no_such_module:fn")
     with pytest.raises(ValueError, match="plan_joints"):
         make_planner({**params, "plan_joints": ["elbow"]})
+
+
+def test_reference_planners_split_across_processes_give_the_same_episodes(tmp_path: Path) -> None:
+    from cosmos_ros.plan.evaluate import main
+
+    args = ["--model", "oracle", "--tasks", "2", "--candidates", "4", "--iterations", "1", "--horizon", "4"]
+    args += ["--time-limit", "0.6", "--gif-task", "1"]
+    reports = []
+    for workers in ("1", "2"):
+        assert main([*args, "--workers", workers, "--out", str(tmp_path / workers)]) == 0
+        reports.append(json.loads((tmp_path / workers / "report.json").read_text()))
+
+    def episodes(r: dict[str, Any]) -> dict[str, Any]:
+        return {
+            k: [{f: v for f, v in e.items() if f != "plan_seconds"} for e in eps]
+            for k, eps in r["episodes"].items()
+        }
+
+    assert episodes(reports[0]) == episodes(reports[1])
+    assert [e["task"] for e in reports[1]["episodes"]["oracle"]] == [0, 1]
+    assert (tmp_path / "2" / "task1.gif").is_file()

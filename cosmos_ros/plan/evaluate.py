@@ -18,6 +18,7 @@ import argparse
 import json
 import logging
 import math
+import multiprocessing
 import sys
 import time
 from pathlib import Path
@@ -133,6 +134,37 @@ def run_episode(
     }, frames
 
 
+def run_tasks(
+    name: str, args: argparse.Namespace, tasks: list[ReachTask]
+) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
+    """Every task with one planner (its own model), in order; the GIF task's frames if it is among them.
+
+    Episodes do not depend on each other (``reset`` drops the warm start and reseeds), so tasks can be
+    split across processes and give the same figures."""
+    cell = Cell(scene=Scene.seeded(0, 2))
+    model = load_model(name, args, cell)
+    cem = build_planner(model, args)
+    planner: Any = StraightPlanner(cem) if name == "straight" else cem
+    episodes: list[dict[str, Any]] = []
+    gif: list[np.ndarray] = []
+    for task in tasks:
+        rec = task.index == args.gif_task
+        ep, frames = run_episode(planner, task, cell, args, record=rec)
+        episodes.append(ep)
+        if rec:
+            gif = frames
+        LOG.info(
+            "%s task %d: %s%s in %.1f s sim, %d replans",
+            name,
+            task.index,
+            "reached" if ep["reached"] else "not reached",
+            ", COLLISION" if ep["collision"] else "",
+            ep["time_to_goal"] or args.time_limit,
+            ep["replans"],
+        )
+    return episodes, gif
+
+
 def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     """Success rate, collisions, time to goal, planning time per replanning step."""
     n = len(episodes)
@@ -233,6 +265,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--time-limit", type=float, default=8.0, help="sim seconds per task")
     ap.add_argument("--tolerance", type=float, default=0.1, help="goal reached: max joint error [rad]")
     ap.add_argument("--camera-size", default="128x160", help="HEIGHTxWIDTH of the camera frames")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes for the oracle and straight references (CPU; the world model runs in this one)",
+    )
     ap.add_argument("--gif-task", type=int, default=0, help="task index recorded as a GIF (-1: none)")
     ap.add_argument("--out", default="runs/plan_eval")
     a = ap.parse_args(argv)
@@ -241,8 +279,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         ap.error(f"--camera-size {a.camera_size!r}: use HEIGHTxWIDTH, e.g. 128x160")
     a.camera_size = (h, w)
-    if a.tasks < 1:
-        ap.error("--tasks must be >= 1")
+    if a.tasks < 1 or a.workers < 1:
+        ap.error("--tasks and --workers must be >= 1")
     return a
 
 
@@ -251,37 +289,32 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cell = Cell(scene=Scene.seeded(0, 2))
     tasks = make_tasks(args.tasks, args.seed)
     names = [args.model] + ([] if args.no_references else [r for r in REFERENCES if r != args.model])
     episodes: dict[str, list[dict[str, Any]]] = {}
     gif_frames: dict[str, list[np.ndarray]] = {}
     for name in names:
+        t0 = time.perf_counter()
+        workers = args.workers if name in REFERENCES else 1  # the simulator's planners: CPU, in parallel
+        chunks = [tasks[i::workers] for i in range(workers)] if workers > 1 else [tasks]
         try:
-            model = load_model(name, args, cell)
+            if workers > 1:
+                ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
+                with ctx.Pool(workers) as pool:
+                    parts = pool.starmap(run_tasks, [(name, args, chunk) for chunk in chunks if chunk])
+            else:
+                parts = [run_tasks(name, args, tasks)]
         except (ValueError, OSError, FileNotFoundError) as exc:
             print(f"plan_eval: cannot load model {name!r}: {exc}", file=sys.stderr)
             return 2
-        cem = build_planner(model, args)
-        planner: Any = StraightPlanner(cem) if name == "straight" else cem
-        episodes[name] = []
-        t0 = time.perf_counter()
-        for task in tasks:
-            rec = task.index == args.gif_task
-            ep, frames = run_episode(planner, task, cell, args, record=rec)
-            episodes[name].append(ep)
-            if rec:
+        eps = sorted((ep for part, _ in parts for ep in part), key=lambda e: e["task"])
+        episodes[name] = eps
+        for _, frames in parts:
+            if frames:
                 gif_frames[name] = frames
-            LOG.info(
-                "%s task %d: %s%s in %.1f s sim, %d replans",
-                name,
-                task.index,
-                "reached" if ep["reached"] else "not reached",
-                ", COLLISION" if ep["collision"] else "",
-                ep["time_to_goal"] or args.time_limit,
-                ep["replans"],
-            )
-        LOG.info("%s: %d tasks in %.1f s wall", name, len(tasks), time.perf_counter() - t0)
+        LOG.info(
+            "%s: %d tasks in %.1f s wall (%d processes)", name, len(tasks), time.perf_counter() - t0, workers
+        )
     summary = {k: summarise(v) for k, v in episodes.items()}
     report = {
         "tasks": args.tasks,
