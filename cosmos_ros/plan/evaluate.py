@@ -31,7 +31,7 @@ from cosmos_ros.evaluate.pose import load_estimator
 from cosmos_ros.plan.cem import CemConfig, CemPlanner, StraightPlanner
 from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost
 from cosmos_ros.plan.models import PlanModel, SimOracle, WorldModelPlanModel
-from cosmos_ros.plan.sim_arm import arm_in_regions, ee_from_frame, wrap
+from cosmos_ros.plan.sim_arm import arm_in_regions, ee_from_frame, ee_point, wrap
 from cosmos_ros.plan.tasks import ReachTask, make_tasks
 from cosmos_ros.sim.arm import ArmConfig, ArmSim
 from cosmos_ros.sim.render import Scene, render_frame
@@ -83,8 +83,12 @@ def run_episode(
     sim = ArmSim(config=ArmConfig(), command_timeout=0.0)
     sim.q = np.asarray(task.start, np.float64).copy()
     target = np.asarray(task.target, np.float64)
+    # "joint+ee": the target pose's gripper point in the image joins the joint target (what pointing at the
+    # camera image gives); the image-space term leads round boxes that the joint distance alone stalls at
+    ee = tuple(float(v) for v in ee_point(target, cell.camera)) if args.goal == "joint+ee" else None
     goal = Goal(
         joint_target={"joint1": target[0], "joint2": target[1]},
+        ee_target=ee,  # type: ignore[arg-type]
         regions=[task.region],
         joint_tolerance=args.tolerance,
     )
@@ -225,7 +229,7 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Planner closed-loop evaluation ({report['tasks']} tasks, seed {report['seed']})",
         "",
         f"Model `{report['model']}`, device {report['device']}; CEM {report['cem']}; "
-        f"time limit {report['time_limit']} s, tolerance {report['tolerance']} rad.",
+        f"time limit {report['time_limit']} s, tolerance {report['tolerance']} rad, goal {report['goal']}.",
         "",
         "| planner | success | reached | collision episodes | mean time to goal [s] | plan s/step mean "
         "| median | p95 |",
@@ -270,6 +274,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=1,
         help="processes for the oracle and straight references (CPU; the world model runs in this one)",
+    )
+    ap.add_argument(
+        "--goal",
+        default="joint+ee",
+        choices=("joint", "joint+ee"),
+        help="the planner's goal: the joint target, or it plus the target's gripper point in the image",
     )
     ap.add_argument("--gif-task", type=int, default=0, help="task index recorded as a GIF (-1: none)")
     ap.add_argument("--out", default="runs/plan_eval")
@@ -327,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         "execute_steps": args.execute_steps,
         "time_limit": args.time_limit,
         "tolerance": args.tolerance,
+        "goal": args.goal,
         "summary": summary,
         "targets": targets(summary, args.model),
         "task_list": [t.describe() for t in tasks],
