@@ -145,6 +145,7 @@ def run_tasks(
 
     Episodes do not depend on each other (``reset`` drops the warm start and reseeds), so tasks can be
     split across processes and give the same figures."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a spawned worker logs its progress too
     cell = Cell(scene=Scene.seeded(0, 2))
     model = load_model(name, args, cell)
     cem = build_planner(model, args)
