@@ -46,7 +46,8 @@ MAX_STEP = (0.12, 0.16)
 def build_planner(model: PlanModel, args: argparse.Namespace) -> CemPlanner:
     """The MPC over ``model`` with the CLI's sizes and the sim arm's estimator and limits."""
     cfg = ArmConfig()
-    cost = PlanCost(model.joint_names, load_estimator("sim_arm"), CostWeights(), ee_locator=ee_from_frame)
+    weights = CostWeights(region_margin=args.region_margin)
+    cost = PlanCost(model.joint_names, load_estimator("sim_arm"), weights, ee_locator=ee_from_frame)
     return CemPlanner(
         model,
         cost,
@@ -282,6 +283,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=("joint", "joint+ee"),
         help="the planner's goal: the joint target, or it plus the target's gripper point in the image",
     )
+    ap.add_argument(
+        "--region-margin", type=float, default=0.02, help="keep-out boxes grown by this for the checker"
+    )
     ap.add_argument("--gif-task", type=int, default=0, help="task index recorded as a GIF (-1: none)")
     ap.add_argument("--out", default="runs/plan_eval")
     a = ap.parse_args(argv)
@@ -339,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         "time_limit": args.time_limit,
         "tolerance": args.tolerance,
         "goal": args.goal,
+        "region_margin": args.region_margin,
         "summary": summary,
         "targets": targets(summary, args.model),
         "task_list": [t.describe() for t in tasks],
