@@ -58,7 +58,7 @@ PARAMETERS: tuple[Param, ...] = (
     Param("cost_terminal", 6.0, "Extra weight of the last step's goal terms.", (0.0, 1e6)),
     Param("cost_collision", 20.0, "Weight of the collision cost.", (0.0, 1e6)),
     Param("cost_smooth", 0.02, "Weight of the smoothness cost.", (0.0, 1e6)),
-    Param("region_margin", 0.02, "Keep-out regions grown by this for the checker (normalised).", (0.0, 0.5)),
+    Param("region_margin", 0.035, "Keep-out regions grown by this for the checker (normalised).", (0.0, 0.5)),
     Param("oracle_cell", "default", "Cell the oracle renders (the sim arm's `cell`).", choices=("default",)),
     Param("oracle_seed", 0, "The sim arm's seed (its scene layout) for the oracle.", (0, 2**31 - 1)),
     Param("oracle_num_objects", 2, "The sim arm's num_objects for the oracle.", (0, 4)),

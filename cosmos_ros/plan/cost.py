@@ -77,7 +77,7 @@ class CostWeights:
     terminal: float = 6.0  # extra weight of the last step's goal terms
     collision: float = 20.0
     smooth: float = 0.02
-    region_margin: float = 0.02  # keep-out regions grown by this (normalised) for the checker
+    region_margin: float = 0.035  # keep-out regions grown by this (normalised) for the checker
 
 
 class PlanCost:

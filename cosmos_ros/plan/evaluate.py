@@ -284,7 +284,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the planner's goal: the joint target, or it plus the target's gripper point in the image",
     )
     ap.add_argument(
-        "--region-margin", type=float, default=0.02, help="keep-out boxes grown by this for the checker"
+        "--region-margin", type=float, default=0.035, help="keep-out boxes grown by this for the checker"
     )
     ap.add_argument("--gif-task", type=int, default=0, help="task index recorded as a GIF (-1: none)")
     ap.add_argument("--out", default="runs/plan_eval")
