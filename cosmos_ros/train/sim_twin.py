@@ -52,7 +52,6 @@ SMOKE: dict[str, Any] = {
         "val_clips": 2,
         "stats_clips": 2,
         "cpu": True,
-        "num_workers": 0,
     },
     "transformer": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "adaln_lora_dim": 8},
     "train": {
