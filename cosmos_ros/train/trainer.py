@@ -433,6 +433,27 @@ class Trainer:
         self.lr_scheduler = make_lr_scheduler(
             self.optimizer, cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps
         )
+        self._budget_start: float | None = None  # set when training starts (run.max_minutes)
+        if cfg.run.max_minutes > 0:
+            by_steps = self.lr_scheduler.lr_lambdas[0]
+            self.lr_scheduler.lr_lambdas = [lambda s: by_steps(max(s, self._budget_step()))]
+
+    def _budget_fraction(self) -> float:
+        """Share of run.max_minutes used so far (0 without a budget or before training starts)."""
+        if self.cfg.run.max_minutes <= 0 or self._budget_start is None:
+            return 0.0
+        return (time.time() - self._budget_start) / (60.0 * self.cfg.run.max_minutes)
+
+    def _budget_step(self) -> int:
+        """The step the time used stands for on the max_steps schedule (see RunConfig.max_minutes)."""
+        return int(min(1.0, self._budget_fraction()) * self.cfg.optim.max_steps)
+
+    def _out_of_time(self) -> bool:
+        """True on every rank once any rank's budget is spent (ranks must leave the loop together)."""
+        if self.cfg.run.max_minutes <= 0:
+            return False
+        flag = torch.tensor(float(self._budget_fraction() >= 1.0), device=self.accel.device)
+        return bool(self.accel.reduce(flag, reduction="sum") > 0) if self.world > 1 else bool(flag > 0)
 
     def _prepare_for_training(self) -> None:
         """Wrap model and optimizer for the run: the first collective after building (DDP broadcasts the
@@ -822,6 +843,7 @@ class Trainer:
         losses: dict[int, float] = {}
         val_losses: dict[int, float] = {}
         t0 = time.time()
+        self._budget_start = t0
         self.model.train()
         b, k = o.batch_size, o.grad_accum
         try:
@@ -881,6 +903,14 @@ class Trainer:
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
                     self.save_checkpoint()
                     saved_step = self.step
+                if self._out_of_time():
+                    if self.is_main:
+                        print(
+                            f"train: run.max_minutes={cfg.run.max_minutes} spent at step {self.step} of "
+                            f"{o.max_steps}; the schedule ended with it, saving the result",
+                            flush=True,
+                        )
+                    break
         finally:
             if bar is not None:
                 bar.close()

@@ -224,6 +224,9 @@ class VaeTrainer:
             lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, self.progress))),
         )
         self.vae, self.opt = self.accel.prepare(self.vae, self.opt)
+        if self.accel.device.type == "cuda":
+            # fixed shapes (one clip size): let cuDNN pick the fastest 3-D convolution algorithms once
+            torch.backends.cudnn.benchmark = True
         t0 = time.time()
         self.train_bank = FrameBank(self.train_ds, self.accel.device, cfg.max_bank_gb)
         self.val_bank = FrameBank(self.val_ds, self.accel.device, cfg.max_bank_gb) if self.val_ds else None
