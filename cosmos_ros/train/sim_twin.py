@@ -47,6 +47,7 @@ SMOKE: dict[str, Any] = {
     "clips": {"val_fraction": 0.34, "stride": 6},
     "vae": {
         "base_dim": 4,
+        "decoder_base_dim": 4,
         "steps": 2,
         "batch_size": 2,
         "val_clips": 2,

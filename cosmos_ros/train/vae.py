@@ -58,6 +58,7 @@ class VaeTrainConfig:
     mixed_precision: str = "bf16"  # no | bf16 | fp16 (CUDA); CPU runs float32
     cpu: bool = False
     max_bank_gb: float = 24.0  # frames held on the device (FrameBank); past it, shards are skipped evenly
+    memory_format: str = "auto"  # CUDA layout of the 3-D convs: auto (timed) | contiguous | channels_last
     log_every: int = 25
     seed: int = 0
     progress: bool = True
@@ -65,6 +66,8 @@ class VaeTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("vae: steps and batch_size must be >= 1 and lr > 0")
+        if self.memory_format not in ("auto", "contiguous", "channels_last"):
+            raise ValueError(f"vae.memory_format={self.memory_format!r}: use auto, contiguous, channels_last")
         if self.z_dim < 1 or self.base_dim < 1 or len(self.dim_mult) != 4:
             raise ValueError("vae: z_dim and base_dim must be >= 1 and dim_mult has 4 entries (8x spatial)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -126,7 +129,7 @@ class FrameBank:
     def __init__(self, ds: Any, device: torch.device, max_gb: float = 24.0) -> None:
         from safetensors import safe_open
 
-        shards = ds._shards  # noqa: SLF001 - the dataset's own shard list (split and camera applied)
+        shards = ds._shards  # the dataset's own shard list (split and camera applied)
         sizes = []
         for shard in shards:
             with safe_open(str(ds.root / shard["file"]), framework="numpy") as f:
@@ -214,6 +217,31 @@ class VaeTrainer:
             self.val_ds = None
         self.vae = AutoencoderKLWan(**cfg.architecture())
         self.params = sum(p.numel() for p in self.vae.parameters())
+        self.memory_format = torch.contiguous_format
+        t0 = time.time()
+        self.train_bank = FrameBank(self.train_ds, self.accel.device, cfg.max_bank_gb)
+        self.val_bank = FrameBank(self.val_ds, self.accel.device, cfg.max_bank_gb) if self.val_ds else None
+        bank = self.train_bank
+        skipped = f"; {bank.skipped} shards left out by vae.max_bank_gb" if bank.skipped else ""
+        print(
+            f"vae: {len(bank)} training clips ({bank.frames.shape[0]} frames, "
+            f"{bank.frames.numel() / 1e9:.2f} "
+            f"GB) on {self.accel.device} in {time.time() - t0:.1f} s{skipped}",
+            flush=True,
+        )
+        if self.accel.device.type == "cuda":
+            # fixed shapes (one clip size): let cuDNN pick the fastest 3-D convolution algorithms once
+            torch.backends.cudnn.benchmark = True
+            if cfg.memory_format == "auto":
+                try:
+                    self.memory_format = self._fastest_memory_format()
+                except RuntimeError as e:  # a layout the GPU's cuDNN cannot run: the plain one always runs
+                    print(f"vae: layout timing failed ({e}); using the contiguous layout", flush=True)
+                    torch.cuda.empty_cache()
+            elif cfg.memory_format == "channels_last":
+                self.memory_format = torch.channels_last_3d
+        self.vae.to(self.accel.device, memory_format=self.memory_format)
+        # made after the layout is chosen: the optimizer's state takes the parameters' layout
         self.opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, cfg.warmup_steps)
         # Cosine decay over whichever budget binds first, steps or max_minutes: a run stopped by its time
@@ -224,23 +252,42 @@ class VaeTrainer:
             lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, self.progress))),
         )
         self.vae, self.opt = self.accel.prepare(self.vae, self.opt)
-        if self.accel.device.type == "cuda":
-            # fixed shapes (one clip size): let cuDNN pick the fastest 3-D convolution algorithms once
-            torch.backends.cudnn.benchmark = True
-        t0 = time.time()
-        self.train_bank = FrameBank(self.train_ds, self.accel.device, cfg.max_bank_gb)
-        self.val_bank = FrameBank(self.val_ds, self.accel.device, cfg.max_bank_gb) if self.val_ds else None
+
+    def _fastest_memory_format(self) -> torch.memory_format:
+        """Time a few training steps of a throwaway copy in each layout: cuDNN's 3-D convolutions on small
+        channel counts differ a lot between the two, and which wins depends on the GPU and the sizes."""
+        import copy
+
+        times = {}
+        index = torch.arange(min(self.cfg.batch_size, len(self.train_bank)), device=self.accel.device)
+        frames = self.train_bank.clips(index)
+        for fmt in (torch.contiguous_format, torch.channels_last_3d):
+            trial = copy.deepcopy(self.vae).to(self.accel.device, memory_format=fmt)
+            t = time.perf_counter()
+            for i in range(4):
+                if i == 2:  # the first two calls pay for cuDNN's algorithm search
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                self._loss(trial, frames, fmt).backward()
+            torch.cuda.synchronize()
+            times[fmt] = (time.perf_counter() - t) / 2
+            del trial
+        best = min(times, key=lambda f: times[f])
         print(
-            f"vae: {len(self.train_bank)} training clips ({self.train_bank.frames.shape[0]} frames, "
-            f"{self.train_bank.frames.numel() / 1e9:.2f} GB) on {self.accel.device} in {time.time() - t0:.1f} s"
-            + (f"; {self.train_bank.skipped} shards left out by vae.max_bank_gb" if self.train_bank.skipped else ""),
+            "vae: step time "
+            + ", ".join(f"{str(f).split('.')[-1]} {1000 * v:.0f} ms" for f, v in times.items())
+            + f" -> {str(best).split('.')[-1]}",
             flush=True,
         )
+        return best
 
     def _step(self, frames: torch.Tensor) -> torch.Tensor:
-        x = to_video(frames)
+        return self._loss(self.accel.unwrap_model(self.vae), frames, self.memory_format)
+
+    def _loss(self, vae: Any, frames: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        """The training loss of one batch of uint8 clips (see the module docstring)."""
+        x = to_video(frames).contiguous(memory_format=memory_format)
         mask = arm_mask(frames)
-        vae = self.accel.unwrap_model(self.vae)
         with self.accel.autocast():
             post = vae.encode(x).latent_dist
             z = post.sample()
