@@ -286,11 +286,11 @@ class Trainer:
         diffs = base_tokenizer_differences(base_tok, clips_tok)
         if diffs:
             raise ValueError(
-                f"the clips' action tokenizer does not match base model {self.cfg.model.base!r}'s (card), "
-                "whose trained action MLPs would read these actions as other joints or units:\n  "
+                f"the clips' action tokenizer does not match the one in base model {self.cfg.model.base!r}'s "
+                "card, whose trained action MLPs would read these actions as other joints or units:\n  "
                 + "\n  ".join(diffs)
                 + f"\nRebuild the clips as the base was trained: build_clips ... --joint-names "
-                f"{','.join(base_tok.get('joint_names') or [])} --set action_mode={base_tok.get('mode')} "
+                f"{','.join(base_tok.get('joint_names') or [])} --action-mode {base_tok.get('mode')} "
                 f"--fps {base_tok.get('fps')}"
                 + (
                     f" --gripper-joints {','.join(base_tok['gripper_joints'])}"
