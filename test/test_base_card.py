@@ -135,7 +135,7 @@ def test_lora_on_a_carded_base_uses_its_tokenizer_and_stores_its_short_name(
     make_twin(models, assets["model"])
     capsys.readouterr()
     trainer = Trainer(_cfg(assets, "sim_twin", tmp_path / "run"))
-    assert "train: action statistics: base model 'sim_twin'" in capsys.readouterr().out
+    assert "train: action statistics: from the card of base model 'sim_twin'" in capsys.readouterr().out
     # the actions it trains on are the clips' raw actions normalised with the base's statistics
     ds = ClipDataset(assets["clips"], split="train", as_numpy=True)
     by_id = {ds[i]["clip_id"]: np.asarray(ds[i]["raw_actions"]) for i in range(len(ds))}

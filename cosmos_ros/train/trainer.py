@@ -333,7 +333,7 @@ class Trainer:
         self.tokenizer_dict = dict(base_tok)
         if self.is_main:
             print(
-                f"train: action statistics: base model {self.cfg.model.base!r}'s (its card, fitted on "
+                f"train: action statistics: from the card of base model {self.cfg.model.base!r} (fitted on "
                 f"{base_stats.get('count')} actions; mean {_fmt(mean_b)}, std {_fmt(std_b)}), not the clips' "
                 f"own (mean {_fmt(mean_c)}, std {_fmt(std_c)}): its trained action MLPs see the inputs they "
                 "were trained on; the adapter card carries the base's tokenizer",
