@@ -241,6 +241,12 @@ class Predictor:
                 from cosmos_ros.tokens import ActionTokenizer
 
                 tokenizer = ActionTokenizer.from_dict(card["tokenizer"])
+        if tokenizer is not None and tokenizer.stats:
+            LOG.info(
+                "action statistics from %s (fitted on %s actions)",
+                f"the card of adapter {adapter}" if adapter else f"the card of base model {base}",
+                tokenizer.stats.get("count"),
+            )
         geo = card.get("geometry") or {}
         spec = PreprocessSpec.from_card(card) if card else None  # logs the default for older cards
         is_tiny = (Path(base) / "model_index.json").is_file() and json.loads(
