@@ -50,6 +50,7 @@ def make_twin(root: Path, model: Path, name: str = "sim_twin", **tokenizer: Any)
         "tokenizer": tok,
         "geometry": {"height": 64, "width": 80, "num_frames": 13, "num_cond_latent_frames": 1},
         "preprocessing": spec,
+        "action_conditioning": {"action_dim": 3},  # the twin's export copies its ActionEmbedder config
     }
     (dest / "cosmos_ros_card.json").write_text(json.dumps(card))
     return dest
@@ -87,11 +88,26 @@ def test_base_card_has_its_own_reader_and_is_no_adapter(assets: dict[str, Path],
 
 def test_evaluation_checks_clips_against_the_base_card(assets: dict[str, Path], capsys) -> None:
     from cosmos_ros.evaluate.cli import main
-    from cosmos_ros.evaluate.runner import check_base_card, open_clips
+    from cosmos_ros.evaluate.runner import EvalSettings, check_base_card, evaluate, open_clips
 
     ds = open_clips(str(assets["clips"]), "val")
     warnings = check_base_card(str(assets["twin"]), ds.meta, ds.tokenizer.to_dict())
     assert any(w.startswith("action statistics: the base model has") for w in warnings)
+    res = evaluate(
+        EvalSettings(
+            base=str(assets["twin"]),
+            clips=str(assets["clips"]),
+            max_clips=2,
+            num_steps=1,
+            device="cpu",
+            batch_size=2,
+            grid_clips=0,
+            progress=False,
+        )
+    )
+    # the card's warnings reach the report; a base with trained action MLPs is no "no actions" reference
+    assert any(n.startswith("base: action statistics: the base model has") for n in res["notes"])
+    assert "note" not in res["figures"]["base"]["info"]
     other = make_twin(assets["root"] / "absolute", assets["model"], mode="absolute")
     out = assets["root"] / "eval_out"
     args = ["--clips", str(assets["clips"]), "--base", str(other), "-o", str(out), "--device", "cpu"]

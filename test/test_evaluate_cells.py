@@ -107,6 +107,7 @@ def test_moved_camera_clips_are_read_with_their_cells_camera(demo_clips: Path) -
     floor = res["reference"]["pose_on_true_frames"]
     assert floor["unreadable_frames"] == 0 and floor["overall"]["mean"] < 0.06
     assert res["clips"]["geometric_collisions"] == 2
+    assert res["figures"]["base"]["info"]["note"].startswith("no action conditioning")  # a plain base
     assert any("each episode's own sim cell camera (1 cell(s)" in n for n in res["notes"])
 
     # the same true frames through the default camera: the pose reader is lost (0.53 rad mean error here,

@@ -367,7 +367,8 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
             on_progress(f"loading {name}")
         predictor = _load_predictor(settings, adapter, base, ds)
         run = ModelRun(name, kind, info={"adapter": adapter, "base": base, **(cards.get(name) or {})})
-        if kind == "base":
+        # a base trained by cosmos_ros (the sim twin) ships trained action MLPs: not a reference then
+        if kind == "base" and not predictor.card.get("action_conditioning"):
             run.info["note"] = "no action conditioning: a reference, its shuffled ratio is about 1 by design"
         default_prompts = 0
         for i, clip in enumerate(clips):
