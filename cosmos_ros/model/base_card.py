@@ -23,6 +23,7 @@ LOG = logging.getLogger(__name__)
 
 BASE_CARD_NAME = "cosmos_ros_card.json"  # the same file name older adapters used: the format tells them apart
 BASE_FORMAT_PREFIX = "cosmos_ros.base/"
+BASE_FORMAT = BASE_FORMAT_PREFIX + "1"  # what `cosmos_ros.train.sim_twin.export` writes
 
 
 class BaseCardError(ValueError):
