@@ -10,7 +10,7 @@ import ast
 
 import numpy as np
 import yaml
-from conftest import REPO
+from conftest import REPO, requires_ros
 
 from cosmos_ros.evaluate.verdicts import sim_arm_in_regions
 from cosmos_ros.predict.checkers import KeepOutRegionChecker, Region
@@ -96,3 +96,33 @@ def test_the_regions_flag_the_table_and_obstacles_not_free_motion() -> None:
         geometric = sim_arm_in_regions(qs[:, :2], [Region.parse(r) for r in regions], h, w, cell.camera)
         seen[name] = (pixel.collision, bool(geometric.any()))
     assert seen == {"into the table": (True, True), "onto box_0": (True, True), "free space": (False, False)}
+
+
+@requires_ros
+def test_predictor_process_gets_the_sim_regions_from_the_layered_files(start_node, rclpy_context) -> None:
+    """The predictor started as use_sim:=true starts it (predictor.yaml, then predictor_sim.yaml): its
+    keepout_regions parameter is the sim cell's; with predictor.yaml alone it stays "no region"."""
+    from rcl_interfaces.srv import GetParameters
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    probe = Node("keepout_probe", context=rclpy_context)
+    executor = SingleThreadedExecutor(context=rclpy_context)
+    executor.add_node(probe)
+    try:
+        for files, want in (
+            (["predictor.yaml", "predictor_sim.yaml"], cell_keepout_regions(_sim_cell())),
+            (["predictor.yaml"], [""]),
+        ):
+            args = [a for f in files for a in ("--params-file", str(CONFIG / f))]
+            node = start_node("predictor", "--ros-args", *args, "-p", "autostart:=false")
+            client = probe.create_client(GetParameters, "/predictor/get_parameters")
+            assert client.wait_for_service(timeout_sec=60.0), node.output()[-2000:]
+            future = client.call_async(GetParameters.Request(names=["keepout_regions"]))
+            executor.spin_until_future_complete(future, timeout_sec=30.0)
+            assert list(future.result().values[0].string_array_value) == want
+            probe.destroy_client(client)
+            assert node.stop() is not None
+    finally:
+        executor.shutdown()
+        probe.destroy_node()
