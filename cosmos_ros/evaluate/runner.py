@@ -76,6 +76,7 @@ class ClipTruth:
     positions: np.ndarray  # float64 [N, J]: joint states behind `truth`
     verdict: Any = None  # the checker on the true frames
     geometry: np.ndarray | None = None  # bool [N]: arm inside a keep-out region (sim arm)
+    estimator: Any = None  # the pose estimator for this clip's cell (its camera), None: no pose reading
 
 
 @dataclass
@@ -172,6 +173,22 @@ def check_inputs(settings: EvalSettings, ds: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_base_card(base: str, clips_meta: dict[str, Any], clips_tok: dict[str, Any]) -> list[str]:
+    """A base model evaluated on its own against the clips, when it has a card (the sim twin): its
+    preprocessing spec and tokenizer as an adapter's are (`compat`); returns the warnings."""
+    from cosmos_ros.model.base_card import BaseCardError, read_base_card
+
+    try:
+        card = read_base_card(base)
+    except BaseCardError as exc:
+        raise EvalError(str(exc)) from exc
+    if card is None:
+        return []
+    return check_clips_match_adapter(
+        card, clips_meta, clips_tok, adapter=f"base model {base}", kind="base model"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 def _frames(ds: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
     """(context, true future) frames of clip i (read again from the shard's memory map when needed)."""
@@ -184,10 +201,21 @@ def _release(clip: ClipTruth) -> None:
     clip.context = clip.truth = np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def _clip_truth(ds: Any, i: int, checker: Any, regions: Any) -> ClipTruth:
+def episode_cell(ds: Any, episode_id: str) -> dict[str, Any] | None:
+    """The simulated cell of an episode as the clip index records it (build_clips copies it from the
+    episode's ``episode.json``); None for real recordings and indexes built before cells were carried."""
+    entry = (ds.meta.get("episodes") or {}).get(episode_id) or {}
+    cell = entry.get("cell")
+    return cell if isinstance(cell, dict) else None
+
+
+def _clip_truth(ds: Any, i: int, checker: Any, regions: Any, estimator: Any) -> ClipTruth:
+    from cosmos_ros.sim.variants import camera_from_description
+
     item = ds[i]
     ncf = int(ds.meta.get("num_cond_frames", 1))
     frames = np.asarray(item["frames"])
+    cell = episode_cell(ds, str(item["episode_id"]))
     truth = ClipTruth(
         clip_id=str(item["clip_id"]),
         prompt=str(item["prompt"]),
@@ -195,12 +223,15 @@ def _clip_truth(ds: Any, i: int, checker: Any, regions: Any) -> ClipTruth:
         truth=frames[ncf:],
         raw_actions=np.asarray(item["raw_actions"], np.float32)[ncf - 1 :],
         positions=np.asarray(item["positions"], np.float64)[ncf:],
+        # a plugin estimator that does not subclass PoseEstimator may lack for_cell: it reads every cell alike
+        estimator=getattr(estimator, "for_cell", lambda _cell: estimator)(cell),
     )
     if checker is not None:
         truth.verdict = verdicts(checker, truth.context[-1], truth.truth)
     if regions is not None:
         h, w = frames.shape[1:3]
-        truth.geometry = sim_arm_in_regions(truth.positions[:, :2], regions, h, w)
+        camera = camera_from_description(cell)  # the cell's own camera; None: the default view
+        truth.geometry = sim_arm_in_regions(truth.positions[:, :2], regions, h, w, camera)
     return truth
 
 
@@ -209,7 +240,7 @@ def _score(run: ModelRun, clip: ClipTruth, pred: np.ndarray, ctx: dict[str, Any]
     fid = metrics.frame_fidelity(pred, clip.truth, clip.context[-1], ctx["motion_threshold"])
     for k in metrics.FIDELITY_KEYS:
         run.fidelity.setdefault(k, []).append(fid[k])
-    est = ctx["estimator"]
+    est = clip.estimator
     if est is not None:
         run.pose.append(pose_errors(est, read_poses(est, pred), clip.positions[:, ctx["pose_cols"]]))
     if ctx["checker"] is not None:
@@ -256,6 +287,10 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
         raise EvalError("nothing to evaluate: pass --base and/or one or more --adapter directories")
     n = len(ds) if settings.max_clips <= 0 else min(settings.max_clips, len(ds))
     notes: list[str] = []
+    if _with_base(settings):
+        notes.extend(
+            f"{BASE_NAME}: {w}" for w in check_base_card(settings.base, ds.meta, ds.tokenizer.to_dict())
+        )
     joint_names = list(ds.tokenizer.joint_names)
     try:
         estimator = pick_estimator(settings.pose_estimator, joint_names)
@@ -290,11 +325,18 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
     baseline_runs = {name: ModelRun(name, "baseline") for name in BASELINES}
     steps = 0
     for i in range(n):
-        clip = _clip_truth(ds, i, checker, regions)
+        try:
+            clip = _clip_truth(ds, i, checker, regions, estimator)
+        except ValueError as exc:  # a malformed cell description in clips.json
+            raise EvalError(str(exc)) from exc
         clips.append(clip)
-        if estimator is not None:
+        if clip.estimator is not None:
             truth_run.pose.append(
-                pose_errors(estimator, read_poses(estimator, clip.truth), clip.positions[:, ctx["pose_cols"]])
+                pose_errors(
+                    clip.estimator,
+                    read_poses(clip.estimator, clip.truth),
+                    clip.positions[:, ctx["pose_cols"]],
+                )
             )
         for name, fn in BASELINES.items():
             _score(baseline_runs[name], clip, fn(clip.context, len(clip.truth)), ctx)
@@ -302,6 +344,12 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
         if i >= settings.grid_clips:
             _release(clip)
         bar.update(1)
+    cells = {str(c["name"]) for c in (episode_cell(ds, e) for e in ds.episodes) if c and c.get("name")}
+    if cells and (estimator is not None or regions is not None):
+        notes.append(
+            f"pose and geometric truth read with each episode's own sim cell camera ({len(cells)} cell(s), "
+            "from clips.json)"
+        )
     partners = metrics.shuffle_partner(n, settings.seed) if n >= 2 else None
     if partners is None:
         notes.append("shuffled-action test not run: it needs at least 2 clips")
@@ -319,7 +367,8 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
             on_progress(f"loading {name}")
         predictor = _load_predictor(settings, adapter, base, ds)
         run = ModelRun(name, kind, info={"adapter": adapter, "base": base, **(cards.get(name) or {})})
-        if kind == "base":
+        # a base trained by cosmos_ros (the sim twin) ships trained action MLPs: not a reference then
+        if kind == "base" and not predictor.card.get("action_conditioning"):
             run.info["note"] = "no action conditioning: a reference, its shuffled ratio is about 1 by design"
         default_prompts = 0
         for i, clip in enumerate(clips):
@@ -344,10 +393,12 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
                 run.err_true.append(metrics.frame_error(pred[0], clip.truth))
                 run.err_shuffled.append(metrics.frame_error(pred[1], clip.truth))
                 run.difference.append(metrics.prediction_difference(pred[0], pred[1]))
-                if estimator is not None:
+                if clip.estimator is not None:
                     run.pose_shuffled.append(
                         pose_errors(
-                            estimator, read_poses(estimator, pred[1]), clip.positions[:, ctx["pose_cols"]]
+                            clip.estimator,
+                            read_poses(clip.estimator, pred[1]),
+                            clip.positions[:, ctx["pose_cols"]],
                         )
                     )
             if clip.clip_id in samples:

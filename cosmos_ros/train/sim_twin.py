@@ -318,6 +318,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
     from safetensors.torch import load_file
 
     from cosmos_ros.model.adapters import read_card
+    from cosmos_ros.model.base_card import BASE_CARD_NAME, BASE_FORMAT
     from cosmos_ros.model.world_model import ACTION_CONDITIONING_FILE
 
     e = cfg.get("export", {})
@@ -351,7 +352,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
     vae_report = json.loads((out / "vae" / "vae_report.json").read_text())
     (dest / "vae_losses.json").write_text(json.dumps(vae_report.get("losses", {})))
     card = {
-        "format": "cosmos_ros.base/1",
+        "format": BASE_FORMAT,  # read by cosmos_ros.model.base_card (never taken for an adapter card)
         "name": "sim_twin",
         "tokenizer": adapter_card.get("tokenizer"),
         "geometry": adapter_card.get("geometry"),
@@ -364,7 +365,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         "pipeline": report,
         "recipe": {k: v for k, v in cfg.items() if k != "progress"},
     }
-    (dest / "cosmos_ros_card.json").write_text(json.dumps(card, indent=1, default=str))
+    (dest / BASE_CARD_NAME).write_text(json.dumps(card, indent=1, default=str))
     sizes = {str(p.relative_to(dest)): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
     total = sum(sizes.values())
     biggest = max(sizes.items(), key=lambda kv: kv[1])
