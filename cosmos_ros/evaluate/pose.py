@@ -31,6 +31,15 @@ class PoseEstimator(ABC):
     name: str = "estimator"
     joint_names: tuple[str, ...] = ()
     angular: tuple[bool, ...] = ()
+    #: Joints a frame may lack and still count as read (a part too small to see at the clips' size, such as
+    #: a gripper's fingers a pixel wide). They stay out of the overall pose error, which averages the same
+    #: joints for every model; each keeps its own error and unreadable count. Empty: every joint required.
+    optional: tuple[bool, ...] = ()
+
+    def required(self) -> np.ndarray:
+        """Boolean mask over `joint_names` of the joints every readable frame must have."""
+        opt = np.asarray(self.optional or (False,) * len(self.joint_names), bool)
+        return ~opt
 
     @abstractmethod
     def estimate(self, frame: np.ndarray) -> np.ndarray | None:
@@ -50,6 +59,9 @@ class SimArmPoseEstimator(PoseEstimator):
     name = "sim_arm"
     joint_names = ("joint1", "joint2", "joint3")
     angular = (True, True, False)
+    # the gripper opening is read from the fingers, one or two pixels wide at 64x80: the arm's pose (joints 1
+    # and 2) decides whether a frame is readable, the opening is reported on its own
+    optional = (False, False, True)
 
     def __init__(self, camera: Any = None) -> None:
         self.camera = camera  # cosmos_ros.sim.render.Camera or None (the default camera)

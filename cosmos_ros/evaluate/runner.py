@@ -77,6 +77,7 @@ class ClipTruth:
     verdict: Any = None  # the checker on the true frames
     geometry: np.ndarray | None = None  # bool [N]: arm inside a keep-out region (sim arm)
     estimator: Any = None  # the pose estimator for this clip's cell (its camera), None: no pose reading
+    index: int = 0  # the clip's index in the split (its frames are read again from there; its noise seed)
 
 
 @dataclass
@@ -217,6 +218,7 @@ def _clip_truth(ds: Any, i: int, checker: Any, regions: Any, estimator: Any) -> 
     frames = np.asarray(item["frames"])
     cell = episode_cell(ds, str(item["episode_id"]))
     truth = ClipTruth(
+        index=i,
         clip_id=str(item["clip_id"]),
         prompt=str(item["prompt"]),
         context=frames[:ncf],
@@ -324,7 +326,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
     truth_run = ModelRun("true frames", "truth")
     baseline_runs = {name: ModelRun(name, "baseline") for name in BASELINES}
     steps = 0
-    for i in range(n):
+    for pos, i in enumerate(spread_indices(len(ds), n)):
         try:
             clip = _clip_truth(ds, i, checker, regions, estimator)
         except ValueError as exc:  # a malformed cell description in clips.json
@@ -341,7 +343,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
         for name, fn in BASELINES.items():
             _score(baseline_runs[name], clip, fn(clip.context, len(clip.truth)), ctx)
         steps = len(clip.truth)
-        if i >= settings.grid_clips:
+        if pos >= settings.grid_clips:
             _release(clip)
         bar.update(1)
     cells = {str(c["name"]) for c in (episode_cell(ds, e) for e in ds.episodes) if c and c.get("name")}
@@ -373,7 +375,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
         default_prompts = 0
         for i, clip in enumerate(clips):
             if clip.truth.size == 0:
-                clip.context, clip.truth = _frames(ds, i)
+                clip.context, clip.truth = _frames(ds, clip.index)
             prompt = clip.prompt if clip.prompt in predictor.prompts else ""
             default_prompts += prompt != clip.prompt
             acts = [clip.raw_actions] + ([clips[partners[i]].raw_actions] if partners else [])
@@ -384,7 +386,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
                     prompt=prompt,
                     num_steps=settings.num_steps,
                     guidance=settings.guidance,
-                    seed=settings.seed + i,
+                    seed=settings.seed + clip.index,
                 )
             except ValueError as exc:
                 raise EvalError(f"{name} cannot predict clip {clip.clip_id}: {exc}") from exc
@@ -445,6 +447,14 @@ def _progress(enabled: bool, total: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
+def spread_indices(total: int, n: int) -> list[int]:
+    """`n` clip indices spread evenly over `total` (all of them when n >= total). Clips are stored episode
+    by episode, so the first n would be one or two episodes: a subset must sample every part of the split."""
+    if n >= total:
+        return list(range(total))
+    return sorted({round(k * (total - 1) / max(n - 1, 1)) for k in range(n)})
+
+
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     """Mean over the last axis ignoring NaN; NaN where a row has no finite value (no warning)."""
     finite = np.isfinite(a)
@@ -453,14 +463,21 @@ def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _pose_summary(errors: list[np.ndarray], joint_names: list[str], seed: int) -> dict[str, Any] | None:
+def _pose_summary(
+    errors: list[np.ndarray], joint_names: list[str], seed: int, required: np.ndarray | None = None
+) -> dict[str, Any] | None:
+    """Pose figures; `required` (PoseEstimator.required) picks the joints whose absence makes a frame
+    unreadable and that the overall error averages (all joints when None)."""
     if not errors:
         return None
     e = np.stack(errors)  # [clips, N, J]
-    unreadable = ~np.isfinite(e).all(axis=-1)  # [clips, N]: any joint not read counts the frame unreadable
-    per_frame = np.where(unreadable, np.nan, _nanmean_rows(e))  # [clips, N]
+    req = np.ones(e.shape[-1], bool) if required is None else np.asarray(required, bool)
+    unreadable = ~np.isfinite(e[..., req]).all(axis=-1)  # [clips, N]: a required joint not read
+    per_frame = np.where(unreadable, np.nan, _nanmean_rows(e[..., req]))  # [clips, N]
     return {
         "unit": "rad (angles) / joint units",
+        "overall_joints": [j for j, r in zip(joint_names, req, strict=True) if r],
+        "unreadable_per_joint": {j: int((~np.isfinite(e[..., k])).sum()) for k, j in enumerate(joint_names)},
         "overall": metrics.bootstrap_ci(_nanmean_rows(per_frame), seed=seed),
         "per_step": metrics.per_step_ci(per_frame, seed=seed),
         "per_joint": {
@@ -509,6 +526,7 @@ def summarize(
     seed = settings.seed
     est = ctx["estimator"]
     pose_joints = list(est.joint_names) if est is not None else []
+    required = est.required() if est is not None else None
     true_verdicts = [c.verdict for c in clips] if ctx["checker"] is not None else None
     geometry = (
         [_geometric_verdict(c.geometry) for c in clips] if clips and clips[0].geometry is not None else None
@@ -530,7 +548,7 @@ def summarize(
                 out["shuffled_actions"]["pose_ratio"] = metrics.bootstrap_ci(
                     np.array(per), metrics.ratio_of_means, seed=seed
                 )
-        out["pose"] = _pose_summary(run.pose, pose_joints, seed)
+        out["pose"] = _pose_summary(run.pose, pose_joints, seed, required)
         if run.verdicts and true_verdicts is not None:
             v: dict[str, Any] = {"vs_true_frames": agreement_figures(run.verdicts, true_verdicts)}
             if geometry is not None:
@@ -539,7 +557,9 @@ def summarize(
         return out
 
     figures = {r.name: one(r) for r in [*model_runs, *baseline_runs]}
-    reference: dict[str, Any] = {"pose_on_true_frames": _pose_summary(truth_run.pose, pose_joints, seed)}
+    reference: dict[str, Any] = {
+        "pose_on_true_frames": _pose_summary(truth_run.pose, pose_joints, seed, required)
+    }
     if true_verdicts is not None and geometry is not None:
         reference["checker_on_true_frames_vs_geometry"] = agreement_figures(true_verdicts, geometry)
     settings_dict = asdict(settings)
