@@ -11,7 +11,8 @@
 4. **train**    ``train`` fits a LoRA (or DoRA) adapter on top of the twin, on the CPU;
 5. **evaluate** the evaluation (``cosmos-evaluate``'s code) scores base vs base + adapter on the held-out
    episodes: fidelity, pose error, "nothing moves", shuffled actions, and a preview;
-6. **serve**    the predictor node loads base + adapter with a keep-out box around the cell's bottle;
+6. **serve**    the sim arm again, and the predictor node with base + adapter and a keep-out box around
+   the cell's bottle;
 7. **plan**     the arm is commanded to a start pose and candidate plans are scored with one
    ``check_collision`` call; each verdict is compared with the simulator's truth for that plan;
 8. **report**   ``report.md``, ``preview.gif`` (context | base | adapted | truth), ``loss.png``,
@@ -109,6 +110,21 @@ def load_twin(base: str) -> Twin:
     )
 
 
+def auto_threads() -> int:
+    """Torch threads for the model processes: the cores other jobs leave idle (load average), at least 1.
+
+    Torch's OpenMP threads spin while they wait for each other; on a CPU shared with other jobs two threads
+    on two busy cores made a fine-tune step about 10x dearer in CPU time than one thread (measured on the
+    2-core development machine at load average 5.5), while on an idle machine both cores help.
+    """
+    cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return cores
+    return max(1, min(cores, int(cores - load + 0.5)))
+
+
 @dataclass
 class Demo:
     """Options and shared state of one demo run."""
@@ -127,6 +143,7 @@ class Demo:
     eval_clips: int = 8
     sampling_steps: int = 5
     candidates: int = 8
+    threads: int = 0  # torch threads of every model process; 0: auto_threads()
     seed: int = 0
     domain_id: int = 0
     env: dict[str, str] = field(default_factory=dict)
@@ -157,14 +174,22 @@ class Demo:
             assert proc.stdout is not None
             lines: list[str] = []
             deadline = time.monotonic() + timeout
-            for line in proc.stdout:
-                f.write(line)
-                lines.append(line)
-                _progress_line(line)
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    raise StageError(f"{exe} ran longer than {timeout:.0f} s")
-            rc = proc.wait()
+            try:
+                for line in proc.stdout:
+                    f.write(line)
+                    lines.append(line)
+                    _progress_line(line)
+                    if time.monotonic() > deadline:
+                        raise StageError(f"{exe} ran longer than {timeout:.0f} s")
+                rc = proc.wait()
+            finally:  # a timeout, Ctrl-C or SIGINT to the demo alone: the tool does not outlive it
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGINT)
+                    try:
+                        proc.wait(timeout=10)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait()
         _end_progress()
         if rc != 0:
             tail = "".join(lines[-8:]).rstrip()
@@ -278,11 +303,24 @@ def call_service(node: Any, executor: Any, srv_type: Any, name: str, request: An
 
 
 # ---------------------------------------------------------------------- stages
+def start_sim_arm(demo: Demo, twin: Twin, name: str, trajectory: str) -> None:
+    """The sim arm node in the demo cell, rendering at the twin's frame size (no resizing anywhere). A
+    command holds for ever (``command_timeout`` 0): the plan stage commands the start pose."""
+    demo.start(
+        name,
+        "sim_arm",
+        "--ros-args",
+        "--params-file",
+        str(share("config", "sim_arm.yaml")),
+        *("-p", "cell:=demo", "-p", f"width:={twin.width}", "-p", f"height:={twin.height}"),
+        *("-p", f"seed:={demo.seed}", "-p", f"trajectory:={trajectory}", "-p", "command_timeout:=0.0"),
+    )
+
+
 def record(demo: Demo, twin: Twin, node: Any, executor: Any) -> tuple[Path, list[str]]:
     """Sim arm (demo cell, the twin's frame size) + recorder processes; episodes through the services.
 
-    The arm follows random waypoints while recording and holds a commanded pose for ever after
-    (``command_timeout`` 0), which the plan stage uses. Returns the episodes folder and the episode ids.
+    The arm follows random waypoints while recording. Returns the episodes folder and the episode ids.
     """
     from diagnostic_msgs.msg import KeyValue
 
@@ -292,15 +330,7 @@ def record(demo: Demo, twin: Twin, node: Any, executor: Any) -> tuple[Path, list
     episodes_dir = demo.out / "episodes"
     if episodes_dir.exists():
         shutil.rmtree(episodes_dir)
-    demo.start(
-        "sim_arm",
-        "sim_arm",
-        "--ros-args",
-        "--params-file",
-        str(share("config", "sim_arm.yaml")),
-        *("-p", "cell:=demo", "-p", f"width:={twin.width}", "-p", f"height:={twin.height}"),
-        *("-p", f"seed:={demo.seed}", "-p", "trajectory:=random", "-p", "command_timeout:=0.0"),
-    )
+    start_sim_arm(demo, twin, "sim_arm", "random")
     demo.start(
         "recorder",
         "recorder",
@@ -347,6 +377,7 @@ def record(demo: Demo, twin: Twin, node: Any, executor: Any) -> tuple[Path, list
             raise StageError(f"episode {res.episode_id} has no camera frames: is the sim arm publishing?")
         ids.append(res.episode_id)
     demo.stop("recorder")
+    demo.stop("sim_arm")  # its renders would only take CPU from the fine-tune; serve starts it again
     return episodes_dir, ids
 
 
@@ -458,6 +489,9 @@ def evaluate(demo: Demo, twin: Twin, clips: Path, adapter: Path, region: str) ->
             f.flush()
             print(f"    {msg}", flush=True)
 
+        import torch
+
+        torch.set_num_threads(demo.threads)
         try:
             results = run_evaluation(settings, on_progress=say)
             samples = results.get("_samples", {})
@@ -475,9 +509,11 @@ def evaluate(demo: Demo, twin: Twin, clips: Path, adapter: Path, region: str) ->
 
 
 def serve(demo: Demo, twin: Twin, node: Any, executor: Any, adapter: Path, region: str) -> None:
-    """Start the predictor and wait until it has loaded and warmed up (it answers NOT_READY until then)."""
+    """Start the sim arm (holding still) and the predictor, and wait until the predictor has loaded and
+    warmed up (it answers NOT_READY until then)."""
     from cosmos_ros.srv import CheckCollision, PredictFuture
 
+    start_sim_arm(demo, twin, "sim_arm_serve", "hold")
     demo.start(
         "predictor",
         "predictor",
@@ -675,6 +711,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=d.candidates,
         help="plans scored by check_collision (default %(default)s)",
     )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads of the fine-tune, evaluation and predictor (default: the idle cores, at least 1)",
+    )
     ap.add_argument("--seed", type=int, default=d.seed)
     args = ap.parse_args(argv)
     if args.episodes - args.heldout < 1 or args.heldout < 1:
@@ -684,8 +726,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("stride", "train_steps", "rank", "batch_size", "sampling_steps", "candidates"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.eval_clips < 0:
-        ap.error("--eval-clips must be >= 0")
+    if args.eval_clips < 0 or args.threads < 0:
+        ap.error("--eval-clips and --threads must be >= 0")
     return args
 
 
@@ -706,6 +748,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_clips=args.eval_clips,
         sampling_steps=args.sampling_steps,
         candidates=args.candidates,
+        threads=args.threads,
         seed=args.seed,
     )
     try:
@@ -724,11 +767,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     # Our own DDS domain, localhost only: the demo never talks to other ROS graphs on the network.
     demo.domain_id = int(os.environ.get("ROS_DOMAIN_ID") or random.SystemRandom().randint(1, 101))
+    # Measured before any process of ours runs: the load others put on the CPU. A value set by the user wins.
+    demo.threads = demo.threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or auto_threads()
     demo.env = dict(
         os.environ,
         ROS_DOMAIN_ID=str(demo.domain_id),
         ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
         PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS=str(demo.threads),
     )
     os.environ.update(ROS_DOMAIN_ID=str(demo.domain_id), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
     try:
@@ -750,7 +796,8 @@ def main(argv: list[str] | None = None) -> int:
 
     region = keepout_region(height=twin.height, width=twin.width)
     print(
-        f"cosmos_ros demo -> {demo.out} (ROS_DOMAIN_ID={demo.domain_id}, {demo.adapter_mode}, CPU)\n"
+        f"cosmos_ros demo -> {demo.out} (ROS_DOMAIN_ID={demo.domain_id}, {demo.adapter_mode}, CPU, "
+        f"{demo.threads} torch thread(s))\n"
         f"  twin {twin.name}: {twin.path} ({twin.height}x{twin.width} at {twin.fps:g} fps, {twin.trained})",
         flush=True,
     )
