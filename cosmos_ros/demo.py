@@ -342,11 +342,16 @@ def record(demo: Demo, twin: Twin, node: Any, executor: Any) -> tuple[Path, list
     )
     status: dict[str, Any] = {}
     node.create_subscription(RecorderStatus, "/recorder/status", lambda m: status.update(msg=m), 10)
+    from cosmos_ros.sim.variants import DEMO_CELL
+
+    cell = json.dumps(DEMO_CELL.describe())
     ids = []
     for i in range(demo.episodes):
         # the twin's own prompt: its prompt cache holds that one, and the fine-tune keeps to it
         req = StartEpisode.Request(task=twin.prompt, episode_name=f"demo_{i:02d}")
-        req.metadata = [KeyValue(key="cell", value="demo"), KeyValue(key="seed", value=str(demo.seed))]
+        # the cell as the sim data generator describes it (camera pose, objects, light): the evaluation
+        # reads the pose and the geometric truth with this episode's own camera from it
+        req.metadata = [KeyValue(key="cell", value=cell), KeyValue(key="seed", value=str(demo.seed))]
         res = call_service(node, executor, StartEpisode, "/recorder/start_episode", req, timeout=60)
         if not res.success:
             raise StageError(f"start_episode failed: {res.message}")

@@ -17,6 +17,9 @@ import numpy as np
 #: figures so a reader sees how far a run is from them.
 TARGET_POSE_CUT = 0.30  # the adapter cuts the base's pose error by at least this fraction
 TARGET_AGREEMENT = 0.90  # check_collision verdicts that match the simulator's truth
+#: The pose reader reads true 64x80 frames of any cell to < 0.04 rad median when it knows the cell's camera
+#: (docs/sim_twin.md); a floor above this says it is reading with the wrong camera.
+POSE_FLOOR_OK = 0.06
 
 
 def loss_plot(run: Path, path: Path, title: str) -> tuple[float, float]:
@@ -157,6 +160,12 @@ def evaluation_lines(results: dict[str, Any], base: str, adapted: str, baseline:
         out.append(
             f"- Pose read from the true frames (the pose reader's own floor): {_fmt(floor['mean'], 3)} rad."
         )
+        if floor["mean"] > POSE_FLOOR_OK:
+            out.append(
+                f"  That is above {POSE_FLOOR_OK} rad: the reader does not see this cell's arm well (it "
+                "needs the clips to carry the demo cell's camera), so the pose figures above are not to be "
+                "trusted."
+            )
     for n in (base, adapted):
         ratio = (((figs.get(n) or {}).get("shuffled_actions") or {}).get("ratio") or {}).get("mean")
         out.append(
