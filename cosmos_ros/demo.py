@@ -148,7 +148,7 @@ class Demo:
     domain_id: int = 0
     env: dict[str, str] = field(default_factory=dict)
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
-    summary: list[tuple[str, float, str]] = field(default_factory=list)
+    summary: list[tuple[str, float, float, str]] = field(default_factory=list)  # name, wall s, CPU s, what
     current_log: Path | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -259,16 +259,25 @@ def _end_progress() -> None:
 def stage(demo: Demo, index: int, total: int, name: str, what: str) -> Iterator[None]:
     print(f"[{index}/{total}] {name}: {what}", flush=True)
     demo.current_log = demo.log_path(name)
-    t0 = time.monotonic()
+    t0, cpu0 = time.monotonic(), _cpu_seconds()
     try:
         yield
     except StageError as e:
         raise StageError(f"stage '{name}' failed: {e}\n  log: {demo.current_log}") from None
     except Exception as e:  # a bug or an unexpected failure: still name the stage and the log
         raise StageError(f"stage '{name}' failed: {type(e).__name__}: {e}\n  log: {demo.current_log}") from e
-    dt = time.monotonic() - t0
-    demo.summary.append((name, dt, what))
-    print(f"    done in {dt:.1f} s", flush=True)
+    dt, cpu = time.monotonic() - t0, _cpu_seconds() - cpu0
+    demo.summary.append((name, dt, cpu, what))
+    print(f"    done in {dt:.1f} s ({cpu:.1f} s of CPU)", flush=True)
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and of the tools and nodes it has waited for: around a
+    stage, what that stage cost the machine (nodes still running count where they stop)."""
+    import resource
+
+    own, done = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + done.ru_utime + done.ru_stime
 
 
 # ---------------------------------------------------------------------- ROS plumbing
@@ -865,8 +874,8 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.try_shutdown()
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s", flush=True)
-    for name, dt, _ in demo.summary:
-        print(f"  {name:<9} {dt:6.1f} s")
+    for name, dt, cpu, _ in demo.summary:
+        print(f"  {name:<9} {dt:6.1f} s  ({cpu:6.1f} s of CPU)")
     for name, path in (("report", report), ("preview", "preview.gif"), ("verdicts", "verdicts.json")):
         print(f"  {name:<9} {demo.out / path}")
     return 0
@@ -891,6 +900,7 @@ def report_stage(demo: Demo, twin: Twin, facts: dict[str, Any], t0: float) -> Pa
             "rank": demo.rank,
             "train_steps": demo.train_steps,
             "stages": list(demo.summary),
+            "threads": demo.threads,
             "clips": facts["clips"],
             "loss_first": first,
             "loss_last": last,

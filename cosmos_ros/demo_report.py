@@ -218,12 +218,16 @@ def write_report(path: Path, facts: dict[str, Any]) -> Path:
         f"{facts['adapter_mode'].upper()} rank {facts['rank']}, {facts['train_steps']} steps on the CPU, on "
         "the `demo` cell (held-out camera pose, light and objects the base never saw).",
         "",
-        "| stage | wall time [s] | what |",
-        "|---|---|---|",
+        "| stage | wall time [s] | CPU time [s] | what |",
+        "|---|---|---|---|",
     ]
-    lines += [f"| {n} | {dt:.1f} | {w} |" for n, dt, w in facts["stages"]]
+    lines += [f"| {n} | {dt:.1f} | {cpu:.1f} | {w} |" for n, dt, cpu, w in facts["stages"]]
+    wall, cpu = (sum(s[k] for s in facts["stages"]) for k in (1, 2))
     lines += [
-        f"| **total** | {sum(dt for _, dt, _ in facts['stages']):.1f} | |",
+        f"| **total** | {wall:.1f} | {cpu:.1f} | |",
+        "",
+        f"CPU time: this process and the tools and nodes it has finished ({facts['threads']} torch "
+        "thread(s)); the predictor's runs until the end, so serve and plan do not include it.",
         "",
         "## Fine-tune",
         "",
