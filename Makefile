@@ -1,5 +1,5 @@
 # cosmos_ros: one-command set-up and the two commands of the README.
-#   make demo   - the main job on the embedded default (simulated arm, tiny model, CPU)
+#   make demo   - the main job: the shipped sim twin fine-tuned on an unseen sim cell (CPU, no downloads)
 #   make test   - the test suite
 # Both call `make setup`, which is idempotent: the venv is rebuilt only when a requirements file changes,
 # and colcon rebuilds only what changed.

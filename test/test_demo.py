@@ -31,72 +31,130 @@ def test_readme_keeps_two_commands_and_ci_runs_the_test_one() -> None:
         assert re.search(rf"^{target}: setup$", makefile, re.M), f"`make {target}` must depend on setup"
 
 
+@pytest.fixture(scope="module")
+def smoke_twin(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A stand-in sim twin (the pipeline's --smoke cut: 32x48, random-ish weights, ~30 s on the CPU), made
+    once for this module; the folder holding its sim_twin/, for COSMOS_ROS_MODELS."""
+    import torch
+
+    from cosmos_ros.train import sim_twin
+
+    out = tmp_path_factory.mktemp("twin")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = sim_twin.load_config(
+            REPO / "config" / "sim_twin.yaml", smoke=True, overrides=["progress=false"]
+        )
+        sim_twin.run(cfg, out, log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    assert (out / "sim_twin" / "cosmos_ros_card.json").is_file()
+    return out
+
+
+def _run_demo(out: Path, env: dict[str, str], twin_root: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(installed_executable("demo")), "--out", str(out), *args],
+        env={**env, "COSMOS_ROS_MODELS": str(twin_root)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 @requires_ros
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_writes_valid_outputs(tmp_path: Path, ros_env: dict[str, str]) -> None:
-    """`make demo` runs the installed `demo` executable; here at its smallest size."""
+def test_demo_runs_end_to_end_and_writes_valid_outputs(
+    tmp_path: Path, ros_env: dict[str, str], smoke_twin: Path
+) -> None:
+    """`make demo` runs the installed `demo` executable; here at its smallest size on the stand-in twin."""
     import imageio.v3 as iio
     import numpy as np
     from PIL import Image
 
     assert "install/cosmos_ros/lib/cosmos_ros/demo" in (REPO / "Makefile").read_text()
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [
-            str(installed_executable("demo")),
-            "--out",
-            str(out),
-            "--episodes",
-            "2",
-            "--episode-seconds",
-            "4",
-            "--train-steps",
-            "20",
-        ],
-        env=ros_env,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    proc = _run_demo(
+        out,
+        ros_env,
+        smoke_twin,
+        *("--episodes", "3", "--episode-seconds", "4", "--train-steps", "6", "--eval-clips", "2"),
+        *("--candidates", "4", "--sampling-steps", "2"),
     )
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    for n, name in enumerate(("record", "clips", "model", "train", "serve", "plan", "report"), start=1):
+    stages = ("record", "clips", "train", "evaluate", "serve", "plan", "report")
+    for n, name in enumerate(stages, start=1):
         assert f"[{n}/7] {name}:" in proc.stdout, f"stage {name} not reported"
+    assert str(smoke_twin / "sim_twin") in proc.stdout  # the twin it found, by COSMOS_ROS_MODELS
 
+    # The held-out episode's clips were evaluated: base, base + adapter and the nothing-moves baseline.
+    ev = json.loads((out / "eval" / "eval.json").read_text())
+    assert ev["clips"]["split"] == "val" and ev["clips"]["count"] == 2
+    assert ev["models"] == ["base", "adapter"] and "nothing_moves" in ev["baselines"]
+    assert (ev["clips"]["height"], ev["clips"]["width"]) == (32, 48)  # the twin's size, from its card
+    assert "shuffled_actions" in ev["figures"]["adapter"]
+    # preview: context | base | adapted | truth, 3x enlarged, one row per held-out clip shown
     gif = iio.imread(out / "preview.gif", index=None)
-    assert gif.ndim == 4 and gif.shape[0] >= 2, gif.shape
+    assert gif.ndim == 4 and gif.shape[0] == 12, gif.shape
+    assert gif.shape[2] == 4 * (48 + 1) * 3, gif.shape
     assert np.ptp(gif) > 0, "preview frames are blank"
     with Image.open(out / "loss.png") as img:
         img.verify()
+
+    # Every check_collision verdict beside the simulator's truth for the same plan.
     verdicts = json.loads((out / "verdicts.json").read_text())
-    assert len(verdicts["results"]) == 4
-    for v in verdicts["results"]:
-        assert isinstance(v["collision"], bool) and 0.0 <= v["score"] <= 1.0
-    if all(v["collision"] for v in verdicts["results"]):
-        # the planner example executes no plan that every check rejects (issue 16 item 10)
-        assert verdicts["best"] is None and verdicts["predicted_frames"] == 0
-        assert "every candidate collides; executing none" in proc.stdout
-    else:
-        assert verdicts["best"] is not None and verdicts["predicted_frames"] > 0
+    rows = verdicts["candidates"]
+    assert [r["name"] for r in rows] == ["hold", "shoulder +", "shoulder -", "elbow +"]
+    truth = {r["name"]: r["truth"] for r in rows}
+    assert truth == {"hold": False, "shoulder +": True, "shoulder -": False, "elbow +": True}
+    for r in rows:
+        assert isinstance(r["collision"], bool) and 0.0 <= r["score"] <= 1.0
+        assert r["agree"] == (r["collision"] == r["truth"])
+        assert r["rendered_collision"] == r["truth"]  # the checker itself reads rendered frames right
+    assert verdicts["agreement"] == sum(r["agree"] for r in rows) / 4
+    assert verdicts["region"].startswith("bottle:")
+
     report = (out / "report.md").read_text()
-    assert "Collision verdicts" in report and "loss.png" in report
+    for text in (
+        "| step | PSNR base",
+        "Shuffled-action ratio",
+        "Verdict agreement with the simulator",
+        "preview.gif",
+    ):
+        assert text in report, text
+    for name in stages[:-1]:
+        assert re.search(rf"^\| {name} \| [0-9.]+ \| [0-9.]+ \|", report, re.M), f"no times of {name}"
 
 
 @requires_ros
-def test_demo_failure_names_the_stage_and_log(tmp_path: Path, ros_env: dict[str, str]) -> None:
+def test_demo_failure_names_the_stage_and_log(
+    tmp_path: Path, ros_env: dict[str, str], smoke_twin: Path
+) -> None:
     """Episodes too short for one clip: the clips stage fails, and says so with its log file."""
     out = tmp_path / "demo"
-    proc = subprocess.run(
-        [str(installed_executable("demo")), "--out", str(out), "--episodes", "2", "--episode-seconds", "0.5"],
-        env=ros_env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = _run_demo(out, ros_env, smoke_twin, "--episodes", "2", "--episode-seconds", "0.5")
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "stage 'clips' failed" in proc.stderr, proc.stderr
     log = out / "logs" / "clips.log"
     assert f"log: {log}" in proc.stderr and log.exists()
     assert "build_clips" in log.read_text()
+
+
+def test_demo_without_the_twin_says_how_to_make_it(tmp_path: Path, monkeypatch, capsys) -> None:
+    from cosmos_ros.demo import main
+
+    if (REPO / "models" / "sim_twin" / "transformer" / "config.json").is_file():
+        pytest.skip("the sim twin is shipped in this checkout")
+    monkeypatch.setenv("COSMOS_ROS_MODELS", str(tmp_path / "none"))
+    monkeypatch.setenv("AMENT_PREFIX_PATH", str(tmp_path / "none"))
+    assert main(["--out", str(tmp_path / "demo")]) == 2
+    err = capsys.readouterr().err
+    assert "'sim_twin'" in err and "tools/train_sim_twin.sh" in err and "--smoke" in err, err
+    assert not (tmp_path / "demo" / "episodes").exists()  # nothing was started
+    # a folder that is no twin is named as such
+    assert main(["--out", str(tmp_path / "demo"), "--base", str(tmp_path)]) == 2
+    assert "is not a sim twin" in capsys.readouterr().err
 
 
 def test_demo_rejects_an_unusable_output_folder(tmp_path: Path) -> None:

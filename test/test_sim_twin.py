@@ -93,3 +93,9 @@ def test_smoke_pipeline_ships_a_twin_the_predictor_loads_by_name(tmp_path, monke
     result = trainer.train()
     tuned = Predictor.load(None, adapter=str(result.adapter_dir), device="cpu")
     assert (tuned.height, tuned.width) == (32, 48)
+    # the adapter names the twin by its short name (it loads wherever the twin is installed) and serves with
+    # the twin's action statistics
+    from cosmos_ros.model.adapters import read_card
+
+    assert read_card(result.adapter_dir)["base_model"] == "sim_twin"
+    assert tuned.tokenizer.stats["std"] == card["tokenizer"]["stats"]["std"]

@@ -205,3 +205,20 @@ def test_action_free_training(setup: dict[str, Any], tmp_path: Path) -> None:
     assert res.step == 2 and not (res.adapter_dir / "action_conditioning.safetensors").exists()
     wm = load_world_model(setup["model"], res.adapter_dir, load_vae=False)
     assert wm.action_dim is None
+
+
+def test_time_budget_ends_the_run_annealed_and_saved(setup: dict[str, Any], tmp_path: Path) -> None:
+    """run.max_minutes: a budget far below max_steps' time stops the run early, at the end of its cosine
+    schedule (lr 0), with the adapter saved as after a full run."""
+    cfg = train_config(
+        setup["model"],
+        tmp_path,
+        setup["root"] / "latents",
+        optim={"max_steps": 100_000, "warmup_steps": 0, "lr_schedule": "cosine"},
+        run={"max_minutes": 0.02, "checkpoint_every": 0, "val_every": 0},
+    )
+    tr = Trainer(cfg, setup["train"])
+    result = tr.train()
+    assert 1 <= result.step < 100_000
+    assert result.adapter_dir is not None and any(result.adapter_dir.iterdir())
+    assert tr.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)

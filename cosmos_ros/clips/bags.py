@@ -37,6 +37,8 @@ from rosbags.serde import SerdeError
 from rosbags.typesys import Stores, get_typestore
 from rosbags.typesys.base import TypesysError
 
+#: Key of the simulated cell's description in an episode's ``episode.json`` (top level or ``metadata``).
+CELL_KEY = "cell"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_TYPE = "sensor_msgs/msg/JointState"
 _STORAGE_SUFFIXES = (".mcap", ".db3", ".mcap.zstd", ".db3.zstd")
@@ -66,6 +68,24 @@ class EpisodeSpec:
     def label(self) -> str:
         """How reports name this episode: its source path."""
         return str(self.source)
+
+    @property
+    def cell(self) -> dict[str, Any] | None:
+        """The simulated cell this episode was rendered in (camera pose, objects, lighting), as its
+        ``episode.json`` describes it (the sim data generator writes it under ``metadata.cell``); None for
+        a recording of a real robot. Evaluation needs it: the pose reader and the geometric truth must
+        project with the episode's own camera, not the default one."""
+        for holder in (self.meta, self.meta.get("metadata")):
+            if not isinstance(holder, dict) or CELL_KEY not in holder:
+                continue
+            value = holder[CELL_KEY]
+            if isinstance(value, str):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    return None
+            return value if isinstance(value, dict) else None
+        return None
 
 
 def _is_bag_dir(path: Path) -> bool:

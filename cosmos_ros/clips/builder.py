@@ -71,6 +71,7 @@ class EpisodeReport:
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     content: str = ""  # `content_digest` of the bag: what the trainer's latent cache is keyed on
+    cell: dict[str, Any] | None = None  # the simulated cell (EpisodeSpec.cell); None for real recordings
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form."""
@@ -664,7 +665,7 @@ class ClipBuilder:
         swapped = False
         try:
             for ep in episodes:
-                rep = EpisodeReport(ep.episode_id, ep.label, warnings=list(ep.warnings))
+                rep = EpisodeReport(ep.episode_id, ep.label, warnings=list(ep.warnings), cell=ep.cell)
                 e0 = time.perf_counter()
                 rep.content = content_digest(ep)
                 try:
@@ -782,6 +783,9 @@ class ClipBuilder:
                 "source": r.source,
                 "content": r.content,
                 "clips": r.clips,
+                # the sim cell (camera, objects, lighting) the episode was rendered in: the evaluation's pose
+                # reader and geometric truth use its camera; absent for real recordings
+                **({"cell": r.cell} if r.cell else {}),
             }
             for r in built
         }

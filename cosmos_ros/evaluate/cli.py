@@ -38,7 +38,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "-o", "--out", required=True, help="output folder (eval.json, report.md, curves.png, grid.gif)"
     )
-    p.add_argument("--max-clips", type=int, default=0, help="evaluate at most this many clips (0 = all)")
+    p.add_argument(
+        "--max-clips",
+        type=int,
+        default=0,
+        help="evaluate at most this many clips, spread over the split (0 = all)",
+    )
     p.add_argument("--num-steps", type=int, default=10, help="denoising steps")
     p.add_argument("--guidance", type=float, default=0.0, help="classifier-free guidance (0 = off)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (clip i uses seed + i for every model)")

@@ -1,4 +1,5 @@
-"""Do these clips match this adapter? Evaluating on clips preprocessed differently measures nothing.
+"""Do these clips match this adapter (or carded base model)? Evaluating on clips preprocessed differently
+measures nothing.
 
 One table, `CHECKS`, says what is compared between the adapter card (its tokenizer dict and clip geometry)
 and the clips folder (`clips.json` and `tokenizer.json`), and whether a mismatch is fatal. Where both carry
@@ -99,7 +100,7 @@ CHECKS: tuple[Check, ...] = (
         lambda c: (_tok(c).get("stats") or {}).get("std"),
         lambda meta, tok: (tok.get("stats") or {}).get("std"),
         False,
-        "the clips' raw actions are normalised with the adapter's statistics, as the predictor does",
+        "the clips' raw actions are normalised with the model's statistics (its card), as the predictor does",
     ),
 )
 
@@ -134,10 +135,13 @@ def check_clips_match_adapter(
     clips_meta: dict[str, Any],
     clips_tokenizer: dict[str, Any],
     adapter: str = "adapter",
+    kind: str = "adapter",
 ) -> list[str]:
     """Raise CompatibilityError listing every fatal mismatch (with its fix); return the warnings.
 
-    A property missing on either side is not compared (older cards and indexes lack some).
+    ``card``: an adapter card, or (``kind="base model"``) a base model's own card (`model.base_card`, the
+    sim twin's), checked the same way. A property missing on either side is not compared (older cards and
+    indexes lack some).
     """
     errors, warnings = [], []
     errors.extend(_spec_differences(card, clips_meta))
@@ -145,7 +149,7 @@ def check_clips_match_adapter(
         a, b = check.from_card(card), check.from_clips(clips_meta, clips_tokenizer)
         if a is None or b is None or _same(a, b):
             continue
-        line = f"{check.name}: the adapter has {a!r}, the clips have {b!r} ({check.fix})"
+        line = f"{check.name}: the {kind} has {a!r}, the clips have {b!r} ({check.fix})"
         (errors if check.fatal else warnings).append(line)
     if errors:
         raise CompatibilityError(

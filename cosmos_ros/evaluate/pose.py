@@ -17,7 +17,7 @@ import importlib
 import importlib.metadata
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -31,23 +31,51 @@ class PoseEstimator(ABC):
     name: str = "estimator"
     joint_names: tuple[str, ...] = ()
     angular: tuple[bool, ...] = ()
+    #: Joints a frame may lack and still count as read (a part too small to see at the clips' size, such as
+    #: a gripper's fingers a pixel wide). They stay out of the overall pose error, which averages the same
+    #: joints for every model; each keeps its own error and unreadable count. Empty: every joint required.
+    optional: tuple[bool, ...] = ()
+
+    def required(self) -> np.ndarray:
+        """Boolean mask over `joint_names` of the joints every readable frame must have."""
+        opt = np.asarray(self.optional or (False,) * len(self.joint_names), bool)
+        return ~opt
 
     @abstractmethod
     def estimate(self, frame: np.ndarray) -> np.ndarray | None:
         """uint8 [H, W, 3] -> positions [J] in `joint_names` order, or None when unreadable."""
 
+    def for_cell(self, cell: Mapping[str, Any] | None) -> PoseEstimator:
+        """The estimator for frames of one cell (the clip index's per-episode ``cell``: camera pose,
+        objects, lighting); None = nothing known about the cell. An estimator whose reading does not
+        depend on the cell returns itself (the default)."""
+        return self
+
 
 class SimArmPoseEstimator(PoseEstimator):
-    """The simulated arm's colour-mask reader (`cosmos_ros.sim.estimate_joint_positions`)."""
+    """The simulated arm's colour-mask reader (`cosmos_ros.sim.estimate_joint_positions`), through the
+    camera of the cell the frames were rendered in (default: the sim node's original view)."""
 
     name = "sim_arm"
     joint_names = ("joint1", "joint2", "joint3")
     angular = (True, True, False)
+    # the gripper opening is read from the fingers, one or two pixels wide at 64x80: the arm's pose (joints 1
+    # and 2) decides whether a frame is readable, the opening is reported on its own
+    optional = (False, False, True)
+
+    def __init__(self, camera: Any = None) -> None:
+        self.camera = camera  # cosmos_ros.sim.render.Camera or None (the default camera)
+
+    def for_cell(self, cell: Mapping[str, Any] | None) -> SimArmPoseEstimator:
+        from cosmos_ros.sim.variants import camera_from_description
+
+        camera = camera_from_description(cell)
+        return self if camera is None else SimArmPoseEstimator(camera)
 
     def estimate(self, frame: np.ndarray) -> np.ndarray | None:
         from cosmos_ros.sim import estimate_joint_positions
 
-        return estimate_joint_positions(frame)
+        return estimate_joint_positions(frame, camera=self.camera)
 
 
 BUILTIN_ESTIMATORS: dict[str, type[PoseEstimator]] = {"sim_arm": SimArmPoseEstimator}

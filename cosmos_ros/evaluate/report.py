@@ -106,6 +106,7 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"Pose read from the true frames (the reader's floor): {_fmt(ref['overall'], 3)}, "
             f"{ref['unreadable_frames']}/{ref['frames']} unreadable.",
         ]
+    lines += _per_joint_lines(figs, names, ref)
     lines += [
         "",
         "## Action faithfulness (shuffled-action test)",
@@ -321,4 +322,29 @@ def write_outputs(results: dict[str, Any], out: str | Path, tensorboard: str | P
     shutil.rmtree(old, ignore_errors=True)
     if tensorboard:
         write_tensorboard(clean, tensorboard)
+    return out
+
+
+def _per_joint_lines(figs: dict[str, Any], names: list[str], ref: dict[str, Any] | None) -> list[str]:
+    """Pose error per joint, with each joint's unreadable frames: the overall column averages only the
+    joints every readable frame must have (the estimator's `optional` ones are shown here alone)."""
+    poses = {n: figs[n].get("pose") for n in names if figs[n].get("pose")}
+    if ref:
+        poses["true frames"] = ref
+    if not poses:
+        return []
+    joints = list(next(iter(poses.values()))["per_joint"])
+    first = next(iter(poses.values()))
+    overall = first.get("overall_joints", joints)
+    out = [
+        "",
+        f"Pose error per joint (overall = mean of {', '.join(overall)}; unreadable frames per joint):",
+        "",
+        "| model | " + " | ".join(joints) + " |",
+        "|---|" + "---|" * len(joints),
+    ]
+    for n, p in poses.items():
+        bad = p.get("unreadable_per_joint", {})
+        cells = [f"{_fmt(p['per_joint'][j], 3)} ({bad.get(j, 0)}/{p['frames']})" for j in joints]
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
     return out

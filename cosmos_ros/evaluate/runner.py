@@ -76,6 +76,8 @@ class ClipTruth:
     positions: np.ndarray  # float64 [N, J]: joint states behind `truth`
     verdict: Any = None  # the checker on the true frames
     geometry: np.ndarray | None = None  # bool [N]: arm inside a keep-out region (sim arm)
+    estimator: Any = None  # the pose estimator for this clip's cell (its camera), None: no pose reading
+    index: int = 0  # the clip's index in the split (its frames are read again from there; its noise seed)
 
 
 @dataclass
@@ -172,6 +174,22 @@ def check_inputs(settings: EvalSettings, ds: Any) -> dict[str, dict[str, Any]]:
     return out
 
 
+def check_base_card(base: str, clips_meta: dict[str, Any], clips_tok: dict[str, Any]) -> list[str]:
+    """A base model evaluated on its own against the clips, when it has a card (the sim twin): its
+    preprocessing spec and tokenizer as an adapter's are (`compat`); returns the warnings."""
+    from cosmos_ros.model.base_card import BaseCardError, read_base_card
+
+    try:
+        card = read_base_card(base)
+    except BaseCardError as exc:
+        raise EvalError(str(exc)) from exc
+    if card is None:
+        return []
+    return check_clips_match_adapter(
+        card, clips_meta, clips_tok, adapter=f"base model {base}", kind="base model"
+    )
+
+
 # ---------------------------------------------------------------------------------------------- evaluation
 def _frames(ds: Any, i: int) -> tuple[np.ndarray, np.ndarray]:
     """(context, true future) frames of clip i (read again from the shard's memory map when needed)."""
@@ -184,23 +202,38 @@ def _release(clip: ClipTruth) -> None:
     clip.context = clip.truth = np.zeros((0, 0, 0, 3), np.uint8)
 
 
-def _clip_truth(ds: Any, i: int, checker: Any, regions: Any) -> ClipTruth:
+def episode_cell(ds: Any, episode_id: str) -> dict[str, Any] | None:
+    """The simulated cell of an episode as the clip index records it (build_clips copies it from the
+    episode's ``episode.json``); None for real recordings and indexes built before cells were carried."""
+    entry = (ds.meta.get("episodes") or {}).get(episode_id) or {}
+    cell = entry.get("cell")
+    return cell if isinstance(cell, dict) else None
+
+
+def _clip_truth(ds: Any, i: int, checker: Any, regions: Any, estimator: Any) -> ClipTruth:
+    from cosmos_ros.sim.variants import camera_from_description
+
     item = ds[i]
     ncf = int(ds.meta.get("num_cond_frames", 1))
     frames = np.asarray(item["frames"])
+    cell = episode_cell(ds, str(item["episode_id"]))
     truth = ClipTruth(
+        index=i,
         clip_id=str(item["clip_id"]),
         prompt=str(item["prompt"]),
         context=frames[:ncf],
         truth=frames[ncf:],
         raw_actions=np.asarray(item["raw_actions"], np.float32)[ncf - 1 :],
         positions=np.asarray(item["positions"], np.float64)[ncf:],
+        # a plugin estimator that does not subclass PoseEstimator may lack for_cell: it reads every cell alike
+        estimator=getattr(estimator, "for_cell", lambda _cell: estimator)(cell),
     )
     if checker is not None:
         truth.verdict = verdicts(checker, truth.context[-1], truth.truth)
     if regions is not None:
         h, w = frames.shape[1:3]
-        truth.geometry = sim_arm_in_regions(truth.positions[:, :2], regions, h, w)
+        camera = camera_from_description(cell)  # the cell's own camera; None: the default view
+        truth.geometry = sim_arm_in_regions(truth.positions[:, :2], regions, h, w, camera)
     return truth
 
 
@@ -209,7 +242,7 @@ def _score(run: ModelRun, clip: ClipTruth, pred: np.ndarray, ctx: dict[str, Any]
     fid = metrics.frame_fidelity(pred, clip.truth, clip.context[-1], ctx["motion_threshold"])
     for k in metrics.FIDELITY_KEYS:
         run.fidelity.setdefault(k, []).append(fid[k])
-    est = ctx["estimator"]
+    est = clip.estimator
     if est is not None:
         run.pose.append(pose_errors(est, read_poses(est, pred), clip.positions[:, ctx["pose_cols"]]))
     if ctx["checker"] is not None:
@@ -256,6 +289,10 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
         raise EvalError("nothing to evaluate: pass --base and/or one or more --adapter directories")
     n = len(ds) if settings.max_clips <= 0 else min(settings.max_clips, len(ds))
     notes: list[str] = []
+    if _with_base(settings):
+        notes.extend(
+            f"{BASE_NAME}: {w}" for w in check_base_card(settings.base, ds.meta, ds.tokenizer.to_dict())
+        )
     joint_names = list(ds.tokenizer.joint_names)
     try:
         estimator = pick_estimator(settings.pose_estimator, joint_names)
@@ -289,19 +326,32 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
     truth_run = ModelRun("true frames", "truth")
     baseline_runs = {name: ModelRun(name, "baseline") for name in BASELINES}
     steps = 0
-    for i in range(n):
-        clip = _clip_truth(ds, i, checker, regions)
+    for pos, i in enumerate(spread_indices(len(ds), n)):
+        try:
+            clip = _clip_truth(ds, i, checker, regions, estimator)
+        except ValueError as exc:  # a malformed cell description in clips.json
+            raise EvalError(str(exc)) from exc
         clips.append(clip)
-        if estimator is not None:
+        if clip.estimator is not None:
             truth_run.pose.append(
-                pose_errors(estimator, read_poses(estimator, clip.truth), clip.positions[:, ctx["pose_cols"]])
+                pose_errors(
+                    clip.estimator,
+                    read_poses(clip.estimator, clip.truth),
+                    clip.positions[:, ctx["pose_cols"]],
+                )
             )
         for name, fn in BASELINES.items():
             _score(baseline_runs[name], clip, fn(clip.context, len(clip.truth)), ctx)
         steps = len(clip.truth)
-        if i >= settings.grid_clips:
+        if pos >= settings.grid_clips:
             _release(clip)
         bar.update(1)
+    cells = {str(c["name"]) for c in (episode_cell(ds, e) for e in ds.episodes) if c and c.get("name")}
+    if cells and (estimator is not None or regions is not None):
+        notes.append(
+            f"pose and geometric truth read with each episode's own sim cell camera ({len(cells)} cell(s), "
+            "from clips.json)"
+        )
     partners = metrics.shuffle_partner(n, settings.seed) if n >= 2 else None
     if partners is None:
         notes.append("shuffled-action test not run: it needs at least 2 clips")
@@ -319,12 +369,13 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
             on_progress(f"loading {name}")
         predictor = _load_predictor(settings, adapter, base, ds)
         run = ModelRun(name, kind, info={"adapter": adapter, "base": base, **(cards.get(name) or {})})
-        if kind == "base":
+        # a base trained by cosmos_ros (the sim twin) ships trained action MLPs: not a reference then
+        if kind == "base" and not predictor.card.get("action_conditioning"):
             run.info["note"] = "no action conditioning: a reference, its shuffled ratio is about 1 by design"
         default_prompts = 0
         for i, clip in enumerate(clips):
             if clip.truth.size == 0:
-                clip.context, clip.truth = _frames(ds, i)
+                clip.context, clip.truth = _frames(ds, clip.index)
             prompt = clip.prompt if clip.prompt in predictor.prompts else ""
             default_prompts += prompt != clip.prompt
             acts = [clip.raw_actions] + ([clips[partners[i]].raw_actions] if partners else [])
@@ -335,7 +386,7 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
                     prompt=prompt,
                     num_steps=settings.num_steps,
                     guidance=settings.guidance,
-                    seed=settings.seed + i,
+                    seed=settings.seed + clip.index,
                 )
             except ValueError as exc:
                 raise EvalError(f"{name} cannot predict clip {clip.clip_id}: {exc}") from exc
@@ -344,10 +395,12 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
                 run.err_true.append(metrics.frame_error(pred[0], clip.truth))
                 run.err_shuffled.append(metrics.frame_error(pred[1], clip.truth))
                 run.difference.append(metrics.prediction_difference(pred[0], pred[1]))
-                if estimator is not None:
+                if clip.estimator is not None:
                     run.pose_shuffled.append(
                         pose_errors(
-                            estimator, read_poses(estimator, pred[1]), clip.positions[:, ctx["pose_cols"]]
+                            clip.estimator,
+                            read_poses(clip.estimator, pred[1]),
+                            clip.positions[:, ctx["pose_cols"]],
                         )
                     )
             if clip.clip_id in samples:
@@ -394,6 +447,14 @@ def _progress(enabled: bool, total: int) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------- aggregation
+def spread_indices(total: int, n: int) -> list[int]:
+    """`n` clip indices spread evenly over `total` (all of them when n >= total). Clips are stored episode
+    by episode, so the first n would be one or two episodes: a subset must sample every part of the split."""
+    if n >= total:
+        return list(range(total))
+    return sorted({round(k * (total - 1) / max(n - 1, 1)) for k in range(n)})
+
+
 def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     """Mean over the last axis ignoring NaN; NaN where a row has no finite value (no warning)."""
     finite = np.isfinite(a)
@@ -402,14 +463,21 @@ def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
-def _pose_summary(errors: list[np.ndarray], joint_names: list[str], seed: int) -> dict[str, Any] | None:
+def _pose_summary(
+    errors: list[np.ndarray], joint_names: list[str], seed: int, required: np.ndarray | None = None
+) -> dict[str, Any] | None:
+    """Pose figures; `required` (PoseEstimator.required) picks the joints whose absence makes a frame
+    unreadable and that the overall error averages (all joints when None)."""
     if not errors:
         return None
     e = np.stack(errors)  # [clips, N, J]
-    unreadable = ~np.isfinite(e).all(axis=-1)  # [clips, N]: any joint not read counts the frame unreadable
-    per_frame = np.where(unreadable, np.nan, _nanmean_rows(e))  # [clips, N]
+    req = np.ones(e.shape[-1], bool) if required is None else np.asarray(required, bool)
+    unreadable = ~np.isfinite(e[..., req]).all(axis=-1)  # [clips, N]: a required joint not read
+    per_frame = np.where(unreadable, np.nan, _nanmean_rows(e[..., req]))  # [clips, N]
     return {
         "unit": "rad (angles) / joint units",
+        "overall_joints": [j for j, r in zip(joint_names, req, strict=True) if r],
+        "unreadable_per_joint": {j: int((~np.isfinite(e[..., k])).sum()) for k, j in enumerate(joint_names)},
         "overall": metrics.bootstrap_ci(_nanmean_rows(per_frame), seed=seed),
         "per_step": metrics.per_step_ci(per_frame, seed=seed),
         "per_joint": {
@@ -458,6 +526,7 @@ def summarize(
     seed = settings.seed
     est = ctx["estimator"]
     pose_joints = list(est.joint_names) if est is not None else []
+    required = est.required() if est is not None else None
     true_verdicts = [c.verdict for c in clips] if ctx["checker"] is not None else None
     geometry = (
         [_geometric_verdict(c.geometry) for c in clips] if clips and clips[0].geometry is not None else None
@@ -479,7 +548,7 @@ def summarize(
                 out["shuffled_actions"]["pose_ratio"] = metrics.bootstrap_ci(
                     np.array(per), metrics.ratio_of_means, seed=seed
                 )
-        out["pose"] = _pose_summary(run.pose, pose_joints, seed)
+        out["pose"] = _pose_summary(run.pose, pose_joints, seed, required)
         if run.verdicts and true_verdicts is not None:
             v: dict[str, Any] = {"vs_true_frames": agreement_figures(run.verdicts, true_verdicts)}
             if geometry is not None:
@@ -488,7 +557,9 @@ def summarize(
         return out
 
     figures = {r.name: one(r) for r in [*model_runs, *baseline_runs]}
-    reference: dict[str, Any] = {"pose_on_true_frames": _pose_summary(truth_run.pose, pose_joints, seed)}
+    reference: dict[str, Any] = {
+        "pose_on_true_frames": _pose_summary(truth_run.pose, pose_joints, seed, required)
+    }
     if true_verdicts is not None and geometry is not None:
         reference["checker_on_true_frames_vs_geometry"] = agreement_figures(true_verdicts, geometry)
     settings_dict = asdict(settings)

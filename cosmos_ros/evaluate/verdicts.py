@@ -7,9 +7,9 @@ verdict is the reference), and the error of the first colliding step where both 
 
 For the simulated arm the clips also carry the joint states behind each frame, so there is a reference
 that no pixel checker can give: whether the arm geometrically lies inside a keep-out region
-(`sim_arm_in_regions`, forward kinematics projected with the renderer's camera). Both the checker on the
-predictions and the checker on the true frames are scored against it (the latter is the checker's own
-floor).
+(`sim_arm_in_regions`, forward kinematics projected with the camera of the clip's own cell, from the clip
+index). Both the checker on the predictions and the checker on the true frames are scored against it
+(the latter is the checker's own floor).
 """
 
 from __future__ import annotations
@@ -58,12 +58,16 @@ def agreement_figures(pred: Sequence[CheckResult], ref: Sequence[CheckResult | b
     }
 
 
-def sim_arm_in_regions(positions: np.ndarray, regions: Sequence[Any], height: int, width: int) -> np.ndarray:
+def sim_arm_in_regions(
+    positions: np.ndarray, regions: Sequence[Any], height: int, width: int, camera: Any = None
+) -> np.ndarray:
     """bool [N]: whether the simulated arm at joint positions [N, >=2] (joint1, joint2 first) has a point of
     its links inside any keep-out region (normalised image boxes, `checkers.Region`) of an image of that size.
 
-    Points are sampled along both links (every ~half pixel), projected with the renderer's camera; the link
-    width and the gripper are left out, so this is the arm's skeleton entering the box.
+    Points are sampled along both links (every ~half pixel), projected with the camera of the clip's cell
+    (`cosmos_ros.sim.render.Camera`; None: the default view): a cell with a moved camera sees the arm
+    elsewhere in the image, so the default camera would put it in the wrong boxes. The link width and the
+    gripper are left out, so this is the arm's skeleton entering the box.
     """
     from cosmos_ros.sim.arm import forward_kinematics
     from cosmos_ros.sim.render import world_to_pixel
@@ -73,7 +77,7 @@ def sim_arm_in_regions(positions: np.ndarray, regions: Sequence[Any], height: in
     for i, q in enumerate(np.asarray(positions, np.float64)):
         base, elbow, wrist = forward_kinematics(q)
         pts = np.concatenate([base + samples * (elbow - base), elbow + samples * (wrist - elbow)])
-        uv = world_to_pixel(pts, width, height)
+        uv = world_to_pixel(pts, width, height, camera)
         for region in regions:
             rs, cs = region.pixel_slice(height, width)
             inside = (

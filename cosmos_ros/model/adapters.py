@@ -12,10 +12,13 @@ An adapter directory (the contract in docs/ARCHITECTURE.md):
     transformer.safetensors           full mode only: every transformer weight
     action_conditioning.safetensors   action MLPs; metadata `config` = ActionEmbedder.config()
     README.md                         the adapter card (huggingface_hub.ModelCard): YAML card data with
-                                      a `cosmos_ros` section (base model as an absolute path or hub id,
+                                      a `cosmos_ros` section (base model as a shipped short name such as
+                                      `sim_twin`, an absolute path or a hub id,
                                       revision, transformer config, mode, dataset stats, action tokenizer,
                                       clip geometry, preprocessing spec, prompt cache path), then prose
     cosmos_ros_card.json              the same section, in adapters written before the ModelCard: still read
+                                      (a base model's cosmos_ros_card.json, format cosmos_ros.base/1, is
+                                      not an adapter card: `cosmos_ros.model.base_card` reads it)
 Loading reads safetensors, JSON and YAML only: a pickle (`*.bin`, `*.pt`) in its place is refused, and so
 are weights that are not finite (a diverged run), so that a broken adapter never serves black frames.
 """
@@ -130,9 +133,15 @@ def adapter_state_dict(wm: WorldModel, cfg: AdapterConfig) -> dict[str, torch.Te
     return {PEFT_PREFIX + k: v for k, v in get_peft_model_state_dict(base).items()}
 
 
-def resolvable_base(base: str) -> str:
-    """What a card stores for a base model: the absolute path of a local directory (a relative path would
-    resolve against whatever folder the predictor is started from), the hub id otherwise."""
+def resolvable_base(base: str, name: str | None = None) -> str:
+    """What a card stores for a base model: a shipped model's short name (``sim_twin``, when the training
+    config named it so: its folder differs from machine to machine, the name resolves on each through
+    `cosmos_ros.model.registry.resolve_base`), else the absolute path of a local directory (a relative path
+    would resolve against whatever folder the predictor is started from), else the hub id."""
+    from cosmos_ros.model.registry import SHIPPED_MODELS
+
+    if name is not None and str(name) in SHIPPED_MODELS and not Path(str(name)).exists():
+        return str(name)
     p = Path(base).expanduser()
     return str(p.resolve()) if p.exists() else str(base)
 
@@ -142,11 +151,18 @@ def save_adapter(
     out_dir: str | Path,
     cfg: AdapterConfig,
     card: dict[str, Any] | None = None,
+    base_name: str | None = None,
 ) -> Path:
-    """Write the adapter directory (module docstring) for `wm` trained with `cfg`; return its path."""
+    """Write the adapter directory (module docstring) for `wm` trained with `cfg`; return its path.
+
+    ``base_name``: the base as the training config named it; a shipped model's short name is stored as such
+    (`resolvable_base`), so the adapter loads on a machine where the twin lies elsewhere."""
+    from cosmos_ros.model.registry import SHIPPED_MODELS
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    base = resolvable_base(wm.source.base)
+    base = resolvable_base(wm.source.base, base_name)
+    shipped = base in SHIPPED_MODELS
     sd = adapter_state_dict(wm, cfg)
     if cfg.mode == "full":
         _safe_save(sd, out / "transformer.safetensors", {"format": "pt"})
@@ -167,6 +183,7 @@ def save_adapter(
         "format": "cosmos_ros.adapter/1",
         "base_model": base,
         "base_model_is_local": Path(base).is_absolute(),
+        "base_model_shipped": shipped,  # a short name of cosmos_ros.model.registry (resolved where loaded)
         "revision": wm.source.revision,
         "transformer_config": wm.source.transformer_config,
         "adapter": asdict(cfg),
@@ -185,7 +202,10 @@ def model_card(card: dict[str, Any]) -> Any:
     plain = json.loads(json.dumps(card, default=str))  # YAML-safe: tuples, paths, numpy scalars -> JSON types
     data = ModelCardData(
         library_name="peft",
-        base_model=None if card.get("base_model_is_local") else card["base_model"],
+        # the hub's base_model field takes hub ids only: not a local path nor one of our short names
+        base_model=None
+        if card.get("base_model_is_local") or card.get("base_model_shipped")
+        else card["base_model"],
         tags=["cosmos", "world-model", "robotics", str(card["adapter"]["mode"])],
         **{CARD_SECTION: plain},
     )
@@ -218,10 +238,23 @@ def _model_card_markdown(card: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _base_model_card(d: Path) -> bool:
+    """Whether ``d/cosmos_ros_card.json`` is a base model's card (the sim twin's), not an older adapter's."""
+    from cosmos_ros.model.base_card import is_base_card
+
+    try:
+        return is_base_card(json.loads((d / CARD_NAME).read_text()))
+    except (OSError, json.JSONDecodeError):
+        return False
+
+
 def is_adapter_dir(path: str | Path) -> bool:
-    """Whether ``path`` holds a cosmos_ros adapter card (model card or the older JSON card)."""
+    """Whether ``path`` holds a cosmos_ros adapter card (model card or the older JSON card); a base model
+    folder with its own card (the sim twin, `cosmos_ros.model.base_card`) is not an adapter."""
     d = Path(path)
-    return (d / CARD_NAME).is_file() or _model_card_section(d) is not None
+    if _model_card_section(d) is not None:
+        return True
+    return (d / CARD_NAME).is_file() and not _base_model_card(d)
 
 
 def _model_card_section(d: Path) -> dict[str, Any] | None:
@@ -251,6 +284,11 @@ def read_card(adapter_dir: str | Path) -> dict[str, Any]:
         raise AdapterError(str(e)) from None
     card = _model_card_section(d)
     source = d / MODEL_CARD_NAME
+    if card is None and _base_model_card(d):
+        raise AdapterError(
+            f"{d} is a base model (its {CARD_NAME} is a base model card), not an adapter: pass it as the "
+            "base model (base_model / --base), with no adapter or with an adapter trained on it"
+        )
     if card is None:
         source = d / CARD_NAME
         try:
@@ -373,9 +411,11 @@ def card_base_model(card: dict[str, Any], adapter_dir: Path) -> str:
 
     Cards store an absolute path (or a hub id); older cards stored the path as typed, relative to the
     trainer's working directory: it is tried as given, then next to the adapter directory."""
+    from cosmos_ros.model.registry import SHIPPED_MODELS
+
     base = str(card.get("base_model") or "")
-    if not base or Path(base).is_absolute() or Path(base).exists():
-        return base
+    if not base or Path(base).is_absolute() or Path(base).exists() or base in SHIPPED_MODELS:
+        return base  # a shipped short name (sim_twin) resolves where it is loaded (registry.resolve_base)
     for root in (adapter_dir, adapter_dir.parent, adapter_dir.parent.parent):
         if (root / base).is_dir():
             return str((root / base).resolve())

@@ -273,15 +273,24 @@ class PredictorNode(LifecycleNode):
         )
 
     def _check_stream_against_card(self) -> PreprocessSpec | None:
-        """Configure-time check of the parameters against the adapter card's preprocessing spec: the
-        predicted camera must be one the adapter was trained on and the size its own. Reads only the card
+        """Configure-time check of the parameters against the model's preprocessing spec: the adapter
+        card's, or without an adapter the base model's own card (the sim twin's, `model.base_card`). The
+        predicted camera must be one the model was trained on and the size its own. Reads only the card
         (cheap); the model itself loads later on the worker thread."""
         adapter = self.p["adapter"]
-        if not adapter:
-            return None
-        from cosmos_ros.model.adapters import read_card
+        if adapter:
+            from cosmos_ros.model.adapters import read_card
 
-        spec = PreprocessSpec.from_card(read_card(adapter))
+            spec = PreprocessSpec.from_card(read_card(adapter))
+            source = "the adapter card"
+        else:
+            from cosmos_ros.model.base_card import base_card_spec, read_base_card
+
+            base_card = read_base_card(self.p["base_model"])  # None: a base without a card (NVIDIA's)
+            if base_card is None:
+                return None
+            spec = base_card_spec(base_card)
+            source = f"the card of base model {self.p['base_model']!r}"
         # the camera as named (a renamed camera keeps the trained name and is remapped onto its new one)
         # or as remapped (a launch file's remapping onto the trained camera): either may be the trained one
         named = self.p["camera_topics"][0]
@@ -307,7 +316,7 @@ class PredictorNode(LifecycleNode):
                 errors.append(str(exc))
         else:
             raise ValueError(errors[-1])
-        self.get_logger().info(f"preprocessing from the adapter card: {spec.brief()}")
+        self.get_logger().info(f"preprocessing from {source}: {spec.brief()}")
         return spec
 
     def _resolved(self, topic: str) -> str:

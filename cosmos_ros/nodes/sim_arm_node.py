@@ -34,11 +34,10 @@ from cosmos_ros.sim import (
     JOINT_NAMES,
     ArmConfig,
     ArmSim,
-    Scene,
     make_trajectory,
     render_frame,
 )
-from cosmos_ros.sim.variants import Cell, cell_for
+from cosmos_ros.sim.variants import node_cell
 
 __all__ = ["NODE_NAME", "PARAMETERS", "SimArmNode", "main"]
 
@@ -55,10 +54,7 @@ class SimArmNode(Node):
             trajectory=make_trajectory(p["trajectory"], ArmConfig(), p["seed"]),
             command_timeout=p["command_timeout"],
         )
-        if p["cell"] == "default":
-            self.cell = Cell(scene=Scene.seeded(p["seed"], p["num_objects"]))
-        else:
-            self.cell = cell_for(p["cell"], p["seed"])
+        self.cell = node_cell(p["cell"], p["seed"], p["num_objects"])
         self._t0 = time.monotonic()
         self._last_step = self._t0
         self._stamp = self.get_clock().now().to_msg()

@@ -223,22 +223,30 @@ class Predictor:
             model = load_world_model(
                 base or None, adapter, merge=merge, device=dev, dtype=tdtype, revision=revision
             )
-            base = base or card_base_model(card, Path(adapter))
+            # the card may name a shipped short name (sim_twin): its folder on this machine
+            base = resolve_base(base or card_base_model(card, Path(adapter)))
             if card.get("tokenizer"):
                 from cosmos_ros.tokens import ActionTokenizer
 
                 tokenizer = ActionTokenizer.from_dict(card["tokenizer"])
         else:
+            from cosmos_ros.model.base_card import read_base_card
+
             model = WorldModel.from_pretrained(
                 base, revision=revision, action_dim=action_dim, device=dev, dtype=tdtype
             )
-            if base and (Path(base) / "cosmos_ros_card.json").is_file():
-                # a base trained by cosmos_ros (the sim twin) carries its tokenizer and clip geometry
-                card = json.loads((Path(base) / "cosmos_ros_card.json").read_text())
-                if card.get("tokenizer"):
-                    from cosmos_ros.tokens import ActionTokenizer
+            # a base trained by cosmos_ros (the sim twin) carries its tokenizer, clip geometry and spec
+            card = read_base_card(base) or {}
+            if card:
+                from cosmos_ros.tokens import ActionTokenizer
 
-                    tokenizer = ActionTokenizer.from_dict(card["tokenizer"])
+                tokenizer = ActionTokenizer.from_dict(card["tokenizer"])
+        if tokenizer is not None and tokenizer.stats:
+            LOG.info(
+                "action statistics from %s (fitted on %s actions)",
+                f"the card of adapter {adapter}" if adapter else f"the card of base model {base}",
+                tokenizer.stats.get("count"),
+            )
         geo = card.get("geometry") or {}
         spec = PreprocessSpec.from_card(card) if card else None  # logs the default for older cards
         is_tiny = (Path(base) / "model_index.json").is_file() and json.loads(

@@ -16,7 +16,9 @@ the pose in every cell given that cell's camera. ``cell_for(set, seed)`` is a pu
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -59,6 +61,28 @@ class Cell:
             "sky_bottom": list(self.scene.sky_bottom),
             "table_rgb": list(self.scene.table_rgb),
         }
+
+
+def camera_from_description(description: Mapping[str, Any] | None) -> Camera | None:
+    """The camera of a cell as :meth:`Cell.describe` wrote it (an episode's ``episode.json``, a clip index's
+    episode entry); None when the description has no camera (a real recording, an older sim episode).
+
+    ValueError naming the field when the camera is malformed, so a hand-edited index fails loudly instead of
+    silently falling back to the default view (whose poses would then be read wrongly).
+    """
+    if not description or not isinstance(description.get("camera"), Mapping):
+        return None
+    cam = description["camera"]
+    try:
+        cx, cy = (float(v) for v in cam["center"])
+        return Camera(
+            center=(cx, cy), half_height=float(cam["half_height"]), roll=float(cam.get("roll", 0.0))
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"cell {description.get('name', '?')!r}: camera {dict(cam)!r} is not center [x, y], half_height, "
+            f"roll ({exc}); regenerate the episode or fix its episode.json and rebuild the clips"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -189,3 +213,11 @@ def cell_for(variant_set: str, seed: int) -> Cell:
     if variant_set == "default":
         return Cell(scene=Scene.seeded(seed), name=f"default-{seed}")
     raise ValueError(f"unknown variant set {variant_set!r}; use one of {', '.join(VARIANT_SETS)}")
+
+
+def node_cell(cell: str, seed: int, num_objects: int) -> Cell:
+    """The cell the sim node renders for its parameters ``cell``, ``seed`` and ``num_objects`` (the
+    ``default`` cell places ``num_objects`` seeded objects; the named sets draw by seed)."""
+    if cell == "default":
+        return Cell(scene=Scene.seeded(seed, num_objects))
+    return cell_for(cell, seed)

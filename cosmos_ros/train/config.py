@@ -91,6 +91,10 @@ class RunSection:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     val_every: int = 250
+    # Wall-time budget of this process in minutes (0: none). The LR schedule runs on whichever of
+    # optim.max_steps or max_minutes binds first, so a run stopped by its budget still ends annealed, and
+    # the adapter is saved as at max_steps. For fixed-budget runs (the sim twin's 25-minute recipe).
+    max_minutes: float = 0.0
     val_batches: int = 8
     val_twin_clips: int = 4  # val clips sampled for the twin figures (evaluate.training); 0: off
     preview_every: int = 500  # 0: never
@@ -148,6 +152,7 @@ class TrainConfig:
             (r.preview_format in ("gif", "mp4"), "run.preview_format: gif | mp4"),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (r.val_twin_clips >= 0, "run.val_twin_clips must be >= 0"),
+            (r.max_minutes >= 0, "run.max_minutes must be >= 0 (0: no time budget)"),
             (
                 self.model.dtype in ("float32", "bfloat16", "float16"),
                 "model.dtype: float32 | bfloat16 | float16",

@@ -38,7 +38,7 @@ import yaml
 
 from cosmos_ros.sim.dataset import DEFAULT_PROMPT, GenerateConfig
 
-STAGES = ("generate", "clips", "vae", "base", "latents", "transformer", "export")
+STAGES = ("generate", "clips", "vae", "base", "latents", "transformer", "export", "evaluate")
 
 #: Every stage's counts and sizes cut down so the whole pipeline runs on CPU in about a minute.
 SMOKE: dict[str, Any] = {
@@ -47,12 +47,12 @@ SMOKE: dict[str, Any] = {
     "clips": {"val_fraction": 0.34, "stride": 6},
     "vae": {
         "base_dim": 4,
+        "decoder_base_dim": 4,
         "steps": 2,
         "batch_size": 2,
         "val_clips": 2,
         "stats_clips": 2,
         "cpu": True,
-        "num_workers": 0,
     },
     "transformer": {"num_layers": 1, "num_attention_heads": 2, "attention_head_dim": 16, "adaln_lora_dim": 8},
     "train": {
@@ -318,6 +318,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
     from safetensors.torch import load_file
 
     from cosmos_ros.model.adapters import read_card
+    from cosmos_ros.model.base_card import BASE_CARD_NAME, BASE_FORMAT
     from cosmos_ros.model.world_model import ACTION_CONDITIONING_FILE
 
     e = cfg.get("export", {})
@@ -351,7 +352,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
     vae_report = json.loads((out / "vae" / "vae_report.json").read_text())
     (dest / "vae_losses.json").write_text(json.dumps(vae_report.get("losses", {})))
     card = {
-        "format": "cosmos_ros.base/1",
+        "format": BASE_FORMAT,  # read by cosmos_ros.model.base_card (never taken for an adapter card)
         "name": "sim_twin",
         "tokenizer": adapter_card.get("tokenizer"),
         "geometry": adapter_card.get("geometry"),
@@ -364,7 +365,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         "pipeline": report,
         "recipe": {k: v for k, v in cfg.items() if k != "progress"},
     }
-    (dest / "cosmos_ros_card.json").write_text(json.dumps(card, indent=1, default=str))
+    (dest / BASE_CARD_NAME).write_text(json.dumps(card, indent=1, default=str))
     sizes = {str(p.relative_to(dest)): p.stat().st_size for p in dest.rglob("*") if p.is_file()}
     total = sum(sizes.values())
     biggest = max(sizes.items(), key=lambda kv: kv[1])
@@ -384,6 +385,82 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         "largest_file": biggest[0],
         "over_limits": over,
     }
+
+
+def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> dict[str, Any]:
+    """Stage 8: the evaluation command's figures for the shipped folder on the held-out cells' clips
+    (`cosmos_ros.evaluate`, against "nothing moves"), written into its card and model card and beside it
+    as ``<twin>/eval/`` (report.md, eval.json, curves.png). Runs on the GPU when there is one, else the CPU
+    (the twin is sized for it); ``evaluate.max_clips`` bounds the time."""
+    from cosmos_ros.evaluate.report import write_outputs
+    from cosmos_ros.evaluate.runner import EvalSettings, evaluate
+    from cosmos_ros.model.base_card import BASE_CARD_NAME
+
+    twin = twin or out / "sim_twin"
+    clips = out / "clips_heldout"
+    if not (clips / "clips.json").is_file():
+        raise FileNotFoundError(f"{clips}/clips.json not found: run the generate and clips stages first")
+    e = cfg.get("evaluate", {})
+    settings = EvalSettings(
+        base=str(twin),
+        clips=str(clips),
+        split="all",
+        max_clips=int(e.get("max_clips", 96)),
+        num_steps=int(e.get("num_steps", 10)),
+        seed=int(e.get("seed", 0)),
+        grid_clips=int(e.get("grid_clips", 3)),
+        progress=bool(cfg.get("progress", True)),
+    )
+    results = evaluate(settings)
+    write_outputs(results, twin / "eval")
+    summary = twin_figures(results)
+    card_path = twin / BASE_CARD_NAME
+    card = json.loads(card_path.read_text())
+    card["evaluation"] = summary
+    card_path.write_text(json.dumps(card, indent=1, default=str))
+    total = sum(p.stat().st_size for p in twin.rglob("*.safetensors"))
+    (twin / "README.md").write_text(_model_card(card, total))
+    return summary
+
+
+def twin_figures(results: dict[str, Any]) -> dict[str, Any]:
+    """The figures the issue's targets name, from an evaluation's results (eval.json)."""
+
+    def mean(ci: Any) -> float | None:
+        return None if not ci or ci.get("mean") is None else round(float(ci["mean"]), 4)
+
+    figs = results["figures"]
+    twin, still = figs["base"], figs["nothing_moves"]
+    out: dict[str, Any] = {
+        "clips": results["clips"]["count"],
+        "clips_dir": results["settings"]["clips"],
+        "num_steps": results["settings"]["num_steps"],
+        "psnr_moving_db": mean(twin["fidelity"]["psnr_moving"]["overall"]),
+        "psnr_moving_nothing_moves_db": mean(still["fidelity"]["psnr_moving"]["overall"]),
+    }
+    pose, pose_still = twin.get("pose"), still.get("pose")
+    if pose and pose_still:
+        out.update(
+            pose_joints=pose.get("overall_joints"),
+            pose_error=mean(pose["overall"]),
+            pose_error_nothing_moves=mean(pose_still["overall"]),
+            pose_per_joint={j: mean(v) for j, v in pose["per_joint"].items()},
+            pose_per_joint_nothing_moves={j: mean(v) for j, v in pose_still["per_joint"].items()},
+            unreadable_frames=pose["unreadable_frames"],
+            frames=pose["frames"],
+        )
+        if out["pose_error"] is not None and out["pose_error_nothing_moves"]:
+            out["pose_error_ratio"] = round(out["pose_error"] / out["pose_error_nothing_moves"], 3)
+    shuffled = twin.get("shuffled_actions")
+    if shuffled:
+        out["shuffled_ratio"] = mean(shuffled["ratio"])
+        out["shuffled_x_worse"] = mean(shuffled.get("shuffled_x_worse"))
+    verdicts = (twin.get("verdicts") or {}).get("vs_geometry")
+    if verdicts:
+        out["verdict_agreement_vs_simulator"] = verdicts.get("agreement")
+        out["verdict_collisions_in_truth"] = verdicts.get("collisions_reference")
+        out["verdict_clips"] = verdicts.get("n")
+    return out
 
 
 def _model_card(card: dict[str, Any], total: int) -> str:
@@ -419,6 +496,31 @@ def _model_card(card: dict[str, Any], total: int) -> str:
         "Reproduce: `tools/train_sim_twin.sh <out>` (config/sim_twin.yaml) on one GPU.",
         "",
     ]
+    ev = card.get("evaluation")
+    if ev:
+        lines += [
+            "## Evaluation (cosmos-evaluate, held-out cells)",
+            "",
+            f"{ev.get('clips')} clips of held-out cells (scenes, lighting and camera poses not trained on), "
+            f"12 predicted frames, {ev.get('num_steps')} sampling steps; full report in `eval/report.md`.",
+            "",
+            "| figure | twin | nothing moves |",
+            "|---|---|---|",
+            f"| PSNR on moving pixels [dB] | {ev.get('psnr_moving_db')} | "
+            f"{ev.get('psnr_moving_nothing_moves_db')} |",
+            f"| pose error [rad], {', '.join(ev.get('pose_joints') or [])} | {ev.get('pose_error')} | "
+            f"{ev.get('pose_error_nothing_moves')} |",
+        ]
+        for j, value in (ev.get("pose_per_joint") or {}).items():
+            still = (ev.get("pose_per_joint_nothing_moves") or {}).get(j)
+            lines.append(f"| pose error {j} | {value} | {still} |")
+        lines += [
+            f"| frames whose pose cannot be read | {ev.get('unreadable_frames')}/{ev.get('frames')} | |",
+            f"| shuffled-action ratio (own / another clip's actions) | {ev.get('shuffled_ratio')} | |",
+            f"| verdict agreement with the simulator | {ev.get('verdict_agreement_vs_simulator')} "
+            f"({ev.get('verdict_collisions_in_truth')} collisions in {ev.get('verdict_clips')} clips) | |",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -440,6 +542,7 @@ def run(
         "latents": lambda: encode_latents(cfg, out),
         "transformer": lambda: train_transformer(cfg, out),
         "export": lambda: export(cfg, out, report),
+        "evaluate": lambda: evaluate_twin(cfg, out),
     }
     unknown = [s for s in stages if s not in fns]
     if unknown:

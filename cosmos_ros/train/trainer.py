@@ -29,7 +29,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -165,6 +165,10 @@ class StopSignals:
             )
 
 
+def _fmt(values: torch.Tensor) -> str:
+    return "[" + ", ".join(f"{float(v):.4g}" for v in values) + "]"
+
+
 def _gen(seed: int, *parts: int) -> torch.Generator:
     s = seed
     for p in parts:
@@ -221,7 +225,14 @@ class Trainer:
 
         self.base = resolve_base(cfg.model.base)  # a short name (sim_twin) -> its installed folder
         self.revision = hub_revision(self.base, cfg.model.revision)
+        from cosmos_ros.model.base_card import read_base_card
+
+        # a base trained by cosmos_ros (the sim twin) has an action tokenizer its action MLPs were trained
+        # with: the clips must match it (checked before any encoding), and its statistics normalise them
+        self.base_card = read_base_card(self.base)
+        self._check_clips_against_base()
         self.train_set, self.val_set = self._prepare_latents()
+        self._use_base_action_stats()
         self.prompts = self._on_all_ranks("loading the prompt embeddings", self._load_prompts)
         self._on_all_ranks("building the model", self._build_model)
         self._prepare_for_training()
@@ -252,6 +263,83 @@ class Trainer:
         return result
 
     # ------------------------------------------------------------------ data
+    def _clips_tokenizer(self) -> dict[str, Any] | None:
+        """The clips' action tokenizer dict: given, else the clips folder's tokenizer.json (None: unknown)."""
+        if self.tokenizer_dict is not None:
+            return self.tokenizer_dict
+        tok = getattr(self._train_ds, "tokenizer", None)
+        if tok is not None and callable(getattr(tok, "to_dict", None)):
+            return tok.to_dict()
+        if self.cfg.data.clips_dir and (Path(self.cfg.data.clips_dir) / "tokenizer.json").is_file():
+            return json.loads((Path(self.cfg.data.clips_dir) / "tokenizer.json").read_text())
+        return None
+
+    def _check_clips_against_base(self) -> None:
+        """ValueError naming each difference and the fix when the clips' action tokenizer (mode, joint
+        names and order, gripper joints, fps) is not the one the base's action MLPs were trained with."""
+        from cosmos_ros.model.base_card import base_tokenizer_differences
+
+        clips_tok = self._clips_tokenizer()
+        if self.base_card is None or clips_tok is None or not self.cfg.model.action_conditioning:
+            return
+        base_tok = self.base_card["tokenizer"]
+        diffs = base_tokenizer_differences(base_tok, clips_tok)
+        if diffs:
+            raise ValueError(
+                f"the clips' action tokenizer does not match the one in base model {self.cfg.model.base!r}'s "
+                "card, whose trained action MLPs would read these actions as other joints or units:\n  "
+                + "\n  ".join(diffs)
+                + f"\nRebuild the clips as the base was trained: build_clips ... --joint-names "
+                f"{','.join(base_tok.get('joint_names') or [])} --action-mode {base_tok.get('mode')} "
+                f"--fps {base_tok.get('fps')}"
+                + (
+                    f" --gripper-joints {','.join(base_tok['gripper_joints'])}"
+                    if base_tok.get("gripper_joints")
+                    else ""
+                )
+                + ", or fine-tune a base trained on this robot's action layout"
+            )
+
+    def _use_base_action_stats(self) -> None:
+        """Normalise the actions with the base card's statistics when the base has a card.
+
+        The clips' labels are normalised with statistics fitted on the new clips (build_clips); the base's
+        trained action MLPs expect the base's normalisation. ``(a_clips * std_c + mean_c - mean_b) / std_b``
+        turns one into the other exactly (the latent cache keeps the clips' labels, so it stays valid), and
+        the adapter card then carries the base's tokenizer, so serving and evaluation normalise raw actions
+        the same way. One log line says which statistics are used."""
+        clips_tok = self._clips_tokenizer()
+        has_actions = self.train_set.actions is not None and self.cfg.model.action_conditioning
+        if self.base_card is None or not has_actions:
+            if has_actions and self.is_main:
+                print("train: action statistics: the clips' own (fitted on their train split)", flush=True)
+            return
+        base_tok = self.base_card["tokenizer"]
+        base_stats = base_tok.get("stats") or {}
+        clips_stats = (clips_tok or {}).get("stats") or {}
+        if not base_stats.get("std") or not clips_stats.get("std"):
+            if self.is_main:
+                print(
+                    f"train: action statistics: the clips' as given (base {self.cfg.model.base!r} or the "
+                    "clips carry no statistics to convert between)",
+                    flush=True,
+                )
+            return
+        mean_c, std_c = (torch.tensor(clips_stats[k], dtype=torch.float32) for k in ("mean", "std"))
+        mean_b, std_b = (torch.tensor(base_stats[k], dtype=torch.float32) for k in ("mean", "std"))
+        for lset in (self.train_set, self.val_set):
+            if lset is not None and lset.actions is not None:
+                lset.actions = (lset.actions.float() * std_c + mean_c - mean_b) / std_b
+        self.tokenizer_dict = dict(base_tok)
+        if self.is_main:
+            print(
+                f"train: action statistics: from the card of base model {self.cfg.model.base!r} (fitted on "
+                f"{base_stats.get('count')} actions; mean {_fmt(mean_b)}, std {_fmt(std_b)}), not the clips' "
+                f"own (mean {_fmt(mean_c)}, std {_fmt(std_c)}): its trained action MLPs see the inputs they "
+                "were trained on; the adapter card carries the base's tokenizer",
+                flush=True,
+            )
+
     def _latent_dir(self) -> Path:
         return (
             Path(self.cfg.data.latent_cache_dir) if self.cfg.data.latent_cache_dir else self.out / "latents"
@@ -433,6 +521,27 @@ class Trainer:
         self.lr_scheduler = make_lr_scheduler(
             self.optimizer, cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps
         )
+        self._budget_start: float | None = None  # set when training starts (run.max_minutes)
+        if cfg.run.max_minutes > 0:
+            by_steps = self.lr_scheduler.lr_lambdas[0]
+            self.lr_scheduler.lr_lambdas = [lambda s: by_steps(max(s, self._budget_step()))]
+
+    def _budget_fraction(self) -> float:
+        """Share of run.max_minutes used so far (0 without a budget or before training starts)."""
+        if self.cfg.run.max_minutes <= 0 or self._budget_start is None:
+            return 0.0
+        return (time.time() - self._budget_start) / (60.0 * self.cfg.run.max_minutes)
+
+    def _budget_step(self) -> int:
+        """The step the time used stands for on the max_steps schedule (see RunConfig.max_minutes)."""
+        return int(min(1.0, self._budget_fraction()) * self.cfg.optim.max_steps)
+
+    def _out_of_time(self) -> bool:
+        """True on every rank once any rank's budget is spent (ranks must leave the loop together)."""
+        if self.cfg.run.max_minutes <= 0:
+            return False
+        flag = torch.tensor(float(self._budget_fraction() >= 1.0), device=self.accel.device)
+        return bool(self.accel.reduce(flag, reduction="sum") > 0) if self.world > 1 else bool(flag > 0)
 
     def _prepare_for_training(self) -> None:
         """Wrap model and optimizer for the run: the first collective after building (DDP broadcasts the
@@ -822,6 +931,7 @@ class Trainer:
         losses: dict[int, float] = {}
         val_losses: dict[int, float] = {}
         t0 = time.time()
+        self._budget_start = t0
         self.model.train()
         b, k = o.batch_size, o.grad_accum
         try:
@@ -881,6 +991,14 @@ class Trainer:
                 if cfg.run.checkpoint_every and self.step % cfg.run.checkpoint_every == 0:
                     self.save_checkpoint()
                     saved_step = self.step
+                if self._out_of_time():
+                    if self.is_main:
+                        print(
+                            f"train: run.max_minutes={cfg.run.max_minutes} spent at step {self.step} of "
+                            f"{o.max_steps}; the schedule ended with it, saving the result",
+                            flush=True,
+                        )
+                    break
         finally:
             if bar is not None:
                 bar.close()
@@ -957,7 +1075,10 @@ class Trainer:
             "prompt_cache": str(self.prompts.path) if self.prompts.path else None,
             "preprocessing": self._preprocessing_spec(),
         }
-        return save_adapter(wm, self.out / "adapter", self.adapter_cfg, card)
+        # a shipped short name (sim_twin) is stored as such: the adapter loads where the twin lies elsewhere
+        return save_adapter(
+            wm, self.out / "adapter", self.adapter_cfg, card, base_name=str(self.cfg.model.base)
+        )
 
     def _preprocessing_spec(self) -> dict[str, Any]:
         """The clips' preprocessing spec (cosmos_ros.preprocessing) for the adapter card, so the predictor
@@ -973,7 +1094,10 @@ class Trainer:
         ):
             index = json.loads((Path(self.cfg.data.clips_dir) / "clips.json").read_text())
         if isinstance(index, dict) and "height" in index:
-            return PreprocessSpec.from_clips_index(index, self.tokenizer_dict).to_dict()
+            spec = PreprocessSpec.from_clips_index(index, self.tokenizer_dict)
+            # the tokenizer the model was trained with (the base's statistics on a carded base), not the
+            # one the clip builder fitted
+            return replace(spec, tokenizer=self.tokenizer_dict or spec.tokenizer).to_dict()
         tok = self.tokenizer_dict or {}
         return PreprocessSpec(
             height=int(self.train_set.latents.shape[3]) * 8,

@@ -57,7 +57,8 @@ class VaeTrainConfig:
     stats_clips: int = 256  # training clips for the latent mean/std
     mixed_precision: str = "bf16"  # no | bf16 | fp16 (CUDA); CPU runs float32
     cpu: bool = False
-    num_workers: int = 4
+    max_bank_gb: float = 24.0  # frames held on the device (FrameBank); past it, shards are skipped evenly
+    memory_format: str = "auto"  # CUDA layout of the 3-D convs: auto (timed) | contiguous | channels_last
     log_every: int = 25
     seed: int = 0
     progress: bool = True
@@ -65,6 +66,8 @@ class VaeTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("vae: steps and batch_size must be >= 1 and lr > 0")
+        if self.memory_format not in ("auto", "contiguous", "channels_last"):
+            raise ValueError(f"vae.memory_format={self.memory_format!r}: use auto, contiguous, channels_last")
         if self.z_dim < 1 or self.base_dim < 1 or len(self.dim_mult) != 4:
             raise ValueError("vae: z_dim and base_dim must be >= 1 and dim_mult has 4 entries (8x spatial)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -113,6 +116,62 @@ def to_video(frames: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.
     return frames.permute(0, 4, 1, 2, 3).to(dtype) / 127.5 - 1.0
 
 
+class FrameBank:
+    """Every frame of one split's shards in one uint8 tensor on the training device, with clip starts.
+
+    Why: reading 13-frame clips one by one from the shards (a DataLoader of `ClipDataset`) kept an H200 at
+    about 4.5 VAE steps/s, the loop waiting on data. The sim cell's frames are small (64x80: 15 KB each, a few
+    GB for hundreds of thousands), so the split is loaded once and batches are gathered on the device.
+    Overlapping clips share their frames as in the shards. `max_gb` bounds the bank: past it, whole shards
+    are skipped (evenly), and the log says how many.
+    """
+
+    def __init__(self, ds: Any, device: torch.device, max_gb: float = 24.0) -> None:
+        from safetensors import safe_open
+
+        shards = ds._shards  # the dataset's own shard list (split and camera applied)
+        sizes = []
+        for shard in shards:
+            with safe_open(str(ds.root / shard["file"]), framework="numpy") as f:
+                shape = f.get_slice("frames").get_shape()
+            sizes.append(int(shape[0]) * int(shape[1]) * int(shape[2]) * int(shape[3]))
+        keep = list(range(len(shards)))
+        total = sum(sizes)
+        if total > max_gb * 1e9:
+            step = total / (max_gb * 1e9)
+            keep = sorted({int(i * step) for i in range(int(len(shards) / step))})
+        self.skipped = len(shards) - len(keep)
+        frames, starts = [], []
+        offset = 0
+        for si in keep:
+            shard = shards[si]
+            with safe_open(str(ds.root / shard["file"]), framework="numpy") as f:
+                arr = f.get_tensor("frames")
+            frames.append(torch.from_numpy(arr))
+            starts += [offset + int(clip["start"]) for clip in shard["clips"]]
+            offset += int(arr.shape[0])
+        if not starts:
+            raise ValueError(f"{ds.root}: no clips in split {ds.split!r} to train the VAE on")
+        self.frames = torch.cat(frames).to(device)  # [F, H, W, 3] uint8
+        self.starts = torch.tensor(starts, dtype=torch.long, device=device)
+        self.num_frames = int(ds.num_frames)
+        self._offsets = torch.arange(self.num_frames, device=device)
+
+    def __len__(self) -> int:
+        return int(self.starts.shape[0])
+
+    def clips(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 clips [B, T, H, W, 3] of the clip numbers `index` (a tensor on the bank's device)."""
+        rows = self.starts[index].unsqueeze(1) + self._offsets
+        return self.frames[rows]
+
+    def batches(self, batch_size: int, count: int | None = None) -> Any:
+        """The first `count` clips (all by default) in order, `batch_size` at a time."""
+        n = len(self) if count is None else min(count, len(self))
+        for a in range(0, n, batch_size):
+            yield self.clips(torch.arange(a, min(a + batch_size, n), device=self.starts.device))
+
+
 def reconstruction_loss(
     rec: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, arm_weight: float
 ) -> torch.Tensor:
@@ -158,43 +217,77 @@ class VaeTrainer:
             self.val_ds = None
         self.vae = AutoencoderKLWan(**cfg.architecture())
         self.params = sum(p.numel() for p in self.vae.parameters())
+        self.memory_format = torch.contiguous_format
+        t0 = time.time()
+        self.train_bank = FrameBank(self.train_ds, self.accel.device, cfg.max_bank_gb)
+        self.val_bank = FrameBank(self.val_ds, self.accel.device, cfg.max_bank_gb) if self.val_ds else None
+        bank = self.train_bank
+        skipped = f"; {bank.skipped} shards left out by vae.max_bank_gb" if bank.skipped else ""
+        print(
+            f"vae: {len(bank)} training clips ({bank.frames.shape[0]} frames, "
+            f"{bank.frames.numel() / 1e9:.2f} "
+            f"GB) on {self.accel.device} in {time.time() - t0:.1f} s{skipped}",
+            flush=True,
+        )
+        if self.accel.device.type == "cuda":
+            # fixed shapes (one clip size): let cuDNN pick the fastest 3-D convolution algorithms once
+            torch.backends.cudnn.benchmark = True
+            if cfg.memory_format == "auto":
+                try:
+                    self.memory_format = self._fastest_memory_format()
+                except RuntimeError as e:  # a layout the GPU's cuDNN cannot run: the plain one always runs
+                    print(f"vae: layout timing failed ({e}); using the contiguous layout", flush=True)
+                    torch.cuda.empty_cache()
+            elif cfg.memory_format == "channels_last":
+                self.memory_format = torch.channels_last_3d
+        self.vae.to(self.accel.device, memory_format=self.memory_format)
+        # made after the layout is chosen: the optimizer's state takes the parameters' layout
         self.opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, cfg.warmup_steps)
+        # Cosine decay over whichever budget binds first, steps or max_minutes: a run stopped by its time
+        # budget still ends at a low learning rate instead of being cut at the top of the schedule.
+        self.progress = 0.0
         self.sched = torch.optim.lr_scheduler.LambdaLR(
             self.opt,
-            lambda s: (
-                min(1.0, (s + 1) / warm)
-                * 0.5
-                * (1 + math.cos(math.pi * min(1.0, max(0, s - warm) / max(1, cfg.steps - warm))))
-            ),
+            lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + math.cos(math.pi * min(1.0, self.progress))),
         )
         self.vae, self.opt = self.accel.prepare(self.vae, self.opt)
 
-    def _loader(self, ds: Any, shuffle: bool, batch_size: int) -> Any:
-        from torch.utils.data import DataLoader
+    def _fastest_memory_format(self) -> torch.memory_format:
+        """Time a few training steps of a throwaway copy in each layout: cuDNN's 3-D convolutions on small
+        channel counts differ a lot between the two, and which wins depends on the GPU and the sizes."""
+        import copy
 
-        def collate(items: list[dict[str, Any]]) -> torch.Tensor:
-            return torch.stack([torch.as_tensor(it["frames"]) for it in items])
-
-        g = torch.Generator().manual_seed(self.cfg.seed)
-        workers = self.cfg.num_workers if self.accel.device.type == "cuda" else 0
-        return DataLoader(
-            ds,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            drop_last=shuffle and len(ds) >= batch_size,
-            num_workers=workers,
-            persistent_workers=workers > 0 and shuffle,
-            collate_fn=collate,
-            generator=g,
-            pin_memory=self.accel.device.type == "cuda",
+        times = {}
+        index = torch.arange(min(self.cfg.batch_size, len(self.train_bank)), device=self.accel.device)
+        frames = self.train_bank.clips(index)
+        for fmt in (torch.contiguous_format, torch.channels_last_3d):
+            trial = copy.deepcopy(self.vae).to(self.accel.device, memory_format=fmt)
+            t = time.perf_counter()
+            for i in range(4):
+                if i == 2:  # the first two calls pay for cuDNN's algorithm search
+                    torch.cuda.synchronize()
+                    t = time.perf_counter()
+                self._loss(trial, frames, fmt).backward()
+            torch.cuda.synchronize()
+            times[fmt] = (time.perf_counter() - t) / 2
+            del trial
+        best = min(times, key=lambda f: times[f])
+        print(
+            "vae: step time "
+            + ", ".join(f"{str(f).split('.')[-1]} {1000 * v:.0f} ms" for f, v in times.items())
+            + f" -> {str(best).split('.')[-1]}",
+            flush=True,
         )
+        return best
 
     def _step(self, frames: torch.Tensor) -> torch.Tensor:
-        frames = frames.to(self.accel.device, non_blocking=True)
-        x = to_video(frames)
+        return self._loss(self.accel.unwrap_model(self.vae), frames, self.memory_format)
+
+    def _loss(self, vae: Any, frames: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
+        """The training loss of one batch of uint8 clips (see the module docstring)."""
+        x = to_video(frames).contiguous(memory_format=memory_format)
         mask = arm_mask(frames)
-        vae = self.accel.unwrap_model(self.vae)
         with self.accel.autocast():
             post = vae.encode(x).latent_dist
             z = post.sample()
@@ -222,31 +315,37 @@ class VaeTrainer:
         t0 = time.time()
         step = 0
         self.vae.train()
-        loader = self._loader(self.train_ds, True, cfg.batch_size)
-        done = False
-        while not done:
-            for frames in loader:
-                loss = self._step(frames)
-                if not torch.isfinite(loss):
-                    raise RuntimeError(f"VAE loss is {float(loss)} at step {step + 1}; lower vae.lr")
-                self.accel.backward(loss)
-                if cfg.grad_clip > 0:
-                    self.accel.clip_grad_norm_(self.vae.parameters(), cfg.grad_clip)
-                self.opt.step()
-                self.sched.step()
-                self.opt.zero_grad(set_to_none=True)
-                step += 1
+        gen = torch.Generator(device=self.accel.device).manual_seed(cfg.seed)
+        n = len(self.train_bank)
+        while True:
+            index = torch.randint(n, (cfg.batch_size,), generator=gen, device=self.accel.device)
+            loss = self._step(self.train_bank.clips(index))
+            self.accel.backward(loss)
+            if cfg.grad_clip > 0:
+                self.accel.clip_grad_norm_(self.vae.parameters(), cfg.grad_clip)
+            self.opt.step()
+            step += 1
+            elapsed = time.time() - t0
+            self.progress = max(
+                max(0, step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps),
+                elapsed / (60 * cfg.max_minutes) if cfg.max_minutes > 0 else 0.0,
+            )
+            self.sched.step()
+            self.opt.zero_grad(set_to_none=True)
+            if step % cfg.log_every == 0 or step == 1 or step >= cfg.steps:
+                # read back only every log_every steps: a sync per step costs a small model half its speed
                 losses[step] = float(loss.detach())
-                if writer is not None and (step % cfg.log_every == 0 or step == 1):
+                if not math.isfinite(losses[step]):
+                    raise RuntimeError(f"VAE loss is {losses[step]} at step {step}; lower vae.lr")
+                if writer is not None:
                     writer.add_scalar("vae/loss", losses[step], step)
                     writer.add_scalar("vae/lr", self.sched.get_last_lr()[0], step)
                 if bar is not None:
-                    bar.update(1)
                     bar.set_postfix(loss=f"{losses[step]:.4f}")
-                out_of_time = cfg.max_minutes > 0 and time.time() - t0 > 60 * cfg.max_minutes
-                if step >= cfg.steps or out_of_time:
-                    done = True
-                    break
+            if bar is not None:
+                bar.update(1)
+            if step >= cfg.steps or self.progress >= 1.0:
+                break
         if bar is not None:
             bar.close()
         self.vae.eval()
@@ -277,12 +376,10 @@ class VaeTrainer:
     def latent_stats(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the posterior mode over `stats_clips` training clips."""
         vae = self.accel.unwrap_model(self.vae)
-        n = min(self.cfg.stats_clips, len(self.train_ds))
-        sub = torch.utils.data.Subset(self.train_ds, list(range(n)))
         s1 = s2 = None
         count = 0
-        for frames in self._loader(sub, False, self.cfg.batch_size):
-            x = to_video(frames.to(self.accel.device))
+        for frames in self.train_bank.batches(self.cfg.batch_size, self.cfg.stats_clips):
+            x = to_video(frames)
             with self.accel.autocast():
                 z = vae.encode(x).latent_dist.mode().float()
             flat = z.transpose(0, 1).reshape(z.shape[1], -1)
@@ -297,14 +394,11 @@ class VaeTrainer:
     @torch.no_grad()
     def evaluate(self) -> tuple[float, float]:
         """Held-out reconstruction PSNR (all pixels, arm pixels) with the posterior mode; NaN without val."""
-        if self.val_ds is None:
+        if self.val_bank is None:
             return float("nan"), float("nan")
         vae = self.accel.unwrap_model(self.vae)
-        n = min(self.cfg.val_clips, len(self.val_ds))
-        sub = torch.utils.data.Subset(self.val_ds, list(range(n)))
         se = se_arm = npx = npx_arm = 0.0
-        for frames in self._loader(sub, False, self.cfg.batch_size):
-            frames = frames.to(self.accel.device)
+        for frames in self.val_bank.batches(self.cfg.batch_size, self.cfg.val_clips):
             x = to_video(frames)
             with self.accel.autocast():
                 rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
