@@ -463,6 +463,10 @@ def twin_figures(results: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _num(value: Any) -> str:
+    return "n/a (unreadable)" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
 def _model_card(card: dict[str, Any], total: int) -> str:
     t = card.get("training") or {}
     v = card.get("vae") or {}
@@ -496,7 +500,9 @@ def _model_card(card: dict[str, Any], total: int) -> str:
         "Reproduce: `tools/train_sim_twin.sh <out>` (config/sim_twin.yaml) on one GPU.",
         "",
     ]
-    ev = card.get("evaluation")
+    if card.get("status"):
+        lines += [f"**Status:** {card['status']}", ""]
+    ev = {k: round(v, 3) if isinstance(v, float) else v for k, v in (card.get("evaluation") or {}).items()}
     if ev:
         lines += [
             "## Evaluation (cosmos-evaluate, held-out cells)",
@@ -513,7 +519,7 @@ def _model_card(card: dict[str, Any], total: int) -> str:
         ]
         for j, value in (ev.get("pose_per_joint") or {}).items():
             still = (ev.get("pose_per_joint_nothing_moves") or {}).get(j)
-            lines.append(f"| pose error {j} | {value} | {still} |")
+            lines.append(f"| pose error {j} | {_num(value)} | {_num(still)} |")
         lines += [
             f"| frames whose pose cannot be read | {ev.get('unreadable_frames')}/{ev.get('frames')} | |",
             f"| shuffled-action ratio (own / another clip's actions) | {ev.get('shuffled_ratio')} | |",
