@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -222,3 +223,24 @@ def test_time_budget_ends_the_run_annealed_and_saved(setup: dict[str, Any], tmp_
     assert 1 <= result.step < 100_000
     assert result.adapter_dir is not None and any(result.adapter_dir.iterdir())
     assert tr.lr_scheduler.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_time_budget_continues_across_a_resume(setup: dict[str, Any], tmp_path: Path) -> None:
+    """A checkpoint keeps the training time used: the resumed run starts from it, so the schedule and the
+    budget go on where they stopped (a preempted job does not get a fresh budget and a restarted schedule)."""
+    kw = {
+        "optim": {"max_steps": 100_000, "warmup_steps": 0, "lr_schedule": "cosine"},
+        "run": {"max_minutes": 0.5, "checkpoint_every": 2, "val_every": 0},
+    }
+    first = Trainer(train_config(setup["model"], tmp_path, setup["root"] / "latents", **kw), setup["train"])
+    first.train(stop_at=4)
+    used = first._budget_used()
+    resumed = Trainer(train_config(setup["model"], tmp_path, setup["root"] / "latents", **kw), setup["train"])
+    resumed._maybe_resume()
+    assert resumed.step == 4
+    assert 0 < resumed._budget_prior <= used
+    # the schedule resumes at the time-used point of its cosine, not at its top
+    lr0 = resumed.optimizer.param_groups[0]["initial_lr"]
+    expected = 0.5 * (1 + math.cos(math.pi * min(1.0, resumed._budget_prior / 30.0)))
+    assert resumed.lr_scheduler.lr_lambdas[0](resumed.step) == pytest.approx(expected, abs=0.05)
+    assert resumed.lr_scheduler.lr_lambdas[0](resumed.step) * lr0 < lr0

@@ -36,11 +36,6 @@ class PoseEstimator(ABC):
     #: joints for every model; each keeps its own error and unreadable count. Empty: every joint required.
     optional: tuple[bool, ...] = ()
 
-    def required(self) -> np.ndarray:
-        """Boolean mask over `joint_names` of the joints every readable frame must have."""
-        opt = np.asarray(self.optional or (False,) * len(self.joint_names), bool)
-        return ~opt
-
     @abstractmethod
     def estimate(self, frame: np.ndarray) -> np.ndarray | None:
         """uint8 [H, W, 3] -> positions [J] in `joint_names` order, or None when unreadable."""
@@ -132,6 +127,14 @@ def pick_estimator(spec: str, joint_names: Sequence[str]) -> PoseEstimator | Non
                 f"{list(joint_names)}; pick an estimator for this robot or --pose-estimator none"
             )
     return None
+
+
+def required_joints(estimator: Any) -> np.ndarray:
+    """Boolean mask over the estimator's `joint_names`: the joints every readable frame must have (all but
+    its `optional` ones; a plugin that does not subclass PoseEstimator may have no `optional`: all)."""
+    n = len(estimator.joint_names)
+    opt = tuple(getattr(estimator, "optional", ()) or ()) or (False,) * n
+    return ~np.asarray(opt, bool)
 
 
 def read_poses(estimator: PoseEstimator, frames: np.ndarray) -> np.ndarray:

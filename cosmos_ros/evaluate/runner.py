@@ -26,7 +26,7 @@ import numpy as np
 from cosmos_ros.evaluate import metrics
 from cosmos_ros.evaluate.baselines import BASELINES
 from cosmos_ros.evaluate.compat import check_clips_match_adapter
-from cosmos_ros.evaluate.pose import joint_columns, pick_estimator, pose_errors, read_poses
+from cosmos_ros.evaluate.pose import joint_columns, pick_estimator, pose_errors, read_poses, required_joints
 from cosmos_ros.evaluate.verdicts import SIM_ARM_JOINTS, agreement_figures, sim_arm_in_regions, verdicts
 
 LOG = logging.getLogger(__name__)
@@ -526,7 +526,7 @@ def summarize(
     seed = settings.seed
     est = ctx["estimator"]
     pose_joints = list(est.joint_names) if est is not None else []
-    required = est.required() if est is not None else None
+    required = required_joints(est) if est is not None else None
     true_verdicts = [c.verdict for c in clips] if ctx["checker"] is not None else None
     geometry = (
         [_geometric_verdict(c.geometry) for c in clips] if clips and clips[0].geometry is not None else None
@@ -541,8 +541,9 @@ def summarize(
                 run.err_true, run.err_shuffled, run.difference, seed=seed
             )
             if run.pose_shuffled:
+                keep = slice(None) if required is None else required  # the joints the overall error uses
                 per = [
-                    [float(_nanmean_rows(a.reshape(1, -1))[0]) for a in (t, s)]
+                    [float(_nanmean_rows(a[..., keep].reshape(1, -1))[0]) for a in (t, s)]
                     for t, s in zip(run.pose, run.pose_shuffled, strict=True)
                 ]
                 out["shuffled_actions"]["pose_ratio"] = metrics.bootstrap_ci(

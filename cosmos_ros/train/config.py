@@ -91,9 +91,10 @@ class RunSection:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     val_every: int = 250
-    # Wall-time budget of this process in minutes (0: none). The LR schedule runs on whichever of
-    # optim.max_steps or max_minutes binds first, so a run stopped by its budget still ends annealed, and
-    # the adapter is saved as at max_steps. For fixed-budget runs (the sim twin's 25-minute recipe).
+    # Training-time budget of the run in minutes (0: none), counted across resumes (checkpoints keep the
+    # time used). The LR schedule runs on whichever of optim.max_steps or max_minutes binds first, so a run
+    # stopped by its budget still ends annealed, and the adapter is saved as at max_steps. For fixed-budget
+    # runs (the sim twin's 25-minute recipe, sessions with a time limit).
     max_minutes: float = 0.0
     val_batches: int = 8
     val_twin_clips: int = 4  # val clips sampled for the twin figures (evaluate.training); 0: off

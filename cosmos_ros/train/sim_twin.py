@@ -400,6 +400,8 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
     clips = out / "clips_heldout"
     if not (clips / "clips.json").is_file():
         raise FileNotFoundError(f"{clips}/clips.json not found: run the generate and clips stages first")
+    from cosmos_ros.evaluate.cli import DEFAULT_KEEPOUT
+
     e = cfg.get("evaluate", {})
     settings = EvalSettings(
         base=str(twin),
@@ -410,6 +412,14 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
         seed=int(e.get("seed", 0)),
         grid_clips=int(e.get("grid_clips", 3)),
         progress=bool(cfg.get("progress", True)),
+        # the same checker and regions as `cosmos-evaluate` without flags, so the card's figures are the
+        # command's (its regions: evaluate.keepout_regions)
+        checker="keepout",
+        checker_options={
+            "regions": list(e.get("keepout_regions", DEFAULT_KEEPOUT)),
+            "pixel_threshold": 40.0,
+            "area_threshold": 0.05,
+        },
     )
     results = evaluate(settings)
     write_outputs(results, twin / "eval")

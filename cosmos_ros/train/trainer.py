@@ -522,26 +522,41 @@ class Trainer:
             self.optimizer, cfg.optim.lr_schedule, cfg.optim.warmup_steps, cfg.optim.max_steps
         )
         self._budget_start: float | None = None  # set when training starts (run.max_minutes)
+        self._budget_prior = 0.0  # training seconds of the run before this process (from its checkpoint)
+        self._budget_synced = 0.0  # the budget share used, the same on every rank (set once per step)
         if cfg.run.max_minutes > 0:
-            by_steps = self.lr_scheduler.lr_lambdas[0]
-            self.lr_scheduler.lr_lambdas = [lambda s: by_steps(max(s, self._budget_step()))]
+            by_steps, warm = self.lr_scheduler.lr_lambdas[0], cfg.optim.warmup_steps
 
-    def _budget_fraction(self) -> float:
-        """Share of run.max_minutes used so far (0 without a budget or before training starts)."""
-        if self.cfg.run.max_minutes <= 0 or self._budget_start is None:
-            return 0.0
-        return (time.time() - self._budget_start) / (60.0 * self.cfg.run.max_minutes)
+            def by_steps_or_time(s: int) -> float:
+                # warm-up by real steps (compiling can take a budget's first seconds: the warm-up must not be
+                # skipped); after it, the schedule's decay at whichever of steps or time is further along
+                if s < warm:
+                    return by_steps(s)
+                span = cfg.optim.max_steps - warm
+                return by_steps(max(s, warm + int(min(1.0, self._budget_synced) * span)))
 
-    def _budget_step(self) -> int:
-        """The step the time used stands for on the max_steps schedule (see RunConfig.max_minutes)."""
-        return int(min(1.0, self._budget_fraction()) * self.cfg.optim.max_steps)
+            self.lr_scheduler.lr_lambdas = [by_steps_or_time]
+
+    def _budget_used(self) -> float:
+        """Training seconds of the run so far, earlier processes included: a resumed run (a preempted job,
+        a limited session) continues its time budget and its schedule instead of starting them again."""
+        now = 0.0 if self._budget_start is None else time.time() - self._budget_start
+        return self._budget_prior + now
+
+    def _sync_budget(self) -> None:
+        """The share of run.max_minutes used, taken as the largest over the ranks, once per step: every rank
+        then steps the same learning rate and leaves the loop at the same step (their clocks differ)."""
+        if self.cfg.run.max_minutes <= 0:
+            return
+        used = self._budget_used() / (60.0 * self.cfg.run.max_minutes)
+        if self.world > 1:
+            t = torch.tensor([used], device=self.accel.device, dtype=torch.float64)
+            used = float(self.accel.gather(t).max())
+        self._budget_synced = used
 
     def _out_of_time(self) -> bool:
-        """True on every rank once any rank's budget is spent (ranks must leave the loop together)."""
-        if self.cfg.run.max_minutes <= 0:
-            return False
-        flag = torch.tensor(float(self._budget_fraction() >= 1.0), device=self.accel.device)
-        return bool(self.accel.reduce(flag, reduction="sum") > 0) if self.world > 1 else bool(flag > 0)
+        """True (on every rank alike) once the run's time budget is spent."""
+        return self.cfg.run.max_minutes > 0 and self._budget_synced >= 1.0
 
     def _prepare_for_training(self) -> None:
         """Wrap model and optimizer for the run: the first collective after building (DDP broadcasts the
@@ -691,6 +706,7 @@ class Trainer:
                 json.dumps(
                     {
                         "step": self.step,
+                        "budget_seconds": round(self._budget_used(), 3),
                         "world_size": self.world,
                         "fsdp": self._fsdp(),
                         "config": self.cfg.to_dict(),
@@ -793,6 +809,8 @@ class Trainer:
                 for n, t in saved.items():
                     params[n].copy_(t.to(params[n].device, params[n].dtype))
         self.step = int(state["step"])
+        self._budget_prior = float(state.get("budget_seconds") or 0.0)
+        self._sync_budget()
         self.dora.refresh()  # lora_A/lora_B were just replaced: the cached DoRA norms follow
         if self.is_main:
             print(f"train: resumed from {path} (step {self.step})", flush=True)
@@ -936,7 +954,7 @@ class Trainer:
         b, k = o.batch_size, o.grad_accum
         try:
             while self.step < min(o.max_steps, stop_at or o.max_steps):
-                if self._stop_requested(stop):
+                if self._stop_requested(stop) or self._out_of_time():  # a resumed run may have spent it
                     break
                 step_loss = torch.zeros((), device=self.accel.device)
                 for m in range(k):
@@ -962,6 +980,7 @@ class Trainer:
                 if o.grad_clip > 0:
                     grad_norm = self.accel.clip_grad_norm_(self.model.parameters(), o.grad_clip)
                 self.optimizer.step()
+                self._sync_budget()
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -998,6 +1017,11 @@ class Trainer:
                             f"{o.max_steps}; the schedule ended with it, saving the result",
                             flush=True,
                         )
+                    if cfg.run.checkpoint_every and saved_step != self.step:
+                        # the run's last checkpoint holds its spent budget: running it again resumes there
+                        # and finishes at once instead of training another budget from an older step
+                        self.save_checkpoint()
+                        saved_step = self.step
                     break
         finally:
             if bar is not None:
