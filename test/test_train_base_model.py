@@ -74,15 +74,22 @@ def test_shipped_short_name_resolves_without_the_hub(
     empty_hub_cache: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`model.base=sim_twin` was taken for a hub id: offline it failed with "huggingface-cli download
-    sim_twin" although the twin was installed."""
+    sim_twin" although the twin was installed. The sim twin itself is shipped in the source tree (always
+    found), so a second shipped name, registered for this test only, stands for one not installed yet."""
+    from cosmos_ros.model import registry
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     models = tmp_path / "models"
     monkeypatch.setenv("COSMOS_ROS_MODELS", str(models))
     monkeypatch.setenv("AMENT_PREFIX_PATH", "")
-    cfg = TrainConfig.from_dict({"model": {"base": "sim_twin"}})
-    with pytest.raises(ValueError, match=r"model.base=sim_twin: .*weights are not installed"):
+    monkeypatch.setitem(registry.SHIPPED_MODELS, "cell_twin", ("a test twin", "make it"))
+    cfg = TrainConfig.from_dict({"model": {"base": "cell_twin"}})
+    with pytest.raises(ValueError, match=r"model.base=cell_twin: .*weights are not installed.*make it"):
         prepare_base_model(cfg)
-    (models / "sim_twin" / "transformer").mkdir(parents=True)
-    (models / "sim_twin" / "transformer" / "config.json").write_text("{}")
-    prepare_base_model(cfg)  # found where the registry looks; no hub involved
-    assert cfg.model.base == "sim_twin"
+    (models / "cell_twin" / "transformer").mkdir(parents=True)
+    (models / "cell_twin" / "transformer" / "config.json").write_text("{}")
+    prepare_base_model(cfg)  # found where the registry looks ($COSMOS_ROS_MODELS first); no hub involved
+    assert cfg.model.base == "cell_twin"
+    twin = TrainConfig.from_dict({"model": {"base": "sim_twin"}})
+    prepare_base_model(twin)  # the shipped twin: in the source tree when $COSMOS_ROS_MODELS lacks it
+    assert twin.model.base == "sim_twin"
