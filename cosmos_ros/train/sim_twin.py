@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import shutil
 import time
 from collections.abc import Callable
@@ -400,9 +401,15 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
     clips = out / "clips_heldout"
     if not (clips / "clips.json").is_file():
         raise FileNotFoundError(f"{clips}/clips.json not found: run the generate and clips stages first")
-    from cosmos_ros.evaluate.cli import DEFAULT_KEEPOUT
+    from cosmos_ros.evaluate.cli import checker_settings, parse_args
 
     e = cfg.get("evaluate", {})
+    # the checker and its options exactly as `cosmos-evaluate` without flags takes them (its default region
+    # unless evaluate.keepout_regions names others), so the card's figures are the command's
+    flags = ["--clips", str(clips), "-o", str(twin / "eval")]
+    for region in e.get("keepout_regions") or []:
+        flags += ["--keepout-region", str(region)]
+    checker, options = checker_settings(parse_args(flags))
     settings = EvalSettings(
         base=str(twin),
         clips=str(clips),
@@ -412,14 +419,8 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
         seed=int(e.get("seed", 0)),
         grid_clips=int(e.get("grid_clips", 3)),
         progress=bool(cfg.get("progress", True)),
-        # the same checker and regions as `cosmos-evaluate` without flags, so the card's figures are the
-        # command's (its regions: evaluate.keepout_regions)
-        checker="keepout",
-        checker_options={
-            "regions": list(e.get("keepout_regions", DEFAULT_KEEPOUT)),
-            "pixel_threshold": 40.0,
-            "area_threshold": 0.05,
-        },
+        checker=checker,
+        checker_options=options,
     )
     results = evaluate(settings)
     write_outputs(results, twin / "eval")
@@ -436,8 +437,9 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
 def twin_figures(results: dict[str, Any]) -> dict[str, Any]:
     """The figures the issue's targets name, from an evaluation's results (eval.json)."""
 
-    def mean(ci: Any) -> float | None:
-        return None if not ci or ci.get("mean") is None else round(float(ci["mean"]), 4)
+    def mean(ci: Any) -> float | None:  # None where nothing was measured (no NaN in the card's JSON)
+        value = None if not ci or ci.get("mean") is None else float(ci["mean"])
+        return round(value, 4) if value is not None and math.isfinite(value) else None
 
     figs = results["figures"]
     twin, still = figs["base"], figs["nothing_moves"]

@@ -58,7 +58,6 @@ class VaeTrainConfig:
     mixed_precision: str = "bf16"  # no | bf16 | fp16 (CUDA); CPU runs float32
     cpu: bool = False
     max_bank_gb: float = 24.0  # frames held on the device (FrameBank); past it, shards are skipped evenly
-    memory_format: str = "auto"  # CUDA layout of the 3-D convs: auto (timed) | contiguous | channels_last
     log_every: int = 25
     seed: int = 0
     progress: bool = True
@@ -66,8 +65,6 @@ class VaeTrainConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise ValueError("vae: steps and batch_size must be >= 1 and lr > 0")
-        if self.memory_format not in ("auto", "contiguous", "channels_last"):
-            raise ValueError(f"vae.memory_format={self.memory_format!r}: use auto, contiguous, channels_last")
         if self.z_dim < 1 or self.base_dim < 1 or len(self.dim_mult) != 4:
             raise ValueError("vae: z_dim and base_dim must be >= 1 and dim_mult has 4 entries (8x spatial)")
         if self.mixed_precision not in ("no", "bf16", "fp16"):
@@ -217,7 +214,6 @@ class VaeTrainer:
             self.val_ds = None
         self.vae = AutoencoderKLWan(**cfg.architecture())
         self.params = sum(p.numel() for p in self.vae.parameters())
-        self.memory_format = torch.contiguous_format
         t0 = time.time()
         self.train_bank = FrameBank(self.train_ds, self.accel.device, cfg.max_bank_gb)
         self.val_bank = FrameBank(self.val_ds, self.accel.device, cfg.max_bank_gb) if self.val_ds else None
@@ -230,18 +226,9 @@ class VaeTrainer:
             flush=True,
         )
         if self.accel.device.type == "cuda":
-            # fixed shapes (one clip size): let cuDNN pick the fastest 3-D convolution algorithms once
+            # fixed shapes (one clip size): let cuDNN pick the fastest 3-D convolution algorithms once.
+            # (channels_last_3d cannot run here: the Wan VAE reshapes to 4-D inside its resampling blocks.)
             torch.backends.cudnn.benchmark = True
-            if cfg.memory_format == "auto":
-                try:
-                    self.memory_format = self._fastest_memory_format()
-                except RuntimeError as e:  # a layout the GPU's cuDNN cannot run: the plain one always runs
-                    print(f"vae: layout timing failed ({e}); using the contiguous layout", flush=True)
-                    torch.cuda.empty_cache()
-            elif cfg.memory_format == "channels_last":
-                self.memory_format = torch.channels_last_3d
-        self.vae.to(self.accel.device, memory_format=self.memory_format)
-        # made after the layout is chosen: the optimizer's state takes the parameters' layout
         self.opt = torch.optim.AdamW(self.vae.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         warm = max(1, cfg.warmup_steps)
         # Cosine decay over whichever budget binds first, steps or max_minutes: a run stopped by its time
@@ -253,40 +240,10 @@ class VaeTrainer:
         )
         self.vae, self.opt = self.accel.prepare(self.vae, self.opt)
 
-    def _fastest_memory_format(self) -> torch.memory_format:
-        """Time a few training steps of a throwaway copy in each layout: cuDNN's 3-D convolutions on small
-        channel counts differ a lot between the two, and which wins depends on the GPU and the sizes."""
-        import copy
-
-        times = {}
-        index = torch.arange(min(self.cfg.batch_size, len(self.train_bank)), device=self.accel.device)
-        frames = self.train_bank.clips(index)
-        for fmt in (torch.contiguous_format, torch.channels_last_3d):
-            trial = copy.deepcopy(self.vae).to(self.accel.device, memory_format=fmt)
-            t = time.perf_counter()
-            for i in range(4):
-                if i == 2:  # the first two calls pay for cuDNN's algorithm search
-                    torch.cuda.synchronize()
-                    t = time.perf_counter()
-                self._loss(trial, frames, fmt).backward()
-            torch.cuda.synchronize()
-            times[fmt] = (time.perf_counter() - t) / 2
-            del trial
-        best = min(times, key=lambda f: times[f])
-        print(
-            "vae: step time "
-            + ", ".join(f"{str(f).split('.')[-1]} {1000 * v:.0f} ms" for f, v in times.items())
-            + f" -> {str(best).split('.')[-1]}",
-            flush=True,
-        )
-        return best
-
     def _step(self, frames: torch.Tensor) -> torch.Tensor:
-        return self._loss(self.accel.unwrap_model(self.vae), frames, self.memory_format)
-
-    def _loss(self, vae: Any, frames: torch.Tensor, memory_format: torch.memory_format) -> torch.Tensor:
         """The training loss of one batch of uint8 clips (see the module docstring)."""
-        x = to_video(frames).contiguous(memory_format=memory_format)
+        vae = self.accel.unwrap_model(self.vae)
+        x = to_video(frames)
         mask = arm_mask(frames)
         with self.accel.autocast():
             post = vae.encode(x).latent_dist
