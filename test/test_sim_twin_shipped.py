@@ -86,11 +86,15 @@ def test_shipped_twin_beats_nothing_moves_and_follows_its_actions(figures: dict[
     # the moving pixels: where "nothing moves" is wrong by construction and a twin must show the arm
     twin_psnr = twin["fidelity"]["psnr_moving"]["overall"]["mean"]
     still_psnr = still["fidelity"]["psnr_moving"]["overall"]["mean"]
-    assert twin_psnr > still_psnr + 2.0, (twin_psnr, still_psnr)
-    # the shoulder joint read from the predicted frames is closer to the truth than the still frame's
-    err = twin["pose"]["per_joint"]["joint1"]["mean"]
-    assert err < still["pose"]["per_joint"]["joint1"]["mean"], err
-    # its own actions explain the future better than another clip's
+    assert twin_psnr > still_psnr + 3.0, (twin_psnr, still_psnr)
+    # the pose read from the predicted frames (joints 1-2) is far closer to the truth than the still frame's
+    # (the shipped weights: 0.15 vs 0.42 rad on these clips, 0.13 vs 0.39 on the recipe's 96 held-out clips)
+    err, still_err = twin["pose"]["overall"]["mean"], still["pose"]["overall"]["mean"]
+    assert err < 0.7 * still_err, (err, still_err)
+    assert twin["pose"]["unreadable_frames"] <= 1
+    # its own actions explain the future better than another clip's, in pixels and (more so) in pose
     ratio = twin["shuffled_actions"]["ratio"]["mean"]
-    assert ratio < 0.97, f"error with own / shuffled actions = {ratio}: the twin ignores its actions"
+    assert ratio < 0.9, f"error with own / shuffled actions = {ratio}: the twin ignores its actions"
+    pose_ratio = twin["shuffled_actions"]["pose_ratio"]["mean"]
+    assert pose_ratio < 0.8, f"pose error with own / shuffled actions = {pose_ratio}"
     assert twin["shuffled_actions"]["prediction_difference"]["mean"] > 2.0

@@ -151,13 +151,79 @@ def build_clips(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
     return report
 
 
+#: The VAE architecture keys a reused VAE must match (config/sim_twin.yaml ``vae:`` = the diffusers config's).
+_VAE_ARCH = ("base_dim", "decoder_base_dim", "z_dim", "dim_mult", "num_res_blocks")
+
+
+def reuse_vae(cfg: dict[str, Any], out: Path, source: str | Path) -> dict[str, Any]:
+    """Stage 3 without training: copy the VAE of an earlier twin (``vae.reuse: <twin folder or name>``).
+
+    Why: the VAE and the transformer are trained one after the other, so a recipe run that only changes
+    the transformer (its size, its time budget) need not spend the VAE's minutes again; the shipped card
+    then says where the VAE came from. The source's architecture must match the ``vae:`` section (else the
+    config would describe a VAE that is not the one shipped); its figures and loss curve are carried over.
+    """
+    from diffusers import AutoencoderKLWan
+
+    from cosmos_ros.model.base_card import BASE_CARD_NAME
+    from cosmos_ros.model.registry import resolve_base
+
+    src = Path(resolve_base(str(source)))
+    if not (src / "vae" / "config.json").is_file():
+        raise FileNotFoundError(
+            f"vae.reuse={source}: {src}/vae/config.json not found; give a twin folder made by this pipeline "
+            "(<out>/sim_twin, or the shipped short name sim_twin), or drop vae.reuse to train a VAE"
+        )
+    have = AutoencoderKLWan.load_config(src, subfolder="vae")
+    want = cfg.get("vae", {})
+    diff = [
+        f"{key}: config {want[key]} vs {have.get(key)}"
+        for key in _VAE_ARCH
+        if key in want
+        and have.get(key) is not None
+        and list(map(int, _as_list(want[key]))) != list(map(int, _as_list(have.get(key))))
+    ]
+    if diff:
+        raise ValueError(
+            f"vae.reuse={source}: its VAE is not the configured one ({'; '.join(diff)}); set the vae: "
+            "section to its sizes or drop vae.reuse to train a new VAE"
+        )
+    dest = out / "vae"
+    if (dest / "vae").exists():
+        shutil.rmtree(dest / "vae")
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src / "vae", dest / "vae")
+    card_path = src / BASE_CARD_NAME
+    card = json.loads(card_path.read_text()) if card_path.is_file() else {}
+    report = dict(card.get("vae") or {})
+    losses_path = src / "vae_losses.json"
+    report["losses"] = json.loads(losses_path.read_text()) if losses_path.is_file() else {}
+    report["reused_from"] = str(source)
+    (dest / "vae_report.json").write_text(json.dumps(report, indent=1))
+    return {
+        "reused_from": str(source),
+        "steps": report.get("steps"),
+        "params": report.get("params"),
+        "psnr_db": report.get("val_psnr_db"),
+        "psnr_arm_db": report.get("val_psnr_arm_db"),
+    }
+
+
+def _as_list(v: Any) -> list[Any]:
+    return list(v) if isinstance(v, list | tuple) else [v]
+
+
 def train_vae(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
-    """Stage 3: the VAE on the training clips -> <out>/vae/vae."""
+    """Stage 3: the VAE on the training clips -> <out>/vae/vae (or a copy of an earlier one: `reuse_vae`)."""
     from cosmos_ros.train.vae import VaeTrainer, config_from
 
+    vae_section = dict(cfg.get("vae", {}))
+    source = vae_section.pop("reuse", None)
+    if source:
+        return reuse_vae(cfg, out, source)
     vcfg = config_from(
         {
-            **cfg.get("vae", {}),
+            **vae_section,
             "clips_dir": str(out / "clips"),
             "output_dir": str(out / "vae"),
             "progress": bool(cfg.get("progress", True)),
@@ -297,10 +363,13 @@ def train_transformer(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
 
     trainer = Trainer(train_config(cfg, out))
     result = trainer.train()
-    curves = {
-        "train_loss": {str(k): v for k, v in result.losses.items()},
-        "val_loss": {str(k): v for k, v in result.val_losses.items()},
-    }
+    curves = _merge_curves(
+        out / "train" / "loss_curves.json",
+        {
+            "train_loss": {str(k): v for k, v in result.losses.items()},
+            "val_loss": {str(k): v for k, v in result.val_losses.items()},
+        },
+    )
     (out / "train" / "loss_curves.json").write_text(json.dumps(curves))
     last = [result.losses[k] for k in sorted(result.losses)[-50:]]
     return {
@@ -309,7 +378,25 @@ def train_transformer(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
         "val_loss": result.val_losses.get(max(result.val_losses)) if result.val_losses else None,
         "trainable_params": trainer.n_trainable,
         "train_seconds": round(result.seconds, 1),
+        # a signal stopped it (a checkpoint was saved): running the stage again continues it
+        "interrupted": result.interrupted,
     }
+
+
+def _merge_curves(path: Path, new: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+    """The loss curves of a run resumed from a checkpoint: the earlier runs' points up to where this one
+    started, then this one's. Why: the trainer keeps only its own session's losses, and a stage stopped by
+    a signal (or the device's time limit) and run again must still ship the whole curve."""
+    if not path.is_file():
+        return new
+    old = json.loads(path.read_text())
+    starts = [int(k) for part in new.values() for k in part]
+    first = min(starts) if starts else None
+    merged = {}
+    for key in ("train_loss", "val_loss"):
+        kept = {k: v for k, v in (old.get(key) or {}).items() if first is None or int(k) < first}
+        merged[key] = {**kept, **new.get(key, {})}
+    return merged
 
 
 def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, Any]:
@@ -467,6 +554,10 @@ def twin_figures(results: dict[str, Any]) -> dict[str, Any]:
     if shuffled:
         out["shuffled_ratio"] = mean(shuffled["ratio"])
         out["shuffled_x_worse"] = mean(shuffled.get("shuffled_x_worse"))
+        pose_ratio = mean(shuffled.get("pose_ratio"))  # pose error with own / with another clip's actions
+        if pose_ratio:
+            out["shuffled_pose_ratio"] = pose_ratio
+            out["shuffled_pose_x_worse"] = round(1.0 / pose_ratio, 3)
     verdicts = (twin.get("verdicts") or {}).get("vs_geometry")
     if verdicts:
         out["verdict_agreement_vs_simulator"] = verdicts.get("agreement")
@@ -504,6 +595,14 @@ def _model_card(card: dict[str, Any], total: int) -> str:
         f"VAE: {v.get('params')} parameters, held-out PSNR {v.get('val_psnr_db')} dB "
         f"(arm pixels {v.get('val_psnr_arm_db')} dB)",
         f"- Data: {json.dumps(p.get('generate'))}; clips {json.dumps(p.get('clips'))}",
+        *(
+            [
+                f"- VAE reused from `{v['reused_from']}` (`vae.reuse`: not retrained in this run; its "
+                "figures are that run's)"
+            ]
+            if v.get("reused_from")
+            else []
+        ),
         f"- Stage times [s]: {json.dumps(p.get('seconds'))}",
         f"- Shipped size: {total / 1e6:.1f} MB (safetensors, diffusers layout)",
         "- Loss curves: `loss_curves.json` (transformer), `vae_losses.json`; recipe and figures: "
@@ -534,7 +633,10 @@ def _model_card(card: dict[str, Any], total: int) -> str:
             lines.append(f"| pose error {j} | {_num(value)} | {_num(still)} |")
         lines += [
             f"| frames whose pose cannot be read | {ev.get('unreadable_frames')}/{ev.get('frames')} | |",
-            f"| shuffled-action ratio (own / another clip's actions) | {ev.get('shuffled_ratio')} | |",
+            f"| shuffled-action ratio, pixels (error with own / another clip's actions) | "
+            f"{ev.get('shuffled_ratio')} ({ev.get('shuffled_x_worse')}x worse shuffled) | |",
+            f"| shuffled-action ratio, pose (error with own / another clip's actions) | "
+            f"{ev.get('shuffled_pose_ratio')} ({ev.get('shuffled_pose_x_worse')}x worse shuffled) | |",
             f"| verdict agreement with the simulator | {ev.get('verdict_agreement_vs_simulator')} "
             f"({ev.get('verdict_collisions_in_truth')} collisions in {ev.get('verdict_clips')} clips) | |",
             "",
@@ -552,6 +654,14 @@ def run(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {"seconds": {}}
+    earlier = out / "pipeline_report.json"
+    if earlier.is_file():
+        # a run in parts (`--stages`, or a stopped run continued): keep what the earlier parts did, so the
+        # shipped card has every stage; each stage run again replaces its entry, except that a resumed
+        # transformer adds the seconds of the part that was stopped
+        report = json.loads(earlier.read_text())
+        report.setdefault("seconds", {}).pop("total", None)
+        report.pop("stopped", None)
     fns: dict[str, Callable[[], dict[str, Any]]] = {
         "generate": lambda: generate(cfg, out),
         "clips": lambda: build_clips(cfg, out),
@@ -565,24 +675,34 @@ def run(
     unknown = [s for s in stages if s not in fns]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; use some of {', '.join(STAGES)}")
-    t_all = time.time()
     for name in STAGES:
         if name not in stages:
             continue
         t0 = time.time()
         log(f"sim_twin: stage {name} ...")
+        resumed = (report.get(name) or {}).get("interrupted") and report["seconds"].get(name, 0.0)
         report[name] = fns[name]()
-        report["seconds"][name] = round(time.time() - t0, 1)
+        report["seconds"][name] = round(time.time() - t0 + (resumed or 0.0), 1)  # a resumed stage: both parts
         summary = json.dumps(report[name], default=str)
         log(f"sim_twin: stage {name} done in {report['seconds'][name]} s: {summary}")
         (out / "pipeline_report.json").write_text(json.dumps(report, indent=1, default=str))
-    report["seconds"]["total"] = round(time.time() - t_all, 1)
+        if report[name].get("interrupted"):
+            # the later stages need the finished adapter; the checkpoint lets the same command continue
+            rest = ",".join(s for s in STAGES[STAGES.index(name) :] if s in stages)
+            report["stopped"] = (
+                f"stage {name} stopped by {report[name]['interrupted']} (checkpoint saved); continue with "
+                f"--stages {rest} and the same --out and overrides"
+            )
+            log(f"sim_twin: {report['stopped']}")
+            break
+    report["seconds"]["total"] = round(sum(v for k, v in report["seconds"].items() if k != "total"), 1)
     (out / "pipeline_report.json").write_text(json.dumps(report, indent=1, default=str))
     return report
 
 
 def main(argv: list[str] | None = None) -> int:
-    """CLI; exit 0 on success, 1 on a clear error, 2 when the shipped folder is over the size limits."""
+    """CLI; exit 0 on success, 1 on a clear error, 2 when the shipped folder is over the size limits, 3 when
+    a signal stopped the transformer (checkpoint saved: the same command continues)."""
     import argparse
     import sys
 
@@ -605,6 +725,9 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError, RuntimeError) as e:
         print(f"sim_twin: error: {e}", file=sys.stderr)
         return 1
+    if report.get("stopped"):
+        print(f"sim_twin: {report['stopped']}", file=sys.stderr)
+        return 3
     over = (report.get("export") or {}).get("over_limits")
     if over:
         print(f"sim_twin: the shipped folder is over the limits: {'; '.join(over)}", file=sys.stderr)
