@@ -167,10 +167,14 @@ def evaluation_lines(results: dict[str, Any], base: str, adapted: str, baseline:
                 "trusted."
             )
     for n in (base, adapted):
-        ratio = (((figs.get(n) or {}).get("shuffled_actions") or {}).get("ratio") or {}).get("mean")
+        shuffled = (figs.get(n) or {}).get("shuffled_actions") or {}
+        worse = (shuffled.get("shuffled_x_worse") or {}).get("mean")
+        pose_ratio = (shuffled.get("pose_ratio") or {}).get("mean")  # own / shuffled: below 1 follows
+        pose_worse = 1.0 / pose_ratio if pose_ratio else None
         out.append(
-            f"- Shuffled-action ratio, {n}: {_fmt(ratio)} (error with another clip's actions / with its own; "
-            "above 1 means the predictions follow the actions)."
+            f"- Shuffled-action test, {n}: with another clip's actions the error is {_fmt(worse)}x that with "
+            f"its own in pixels, {_fmt(pose_worse)}x in pose (above 1 means the predictions follow the "
+            "actions)."
         )
     notes = results.get("notes") or []
     out += [f"- Note from the evaluation: {n}" for n in notes]

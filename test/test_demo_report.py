@@ -16,7 +16,12 @@ def _figures(psnr: float, pose: float | None) -> dict:
     per = [{"mean": psnr + i} for i in range(3)]
     out = {"fidelity": {"psnr_moving": {"overall": {"mean": psnr + 1}, "per_step": per}}}
     out["pose"] = None if pose is None else {"overall": {"mean": pose}, "per_step": [{"mean": pose}] * 3}
-    out["shuffled_actions"] = {"ratio": {"mean": 1.2}}
+    # the evaluation's ratios are own / shuffled (below 1: follows the actions); "x worse" is their inverse
+    out["shuffled_actions"] = {
+        "ratio": {"mean": 0.8},
+        "shuffled_x_worse": {"mean": 1.25},
+        "pose_ratio": {"mean": 0.25},
+    }
     return out
 
 
@@ -39,6 +44,7 @@ def test_evaluation_lines_table_cut_and_floor_warning() -> None:
     assert "| **all** | 11.00 | 13.00 | 8.00 |" in text
     assert "0.200 -> 0.120 rad (40% cut" in text and ": met)" in text
     assert "not to be trusted" not in text and "Note from the evaluation: a note" in text
+    assert "the error is 1.25x that with its own in pixels, 4.00x in pose" in text
     assert "not to be trusted" in "\n".join(
         evaluation_lines(_results(0.3), "base", "adapter", "nothing_moves")
     )

@@ -98,3 +98,29 @@ def test_shipped_twin_beats_nothing_moves_and_follows_its_actions(figures: dict[
     pose_ratio = twin["shuffled_actions"]["pose_ratio"]["mean"]
     assert pose_ratio < 0.8, f"pose error with own / shuffled actions = {pose_ratio}"
     assert twin["shuffled_actions"]["prediction_difference"]["mean"] > 2.0
+
+
+@pytest.mark.skipif(not (TWIN / "transformer" / "config.json").is_file(), reason="no shipped twin")
+def test_check_collision_compares_with_the_context_as_the_twin_decodes_it() -> None:
+    """Holding still next to the demo cell's bottle must not be a collision. The keep-out checker detects
+    change inside the box; against the camera frame, the VAE's round trip of a bottle the twin never saw is
+    a change (every demo plan was 'collision at step 0' before), against the decoded context it is not."""
+    import numpy as np
+
+    from cosmos_ros.demo_plans import START_POSE, candidate_plans, keepout_region, render_plan
+    from cosmos_ros.predict.checkers import KeepOutRegionChecker
+    from cosmos_ros.predict.core import Predictor
+    from cosmos_ros.sim.variants import DEMO_CELL
+
+    torch.set_num_threads(2)
+    pred = Predictor.load(str(TWIN), device="cpu")
+    hold = candidate_plans(count=1)[0]
+    frame = render_plan(hold, START_POSE, DEMO_CELL, pred.height, pred.width)[0]
+    frames, seen = pred.predict(frame, hold.deltas[None] * 0.0, num_steps=5, with_context=True)
+    assert seen.shape == (pred.num_context_frames, pred.height, pred.width, 3) and seen.dtype == np.uint8
+    with torch.no_grad():  # the model's own decode of its conditioning latents
+        decoded = pred.model.decode_latents(pred.encode_context(frame))[0, : pred.num_context_frames]
+    assert np.abs(decoded.cpu().numpy().astype(int) - seen.astype(int)).max() <= 1
+    checker = KeepOutRegionChecker([keepout_region(DEMO_CELL, pred.height, pred.width)])
+    verdict = checker.check(seen[-1], frames)[0]
+    assert not verdict.collision, verdict.reasons

@@ -237,8 +237,18 @@ def _clip_truth(ds: Any, i: int, checker: Any, regions: Any, estimator: Any) -> 
     return truth
 
 
-def _score(run: ModelRun, clip: ClipTruth, pred: np.ndarray, ctx: dict[str, Any]) -> None:
-    """Fidelity, pose and verdict of one predicted sequence [N, H, W, 3] of `clip` into `run`."""
+def _score(
+    run: ModelRun,
+    clip: ClipTruth,
+    pred: np.ndarray,
+    ctx: dict[str, Any],
+    seen: np.ndarray | None = None,
+) -> None:
+    """Fidelity, pose and verdict of one predicted sequence [N, H, W, 3] of `clip` into `run`.
+
+    `seen`: the context frame as the model decoded it [H, W, 3], the checker's reference for a model's
+    predictions (as in the predictor node): the VAE round trip is not a change of the scene. Baselines
+    (None) are checked against the camera's context frame itself."""
     fid = metrics.frame_fidelity(pred, clip.truth, clip.context[-1], ctx["motion_threshold"])
     for k in metrics.FIDELITY_KEYS:
         run.fidelity.setdefault(k, []).append(fid[k])
@@ -246,7 +256,8 @@ def _score(run: ModelRun, clip: ClipTruth, pred: np.ndarray, ctx: dict[str, Any]
     if est is not None:
         run.pose.append(pose_errors(est, read_poses(est, pred), clip.positions[:, ctx["pose_cols"]]))
     if ctx["checker"] is not None:
-        run.verdicts.append(verdicts(ctx["checker"], clip.context[-1], pred))
+        reference = clip.context[-1] if seen is None else seen
+        run.verdicts.append(verdicts(ctx["checker"], reference, pred))
 
 
 def _load_predictor(settings: EvalSettings, adapter: str | None, base: str | None, ds: Any) -> Any:
@@ -380,17 +391,18 @@ def evaluate(settings: EvalSettings, on_progress: Callable[[str], None] | None =
             default_prompts += prompt != clip.prompt
             acts = [clip.raw_actions] + ([clips[partners[i]].raw_actions] if partners else [])
             try:
-                pred = predictor.predict(
+                pred, seen = predictor.predict(
                     clip.context,
                     np.stack(acts),
                     prompt=prompt,
                     num_steps=settings.num_steps,
                     guidance=settings.guidance,
                     seed=settings.seed + clip.index,
+                    with_context=True,
                 )
             except ValueError as exc:
                 raise EvalError(f"{name} cannot predict clip {clip.clip_id}: {exc}") from exc
-            _score(run, clip, pred[0], ctx)
+            _score(run, clip, pred[0], ctx, seen[-1])
             if partners:
                 run.err_true.append(metrics.frame_error(pred[0], clip.truth))
                 run.err_shuffled.append(metrics.frame_error(pred[1], clip.truth))

@@ -1,7 +1,9 @@
 """Can the collision verdicts on predicted frames be trusted? Agreement with the verdicts on the truth.
 
 For every clip the configured checker (the predictor's: `cosmos_ros.predict.checkers.load_checker`) runs on
-the predicted frames and on the recorded future frames, each against the same context frame. Reported:
+the predicted frames and on the recorded future frames, each against its own context: the recorded frames
+against the camera's context frame, the predictions against that frame as the model decoded it (what the
+predictor node does: a VAE round trip is no change of the scene). Reported:
 agreement (same collision / no-collision verdict), precision and recall of "collision" (the true frames'
 verdict is the reference), and the error of the first colliding step where both say collision.
 

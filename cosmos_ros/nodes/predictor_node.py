@@ -726,7 +726,7 @@ class PredictorNode(LifecycleNode):
         def job(ctx: wk.JobContext) -> tuple[np.ndarray, list]:
             # a checker that takes tensors scores the frames where the model left them (the GPU)
             on_device = check and getattr(checker, "accepts_tensors", False)
-            frames = pred.predict(
+            frames, seen = pred.predict(
                 context,
                 plans,
                 prompt=prompt,
@@ -735,11 +735,13 @@ class PredictorNode(LifecycleNode):
                 seed=params.seed,
                 ctx=ctx,
                 output="tensor" if on_device else "numpy",
+                with_context=True,
             )
             verdicts = []
             if check:
                 with ctx.stage("checker"):
-                    verdicts = checker.check(context[-1], frames)
+                    # against the context as the model renders it: its VAE round trip is not a change
+                    verdicts = checker.check(seen[-1], frames)
                 if len(verdicts) != len(frames):
                     raise RuntimeError(f"checker returned {len(verdicts)} verdicts for {len(frames)} plans")
             if on_device:

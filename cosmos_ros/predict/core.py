@@ -377,6 +377,7 @@ class Predictor:
         ctx: Any = None,
         output: str = "numpy",
         context_latents: torch.Tensor | None = None,
+        with_context: bool = False,
     ) -> Any:
         """context uint8 [C, H, W, 3] (or [H, W, 3]); actions raw float [B, N, D] -> uint8 [B, N, H, W, 3].
 
@@ -386,6 +387,11 @@ class Predictor:
         tensors then runs there, and nothing is copied to the host that is not needed).
         `context_latents` (from :meth:`encode_context` of this same context) skips the first chunk's VAE
         encode: a planner scoring several batches from one camera frame encodes it once.
+        `with_context=True` returns ``(frames, context_seen)``: the context frames as the model renders them
+        (decoded from its conditioning latents, uint8 [C, H, W, 3], same kind as the frames). Compare
+        predicted frames with that, not with the camera frame: the VAE's reconstruction error is no change
+        of the scene (a keep-out checker against the raw frame flags it as one; measured on the demo cell, a
+        third of a small object's pixels differ by more than 40/255 after a VAE round trip at 64x80).
         """
         if output not in ("numpy", "tensor"):
             raise ValueError(f"output {output!r}: use 'numpy' or 'tensor'")
@@ -407,21 +413,24 @@ class Predictor:
             raise ValueError(f"actions must be [B, N>0, {self.action_dim}], got {actions.shape}")
         text = self._embeds(prompt)
         outs = []
+        seen: torch.Tensor | None = None
         for start in range(0, actions.shape[0], self.batch_size):
-            outs.append(
-                self._predict_batch(
-                    context,
-                    actions[start : start + self.batch_size],
-                    text,
-                    num_steps,
-                    guidance,
-                    seed,
-                    ctx,
-                    context_latents,
-                )
+            frames, seen_now = self._predict_batch(
+                context,
+                actions[start : start + self.batch_size],
+                text,
+                num_steps,
+                guidance,
+                seed,
+                ctx,
+                context_latents,
             )
+            outs.append(frames)
+            seen = seen_now if seen is None else seen
         frames = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
-        return frames if output == "tensor" else frames.cpu().numpy()
+        if output == "numpy":
+            frames, seen = frames.cpu().numpy(), seen.cpu().numpy()
+        return (frames, seen) if with_context else frames
 
     def _predict_batch(
         self,
@@ -433,8 +442,10 @@ class Predictor:
         seed: int,
         ctx: Any,
         context_latents: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """One model batch through the steps of the module docstring; uint8 frames [B, N, H, W, 3]."""
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One model batch through the steps of the module docstring: uint8 frames [B, N, H, W, 3] and the
+        context as the model decodes it [C, H, W, 3] (the first chunk's conditioning frames, row 0: every
+        candidate starts from the same ones)."""
         from cosmos_ros.model.sampler import sample_latents
 
         _b, n, _ = actions.shape
@@ -480,9 +491,11 @@ class Predictor:
                     )
                     _sync(self.device)
                 ctx.check()
+                if k == 0:
+                    seen = video[0, : self.num_context_frames]
                 frames_out.append(video[:, self.num_context_frames :])
                 cur_context = video[:, -self.num_context_frames :]  # the next chunk's context
-        return torch.cat(frames_out, dim=1)[:, :n]
+        return torch.cat(frames_out, dim=1)[:, :n], seen
 
     @torch.no_grad()
     def encode_context(self, context: np.ndarray) -> torch.Tensor:
