@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from conftest import REPO
@@ -124,3 +125,27 @@ def test_check_collision_compares_with_the_context_as_the_twin_decodes_it() -> N
     checker = KeepOutRegionChecker([keepout_region(DEMO_CELL, pred.height, pred.width)])
     verdict = checker.check(seen[-1], frames)[0]
     assert not verdict.collision, verdict.reasons
+
+
+@pytest.mark.skipif(not (TWIN / "transformer" / "config.json").is_file(), reason="no shipped twin")
+def test_plan_verdict_study_scores_the_twin_against_the_simulator(tmp_path) -> None:
+    """The verdict study's contract on a few plans (the 200-plan figures are in docs/sim_twin.md): boxes
+    never cover the arm at the start, every plan has the simulator's truth and both checkers' verdicts, and
+    the checker on the frames the simulator renders agrees with the geometry (the study's own floor)."""
+    from cosmos_ros.demo_plans import arm_in_region
+    from cosmos_ros.evaluate.plan_verdicts import VerdictStudy, main, run_study
+    from cosmos_ros.sim.variants import cell_for
+
+    torch.set_num_threads(2)
+    report = run_study(VerdictStudy(model=str(TWIN), plans=6, per_scene=3, num_steps=2), log=lambda _: None)
+    rows = report["rows"]
+    assert report["plans"] == len(rows) == 6
+    assert report["collisions_in_truth"] + report["clear_in_truth"] == 6
+    for r in rows:
+        camera = cell_for("heldout", r["scene"]).camera
+        assert not arm_in_region(np.array([r["start"]]), r["region"], camera, 64, 80)[0]
+    floor = report["checker_on_rendered_vs_simulator"]
+    assert floor["n"] == 6 and floor["agreement"] >= 4 / 6
+    assert 0.0 <= report["twin_vs_simulator"]["agreement"] <= 1.0
+    # the CLI refuses a model without a delta tokenizer with a message, not a traceback
+    assert main(["--model", str(tmp_path / "nothing"), "--plans", "1", "--out", str(tmp_path / "o")]) == 1
