@@ -11,6 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from helpers_clips import yuv601
 
 from cosmos_ros import images as im
 from cosmos_ros.preprocessing import PreprocessSpec, SpecMismatchError, check_compatible
@@ -91,16 +92,6 @@ def test_errors_are_typed_and_name_the_field() -> None:
         im.fit_image(RGB, 4, 4, "zoom")
 
 
-def _yuv601(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """BT.601 video-range Y, U, V of an RGB image (the textbook formula, not OpenCV's), as a V4L2 camera
-    delivers them."""
-    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
-    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
-    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
-    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
-    return tuple(np.clip(np.round(a), 0, 255).astype(np.uint8) for a in (y, u, v))  # type: ignore[return-value]
-
-
 # Pixel pairs share their chroma in 4:2:2, so the test picture does too; video range keeps [16, 235].
 PAIRS = np.repeat(np.random.default_rng(2).integers(16, 236, (6, 5, 3)), 2, axis=1).astype(np.uint8)
 
@@ -109,7 +100,7 @@ PAIRS = np.repeat(np.random.default_rng(2).integers(16, 236, (6, 5, 3)), 2, axis
 def test_packed_yuv422_of_usb_cameras_decodes_to_rgb(encoding: str) -> None:
     """USB cameras (usb_cam, v4l2_camera) publish packed 4:2:2: ROS' yuv422/uyvy is U Y V Y, yuv422_yuy2/
     yuyv is Y U Y V. Both used to be refused as unknown encodings, failing every bag of such a camera."""
-    y, u, v = _yuv601(PAIRS)
+    y, u, v = yuv601(PAIRS)
     packed = np.zeros((*PAIRS.shape[:2], 2), np.uint8)
     luma, chroma = (1, 0) if encoding in ("yuv422", "uyvy") else (0, 1)
     packed[..., luma] = y

@@ -42,6 +42,7 @@ CELL_KEY = "cell"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_TYPE = "sensor_msgs/msg/JointState"
 _STORAGE_SUFFIXES = (".mcap", ".db3", ".mcap.zstd", ".db3.zstd")
+_FOLDER_FILES = ("metadata.yaml", "episode.json")  # files that stand for the folder they are in
 
 
 class BagError(Exception):
@@ -223,8 +224,8 @@ def discover_episodes(inputs: Sequence[str | Path]) -> tuple[list[EpisodeSpec], 
     errors: list[str] = []
     for raw in inputs:
         path = Path(raw).expanduser()
-        if path.is_file() and path.name.endswith(_STORAGE_SUFFIXES):
-            path = path.parent
+        if path.is_file() and (path.name.endswith(_STORAGE_SUFFIXES) or path.name in _FOLDER_FILES):
+            path = path.parent  # a file of the bag or episode (a shell's tab completion): its folder
         if not path.exists():
             errors.append(f"{path}: input does not exist")
         elif (path / "episode.json").exists():

@@ -1,0 +1,112 @@
+"""Adversarial pass over the clip builder: inputs of real robots and users' mistakes that used to fail a
+whole bag for one bad message, or failed naming the wrong cause. One test per finding; bags are written
+with rosbags (helpers_clips) and clips are small (80x64) to keep each test to a few seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from helpers_clips import NS, BagSpec, write_bag
+
+from cosmos_ros.clips.cli import main
+from cosmos_ros.clips.dataset import ClipDataset
+
+SMALL = ["--width", "80", "--height", "64", "--no-progress", "--val-fraction", "0"]
+
+
+def _build(out: Path, *args: str | Path) -> tuple[int, dict]:
+    rc = main([*map(str, args), "-o", str(out), *SMALL])
+    stats = json.loads((out / "stats.json").read_text())
+    return rc, {b["episode_id"]: b for b in stats["bags"]}
+
+
+def test_one_undecodable_frame_mid_bag_is_dropped_and_no_clip_spans_it(tmp_path: Path) -> None:
+    """A jpeg cut short (a dropped packet, a torn write) in the middle of a bag failed the whole bag. Now
+    that frame is dropped, the report says so, and the clips run around it; a bag none of whose frames
+    decode still fails, naming the first one."""
+    bags = tmp_path / "bags"
+    write_bag(bags / "torn", BagSpec(image_format="jpeg", duration=4.0, corrupt_frames=(30,)))
+    rc, reps = _build(tmp_path / "out", bags / "torn")
+    rep = reps["torn"]
+    assert rc == 0 and rep["ok"] and rep["clips"] == 2, rep
+    assert rep["frames"] == 39  # 40 grid frames, one dropped
+    [warn] = [w for w in rep["warnings"] if "do not decode" in w]
+    assert "dropped 1 frames" in warn and "1001.000 s" in warn, warn
+    ds = ClipDataset(tmp_path / "out", "train", as_numpy=True)
+    cut = 1001 * NS
+    for i in range(len(ds)):
+        stamps = ds[i]["stamps_ns"]
+        assert cut not in stamps
+        assert not (stamps[0] < cut < stamps[-1]), stamps  # no clip spans the hole
+        assert np.allclose(np.diff(stamps), NS / 10, atol=2e6)
+
+    write_bag(bags / "all_torn", BagSpec(image_format="jpeg", duration=1.5, corrupt_frames=tuple(range(45))))
+    rc, reps = _build(tmp_path / "out2", bags / "all_torn")
+    err = reps["all_torn"]["error"] or ""
+    assert rc == 1 and "no frame decodes" in err and "all_torn" in err and "does not decode" in err, err
+
+
+def test_joint_states_without_positions_are_skipped(tmp_path: Path) -> None:
+    """JointState arrays "may be empty if not available": a driver interleaving velocity-only messages
+    failed the bag ('4 names but 0 positions'). They are skipped and counted; a topic with no positions
+    at all fails naming that."""
+    bags = tmp_path / "bags"
+    write_bag(bags / "mixed", BagSpec(positionless_every=2, duration=2.0))
+    write_bag(bags / "velocity_only", BagSpec(positionless_every=1, duration=1.5, t0=2000.0))
+    rc, reps = _build(tmp_path / "out", bags)
+    assert rc == 1
+    mixed = reps["mixed"]
+    assert mixed["ok"] and mixed["clips"] == 1, mixed
+    assert any("skipped 100 JointStates without positions" in w for w in mixed["warnings"]), mixed
+    err = reps["velocity_only"]["error"] or ""
+    assert "none of the 150 JointStates on /joint_states carries positions" in err and "--joint-topic" in err
+
+
+def test_joint_states_all_nan_name_the_nan_not_the_clocks(tmp_path: Path) -> None:
+    """Every joint state NaN (a driver before homing): the error said 'no joint states in range ... check
+    the clocks', sending the user after the wrong cause."""
+    write_bag(tmp_path / "nan", BagSpec(nan_window=(0.0, 99.0), duration=1.5))
+    rc, reps = _build(tmp_path / "out", tmp_path / "nan")
+    err = reps["nan"]["error"] or ""
+    assert rc == 1 and "non-finite (NaN/inf) positions, of ['shoulder']" in err, err
+    assert "check the clocks" not in err
+
+
+def test_out_of_order_camera_stamps_name_the_tolerance_that_drops_them(tmp_path: Path) -> None:
+    """A camera frame stamped 1 ms before the previous one failed the bag with advice to split it at the
+    'jump'. The message now also names clock_jump_tolerance, and with it the bag builds, the late frames
+    counted as out of order."""
+    write_bag(tmp_path / "late", BagSpec(late_frame_every=7, duration=2.0))
+    rc, reps = _build(tmp_path / "out", tmp_path / "late")
+    err = reps["late"]["error"] or ""
+    assert rc == 1 and "clock jump backwards of 0.001 s" in err and "clock_jump_tolerance" in err, err
+
+    rc, reps = _build(tmp_path / "out2", tmp_path / "late", "--set", "clock_jump_tolerance=0.01")
+    assert rc == 0 and reps["late"]["ok"], reps
+    stats = json.loads((tmp_path / "out2" / "stats.json").read_text())
+    cam = next(s for s in stats["sync"] if s["kind"] == "camera")
+    assert cam["out_of_order_dropped"] == 8  # frames 6, 13, ..., 55 of 60
+
+
+def test_usb_camera_yuyv_bag_builds_the_same_frames_as_rgb(tmp_path: Path) -> None:
+    """A USB camera's bag (packed YUYV) failed as 'unknown image encoding'; it builds now, its frames the
+    rgb8 bag's to within the 4:2:2 chroma sharing and the fit's resampling."""
+    bags = tmp_path / "bags"
+    write_bag(bags / "yuyv", BagSpec(image_format="yuyv", duration=1.5))
+    write_bag(bags / "rgb", BagSpec(image_format="rgb8", duration=1.5))
+    for name in ("yuyv", "rgb"):
+        rc, reps = _build(tmp_path / name, bags / name)
+        assert rc == 0 and reps[name]["ok"], reps
+    yuyv = ClipDataset(tmp_path / "yuyv", "train", as_numpy=True)[0]["frames"].astype(int)
+    rgb = ClipDataset(tmp_path / "rgb", "train", as_numpy=True)[0]["frames"].astype(int)
+    assert np.abs(yuyv - rgb).mean() < 3, np.abs(yuyv - rgb).mean()
+
+
+def test_a_bag_file_given_instead_of_its_folder(tmp_path: Path) -> None:
+    """Tab completion hands over `bag/metadata.yaml`: it was 'not a rosbag2 folder or episode folder'."""
+    write_bag(tmp_path / "bag", BagSpec(duration=1.5))
+    rc, reps = _build(tmp_path / "out", tmp_path / "bag" / "metadata.yaml")
+    assert rc == 0 and reps["bag"]["ok"], reps
