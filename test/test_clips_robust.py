@@ -9,9 +9,11 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers_clips import NS, BagSpec, write_bag
 
 from cosmos_ros.clips.cli import main
+from cosmos_ros.clips.config import load_config
 from cosmos_ros.clips.dataset import ClipDataset
 
 SMALL = ["--width", "80", "--height", "64", "--no-progress", "--val-fraction", "0"]
@@ -110,3 +112,37 @@ def test_a_bag_file_given_instead_of_its_folder(tmp_path: Path) -> None:
     write_bag(tmp_path / "bag", BagSpec(duration=1.5))
     rc, reps = _build(tmp_path / "out", tmp_path / "bag" / "metadata.yaml")
     assert rc == 0 and reps["bag"]["ok"], reps
+
+
+@pytest.mark.parametrize(
+    ("setting", "needle"),
+    [
+        ("fps=10hz", "--set: fps='10hz' (str): fps takes a number"),
+        ("max_age=", "--set: max_age=null: max_age takes a number"),
+        ("stride=null", "stride=null: stride takes a whole number"),
+        ("width=[320]", "width=[320] (list): width takes a whole number"),
+        ("frame_tolerance=abc", "frame_tolerance takes a number, or null"),
+        ("joint_names={a: 1}", "joint_names takes a list of names"),
+        ("max_gap=-1", "max_gap=-1.0 must be > 0 seconds"),
+        ("frame_tolerance=0", "frame_tolerance=0.0 must be > 0 seconds, or null"),
+    ],
+)
+def test_config_values_of_the_wrong_type_exit_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture, setting: str, needle: str
+) -> None:
+    """A YAML config or --set value of the wrong type (`fps: 10hz`, an empty `max_age:`) was a TypeError
+    traceback, or (frame_tolerance) a TypeError in every bag's report; a negative max_gap or a zero
+    frame_tolerance failed every bag with a misleading reason. Now: exit 2 naming the key and its type."""
+    assert main([str(tmp_path), "-o", str(tmp_path / "o"), "--set", setting]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err, err
+
+
+def test_config_file_with_a_wrong_type_names_the_file(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    cfg = tmp_path / "clips.yaml"
+    cfg.write_text("fps: ten\nprompt: 1984\n")
+    assert main([str(tmp_path), "-c", str(cfg), "-o", str(tmp_path / "o")]) == 2
+    assert f"config {cfg}: fps='ten' (str): fps takes a number" in capsys.readouterr().err
+    cfg.write_text("prompt: 1984\ncamera_topics: /cam\n")  # a number for a text, one topic for a list
+    loaded = load_config(cfg)
+    assert loaded.prompt == "1984" and loaded.camera_topics == ["/cam"]
