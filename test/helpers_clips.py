@@ -142,6 +142,7 @@ class BagSpec:
     corrupt_frames: tuple[int, ...] = ()  # camera frames (indices) whose payload is cut to a third
     positionless_every: int = 0  # one JointState in N carries velocities only (empty position array)
     late_frame_every: int = 0  # one camera frame in N is stamped 1 ms before the one before it
+    camera_outage: tuple[float, float] | None = None  # no camera frames in [a, b) s after t0
 
 
 def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
@@ -167,6 +168,8 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
         n = int(spec.duration * spec.cam_hz)
         for i in range(n):
             ns = t0 + round(i * NS / spec.cam_hz) - (spec.cam_early_ns if i else 0)
+            if spec.camera_outage and spec.camera_outage[0] <= (ns - t0) / NS < spec.camera_outage[1]:
+                continue
             size = spec.size
             if spec.size_change_at is not None and ns - t0 >= spec.size_change_at * NS:
                 size = (size[0] + 32, size[1] + 32)

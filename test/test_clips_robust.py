@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 from helpers_clips import NS, BagSpec, write_bag
 
+from cosmos_ros.clips import builder
 from cosmos_ros.clips.cli import main
 from cosmos_ros.clips.config import load_config
 from cosmos_ros.clips.dataset import ClipDataset
+from cosmos_ros.clips.sync import JointBuffer
 
 SMALL = ["--width", "80", "--height", "64", "--no-progress", "--val-fraction", "0"]
 
@@ -146,3 +148,40 @@ def test_config_file_with_a_wrong_type_names_the_file(tmp_path: Path, capsys: py
     cfg.write_text("prompt: 1984\ncamera_topics: /cam\n")  # a number for a text, one topic for a list
     loaded = load_config(cfg)
     assert loaded.prompt == "1984" and loaded.camera_topics == ["/cam"]
+
+
+def test_joint_states_during_a_camera_outage_are_not_all_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the camera is silent (an outage, a driver started late) the frame marks that prune the joint
+    buffer stand still, and every joint state was kept: 1 kHz over a 10-minute outage is 600k states
+    (about 300 MB). Now at most JOINT_HISTORY_S of them are, and the clips are the same: the frame the
+    grid holds back until the camera's next message keeps its states."""
+    # the last frame before the outage (1.267 s) serves the grid point 1.3 s, decided only when the camera's
+    # next message comes, 6.3 s later: it completes the first clip (13 frames, 0.1 .. 1.3 s; the frame at
+    # 0 s has no joint state yet)
+    write_bag(tmp_path / "outage", BagSpec(duration=9.0, camera_outage=(1.28, 7.6)))
+    sizes: list[int] = []
+    prune = JointBuffer.prune
+
+    def measured(self: JointBuffer, t: int, keep: tuple[int, ...] = ()) -> None:
+        prune(self, t, keep)
+        sizes.append(len(self.stamps))
+
+    monkeypatch.setattr(JointBuffer, "prune", measured)
+    rc, reps = _build(tmp_path / "kept_all", tmp_path / "outage")  # 60 s: nothing pruned in the outage
+    assert rc == 0 and max(sizes) > 600, max(sizes)  # 6 s of 100 Hz joint states were held
+    frames = reps["outage"]["frames"]
+    sizes.clear()
+    monkeypatch.setattr(builder, "JOINT_HISTORY_S", 1.0)
+    rc, reps = _build(tmp_path / "bounded", tmp_path / "outage")
+    assert rc == 0 and max(sizes) <= 100 + 64 + 32 + 2, max(sizes)
+
+    kept_all = ClipDataset(tmp_path / "kept_all", "all", as_numpy=True)
+    bounded = ClipDataset(tmp_path / "bounded", "all", as_numpy=True)
+    assert len(bounded) == len(kept_all) == 2
+    for a, b in zip(kept_all, bounded, strict=True):
+        np.testing.assert_array_equal(a["stamps_ns"], b["stamps_ns"])
+        np.testing.assert_array_equal(a["positions"], b["positions"])
+    assert reps["outage"]["frames"] == frames
+    assert kept_all[0]["stamps_ns"][-1] == 1001_266_666_667  # the held frame, at 1.267 s

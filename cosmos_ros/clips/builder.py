@@ -213,6 +213,12 @@ def _bag_message_count(ep: EpisodeSpec, topics: set[str]) -> int:
 
 LOG = logging.getLogger(__name__)
 
+#: Joint-state history (s of joint stamps) kept behind the newest state for camera frames not read yet.
+#: A frame arriving this much later than the joint states of its instant finds none (a miss): no camera
+#: pipeline is that late, and two clocks that far apart cannot be synchronized by stamp anyway. It bounds
+#: memory while the cameras are silent, when the frame marks that prune the buffer stand still.
+JOINT_HISTORY_S = 60.0
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -491,8 +497,12 @@ class ClipBuilder:
                     for t in cfg.camera_topics
                 ]
                 marks = [m for m in marks if m is not None]
-                if marks:
-                    jb.prune(min(marks) - max_wait)
+                # while the cameras are silent (an outage, a driver started late) their marks stand
+                # still and every joint state would be kept: 1 kHz over a 10-minute outage is 600k
+                # (the frame a camera's grid holds back until its next message is kept its states)
+                floor = (jb.last or 0) - round(JOINT_HISTORY_S * NS)
+                held = tuple(m for m in cam_latest.values() if m is not None)
+                jb.prune(max(min(marks) - max_wait, floor) if marks else floor, held)
 
             n = 0
             step = 256
@@ -526,7 +536,7 @@ class ClipBuilder:
                         for topic in cfg.camera_topics:
                             if pending[topic]:
                                 resolve(topic, False)
-                        if len(jb.stamps) > 64:
+                        if len(jb.stamps) > 64 and jb.total % 32 == 0:  # amortized: bisects a deque
                             prune()
                     else:
                         topic = conn_topic[conn.id]
