@@ -143,6 +143,7 @@ class BagSpec:
     positionless_every: int = 0  # one JointState in N carries velocities only (empty position array)
     late_frame_every: int = 0  # one camera frame in N is stamped 1 ms before the one before it
     camera_outage: tuple[float, float] | None = None  # no camera frames in [a, b) s after t0
+    frozen_stamps: str | None = None  # "camera" | "joint": that topic's header stamps never advance
 
 
 def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
@@ -173,7 +174,7 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
             size = spec.size
             if spec.size_change_at is not None and ns - t0 >= spec.size_change_at * NS:
                 size = (size[0] + 32, size[1] + 32)
-            stamp = stamp_of(ns)
+            stamp = stamp_of(t0 if spec.frozen_stamps == "camera" else ns)
             if spec.late_frame_every and i % spec.late_frame_every == spec.late_frame_every - 1:
                 stamp = cam_stamps[-1] - 1_000_000
             cam_type, msg = image_msg(render(i, *size), stamp, spec.image_format)
@@ -194,7 +195,9 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
             rel = (ns - t0) / NS
             if spec.joint_window and not spec.joint_window[0] <= rel < spec.joint_window[1]:
                 continue
-            st = stamp_of(ns) + (0 if spec.zero_stamps else round(spec.joint_stamp_offset * NS))
+            st = stamp_of(t0 if spec.frozen_stamps == "joint" else ns) + (
+                0 if spec.zero_stamps else round(spec.joint_stamp_offset * NS)
+            )
             pos = (
                 np.append(joint_positions(st, spec.joint_names), 0.5)
                 if spec.extra_joints

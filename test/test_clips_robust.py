@@ -185,3 +185,23 @@ def test_joint_states_during_a_camera_outage_are_not_all_kept(
         np.testing.assert_array_equal(a["positions"], b["positions"])
     assert reps["outage"]["frames"] == frames
     assert kept_all[0]["stamps_ns"][-1] == 1001_266_666_667  # the held frame, at 1.267 s
+
+
+@pytest.mark.parametrize(
+    ("frozen", "topic", "dropped"),
+    [("camera", "/camera/image_raw", "44 of 45"), ("joint", "/joint_states", "149 of 150")],
+)
+def test_frozen_header_stamps_are_named_with_the_fix(
+    tmp_path: Path, frozen: str, topic: str, dropped: str
+) -> None:
+    """A publisher whose header stamps never advance (a constant, the node's start time): every message
+    after the first was dropped as out of order, and the bag failed as 'no joint states in range ... check
+    the clocks' or 'episode shorter than one clip'. Now the error names the stamps and --time-source log,
+    with which the bag builds."""
+    write_bag(tmp_path / "frozen", BagSpec(frozen_stamps=frozen, duration=1.5))
+    rc, reps = _build(tmp_path / "out", tmp_path / "frozen")
+    err = reps["frozen"]["error"] or ""
+    assert rc == 1 and "header stamps do not advance" in err and f"({topic}: {dropped})" in err, err
+    assert "--time-source log" in err
+    rc, reps = _build(tmp_path / "out2", tmp_path / "frozen", "--time-source", "log")
+    assert rc == 0 and reps["frozen"]["ok"], reps

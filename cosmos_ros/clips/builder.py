@@ -571,6 +571,22 @@ class ClipBuilder:
             for t, sel in sels.items():
                 ep_stats[t].out_of_order += sel.out_of_order
             jstats.out_of_order += jb.out_of_order
+            # most of a topic dropped for stamps that do not advance: header stamps frozen by the publisher
+            # (a constant, or the node's start time); named when the bag fails for lack of frames
+            stuck = [
+                f"{t}: {sel.out_of_order} of {cam_count[t]}"
+                for t, sel in sels.items()
+                if sel.out_of_order * 2 > cam_count[t]
+            ]
+            if jb.out_of_order > jb.total:
+                stuck.append(f"{cfg.joint_topic}: {jb.out_of_order} of {jb.out_of_order + jb.total}")
+            short = report.frames == 0 or any(writers[t].episode_clips == 0 for t in writers)
+            if stuck and short and not use_log:
+                raise BagError(
+                    f"{label}: header stamps do not advance: most messages were dropped for a stamp not "
+                    f"after the one before ({'; '.join(stuck)}); rebuild with --time-source log (bag receive "
+                    "time) or fix the publisher's stamps"
+                )
 
             # ---- episode-level checks: name what is wrong and where
             for topic, (count, first, why) in self._undecodable.items():
