@@ -205,3 +205,14 @@ def test_frozen_header_stamps_are_named_with_the_fix(
     assert "--time-source log" in err
     rc, reps = _build(tmp_path / "out2", tmp_path / "frozen", "--time-source", "log")
     assert rc == 0 and reps["frozen"]["ok"], reps
+
+
+def test_bag_still_being_recorded_says_so_and_how_to_reindex(tmp_path: Path) -> None:
+    """`ros2 bag record` writes metadata.yaml when it stops: a bag built while it is still recording (or
+    after a crash) said only 'not closed cleanly?'."""
+    write_bag(tmp_path / "live", BagSpec(duration=1.5))
+    (tmp_path / "live" / "metadata.yaml").unlink()
+    rc, reps = _build(tmp_path / "out", tmp_path / "live")
+    err = reps["live"]["error"] or ""
+    assert rc == 1 and "the recording is still running, or was not closed cleanly" in err, err
+    assert f"ros2 bag reindex {tmp_path / 'live'}" in err

@@ -359,8 +359,8 @@ class EpisodeReader:
                 raise BagError(f"{seg}: segment listed in episode.json does not exist")
             if not (seg / "metadata.yaml").exists():
                 raise BagError(
-                    f"{seg}: no metadata.yaml (the recording was not closed cleanly?); "
-                    "rebuild it with `ros2 bag reindex` and retry"
+                    f"{seg}: no metadata.yaml: the recording is still running, or was not closed cleanly; "
+                    f"wait for it to stop, or rebuild the metadata with `ros2 bag reindex {seg}`, and retry"
                 )
         try:
             try:
