@@ -6,6 +6,7 @@ with rosbags (helpers_clips) and clips are small (80x64) to keep each test to a 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ import pytest
 from helpers_clips import NS, BagSpec, write_bag
 
 from cosmos_ros.clips import builder
+from cosmos_ros.clips.bags import content_digest, discover_episodes, drop_duplicates
 from cosmos_ros.clips.cli import main
 from cosmos_ros.clips.config import load_config
 from cosmos_ros.clips.dataset import ClipDataset
@@ -216,3 +218,33 @@ def test_bag_still_being_recorded_says_so_and_how_to_reindex(tmp_path: Path) -> 
     err = reps["live"]["error"] or ""
     assert rc == 1 and "the recording is still running, or was not closed cleanly" in err, err
     assert f"ros2 bag reindex {tmp_path / 'live'}" in err
+
+
+def test_a_bag_given_twice_or_copied_is_built_once(tmp_path: Path) -> None:
+    """`build_clips bags/ bags/a a_copy/`: the same recording was built three times ('a', 'a-2',
+    'a_copy') and the split put copies of it in train and val, so the evaluation scored clips the model
+    trained on. Now it is built once, with a warning for each repeat; a look-alike whose digest matches
+    but whose bytes differ is kept."""
+    bags = tmp_path / "bags"
+    write_bag(bags / "a", BagSpec(duration=2.0))
+    write_bag(bags / "b", BagSpec(duration=2.0, t0=3000.0))
+    shutil.copytree(bags / "a", tmp_path / "a_copy")
+    out = tmp_path / "out"
+    rc = main([str(bags), str(bags / "a"), str(tmp_path / "a_copy"), "-o", str(out), *SMALL[:-2]])
+    stats = json.loads((out / "stats.json").read_text())
+    assert rc == 0 and [b["episode_id"] for b in stats["bags"]] == ["a", "b"], stats["bags"]
+    assert f"{bags / 'a'}: given twice; built once" in stats["warnings"]
+    assert f"{tmp_path / 'a_copy'}: the same recording as {bags / 'a'} (a copy)" in " ".join(
+        stats["warnings"]
+    )
+    assert set(json.loads((out / "clips.json").read_text())["episodes"]) == {"a", "b"}
+
+    (db,) = (tmp_path / "a_copy").glob("*.db3")
+    data = bytearray(db.read_bytes())
+    assert len(data) > 4 * 64 * 1024
+    data[len(data) // 2] ^= 0xFF  # a byte the digest does not read
+    db.write_bytes(bytes(data))
+    episodes, _ = discover_episodes([bags / "a", tmp_path / "a_copy"])
+    assert content_digest(episodes[0]) == content_digest(episodes[1])
+    kept, warnings = drop_duplicates(episodes)
+    assert len(kept) == 2 and not warnings

@@ -20,6 +20,7 @@ lets the builder decide which camera frames it needs before paying for deseriali
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import json
 import os
@@ -313,6 +314,51 @@ def content_digest(ep: EpisodeSpec) -> str:
             except OSError as err:
                 put("unreadable", type(err).__name__.encode())
     return h.hexdigest()[:32]
+
+
+def drop_duplicates(episodes: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], list[str]]:
+    """The episodes less those that hold the same recording as an earlier one; and a warning for each.
+
+    Why: a bag given twice (``bags/`` and ``bags/ep1``, a shell glob and its parent) or a copy of it
+    elsewhere was built twice, and the split could put one in train and the other in val: the model is
+    then evaluated on clips it trained on. Candidates share a :func:`content_digest`; a copy at another
+    path is confirmed byte for byte (the digest reads only the files' ends), so that no recording is
+    dropped for a look-alike.
+    """
+    first: dict[str, list[EpisodeSpec]] = {}
+    kept: list[EpisodeSpec] = []
+    warnings: list[str] = []
+    for ep in episodes:
+        same = first.setdefault(content_digest(ep), [])
+        seen = next((s for s in same if _same_recording(s, ep)), None)
+        if seen is None:
+            same.append(ep)
+            kept.append(ep)
+        elif ep.source.resolve() == seen.source.resolve():
+            warnings.append(f"{ep.label}: given twice; built once")
+        else:
+            warnings.append(
+                f"{ep.label}: the same recording as {seen.label} (a copy); skipped, so that it cannot sit in "
+                "both splits"
+            )
+    return kept, warnings
+
+
+def _same_recording(a: EpisodeSpec, b: EpisodeSpec) -> bool:
+    """Whether two episodes' segments hold identical storage files (the same folders, or copies)."""
+    if [s.resolve() for s in a.segments] == [s.resolve() for s in b.segments]:
+        return True
+    if len(a.segments) != len(b.segments):
+        return False
+    try:
+        for sa, sb in zip(a.segments, b.segments, strict=True):
+            fa = sorted(p.name for p in sa.iterdir() if p.name.endswith(_STORAGE_SUFFIXES))
+            fb = sorted(p.name for p in sb.iterdir() if p.name.endswith(_STORAGE_SUFFIXES))
+            if fa != fb or not all(filecmp.cmp(sa / n, sb / n, shallow=False) for n in fa):
+                return False
+    except OSError:  # unreadable: not known to be the same; the bag fails later with its own message
+        return False
+    return True
 
 
 def parse_header_stamp(rawdata: bytes | memoryview) -> int:

@@ -44,6 +44,7 @@ from cosmos_ros.clips.bags import (
     apply_per_bag,
     content_digest,
     discover_episodes,
+    drop_duplicates,
     load_per_bag,
     parse_header_stamp,
 )
@@ -734,6 +735,7 @@ class ClipBuilder:
         t0 = time.perf_counter()
         result = BuildResult(self.final)
         episodes, result.input_errors = discover_episodes(cfg.inputs)
+        episodes, result.warnings = drop_duplicates(episodes)
         per_bag, base = load_per_bag(cfg.per_bag)
         result.warnings += apply_per_bag(episodes, per_bag, base, {*cfg.camera_topics, cfg.joint_topic})
         if not episodes:
