@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers_clips import NS, BagSpec, write_bag
+from helpers_clips import NS, BagSpec, write_bag, write_episode
 
 from cosmos_ros.clips import builder
 from cosmos_ros.clips.bags import content_digest, discover_episodes, drop_duplicates
@@ -248,3 +248,15 @@ def test_a_bag_given_twice_or_copied_is_built_once(tmp_path: Path) -> None:
     assert content_digest(episodes[0]) == content_digest(episodes[1])
     kept, warnings = drop_duplicates(episodes)
     assert len(kept) == 2 and not warnings
+
+    # an episode's segment given alone, before the episode: the whole episode is kept, the part skipped
+    write_episode(
+        tmp_path / "ep", "pick", [BagSpec(duration=1.5, t0=5000.0), BagSpec(duration=1.5, t0=5002.0)]
+    )
+    episodes, _ = discover_episodes([tmp_path / "ep" / "segment_001", tmp_path / "ep"])
+    kept, warnings = drop_duplicates(episodes)
+    assert [e.source for e in kept] == [tmp_path / "ep"]
+    assert warnings == [
+        f"{tmp_path / 'ep' / 'segment_001'}: its segment {tmp_path / 'ep' / 'segment_001'} is part of "
+        f"{tmp_path / 'ep'} already; skipped, so that no recording sits in two episodes"
+    ]

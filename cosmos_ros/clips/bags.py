@@ -317,31 +317,41 @@ def content_digest(ep: EpisodeSpec) -> str:
 
 
 def drop_duplicates(episodes: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], list[str]]:
-    """The episodes less those that hold the same recording as an earlier one; and a warning for each.
+    """The episodes less those that hold a recording another one holds; and a warning for each.
 
-    Why: a bag given twice (``bags/`` and ``bags/ep1``, a shell glob and its parent) or a copy of it
-    elsewhere was built twice, and the split could put one in train and the other in val: the model is
-    then evaluated on clips it trained on. Candidates share a :func:`content_digest`; a copy at another
-    path is confirmed byte for byte (the digest reads only the files' ends), so that no recording is
-    dropped for a look-alike.
+    Why: a bag given twice (``bags/`` and ``bags/ep1``, a shell glob and its parent), a copy of it
+    elsewhere, or an episode's segment given as a bag of its own was built twice, and the split could put
+    one in train and the other in val: the model is then evaluated on clips it trained on. Copies share a
+    :func:`content_digest` and are confirmed byte for byte (the digest reads only the files' ends), so that
+    no recording is dropped for a look-alike. Episodes of more segments are kept first: an episode wins
+    over its own segment given alone. The kept ones stay in input order.
     """
-    first: dict[str, list[EpisodeSpec]] = {}
-    kept: list[EpisodeSpec] = []
-    warnings: list[str] = []
-    for ep in episodes:
-        same = first.setdefault(content_digest(ep), [])
+    by_digest: dict[str, list[EpisodeSpec]] = {}
+    owner: dict[Path, EpisodeSpec] = {}  # segment folder -> the kept episode it belongs to
+    dropped: dict[int, str] = {}  # id(episode) -> why
+    for ep in sorted(episodes, key=lambda e: -len(e.segments)):
+        shared = next((seg for seg in ep.segments if seg.resolve() in owner), None)
+        if shared is not None and owner[shared.resolve()].source.resolve() != ep.source.resolve():
+            holder = owner[shared.resolve()]
+            dropped[id(ep)] = (
+                f"{ep.label}: its segment {shared} is part of {holder.label} already; skipped, so that no "
+                "recording sits in two episodes"
+            )
+            continue
+        same = by_digest.setdefault(content_digest(ep), [])
         seen = next((s for s in same if _same_recording(s, ep)), None)
         if seen is None:
             same.append(ep)
-            kept.append(ep)
+            owner.update((seg.resolve(), ep) for seg in ep.segments)
         elif ep.source.resolve() == seen.source.resolve():
-            warnings.append(f"{ep.label}: given twice; built once")
+            dropped[id(ep)] = f"{ep.label}: given twice; built once"
         else:
-            warnings.append(
+            dropped[id(ep)] = (
                 f"{ep.label}: the same recording as {seen.label} (a copy); skipped, so that it cannot sit in "
                 "both splits"
             )
-    return kept, warnings
+    kept = [ep for ep in episodes if id(ep) not in dropped]
+    return kept, [dropped[id(ep)] for ep in episodes if id(ep) in dropped]
 
 
 def _same_recording(a: EpisodeSpec, b: EpisodeSpec) -> bool:
