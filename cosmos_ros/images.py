@@ -8,8 +8,10 @@ live become the same array.
 
 Decoding is table-driven (:data:`RAW_ENCODINGS`): each ``sensor_msgs/Image`` encoding names its element
 type, its channel count and the OpenCV conversion to RGB; row padding (``step``) and big-endian 16-bit data
-are honoured; 16-bit images keep their high byte (``>> 8``). ``sensor_msgs/CompressedImage`` in jpeg or png
-(image_transport's ``"<enc>; jpeg compressed bgr8"`` formats included) is decoded with OpenCV;
+are honoured; 16-bit images keep their high byte (``>> 8``). The table holds the colour encodings, mono,
+packed YUV 4:2:2 of USB cameras and the Bayer mosaics of machine-vision cameras; a depth image (16UC1,
+32FC1) is refused as such, since a wrong topic is the likely cause. ``sensor_msgs/CompressedImage`` in
+jpeg or png (image_transport's ``"<enc>; jpeg compressed bgr8"`` formats included) is decoded with OpenCV;
 ``compressedDepth`` and other formats are refused with the reason. An encoding outside the table is handed
 to cv_bridge where it imports (a ROS install); cv_bridge is not installable everywhere this runs, and the
 table covers what cameras publish, so the common encodings give the same pixels with or without it.
@@ -56,7 +58,27 @@ RAW_ENCODINGS: dict[str, RawLayout] = {
     "mono16": RawLayout(np.uint16, 1, cv2.COLOR_GRAY2RGB),
     "rgb16": RawLayout(np.uint16, 3, None),
     "bgr16": RawLayout(np.uint16, 3, cv2.COLOR_BGR2RGB),
+    # packed 4:2:2 (USB cameras: usb_cam, v4l2_camera), BT.601 video range as V4L2 delivers it; ROS'
+    # "yuv422" is UYVY and "yuv422_yuy2" is YUYV (sensor_msgs/image_encodings.hpp)
+    "yuv422": RawLayout(np.uint8, 2, cv2.COLOR_YUV2RGB_UYVY),
+    "uyvy": RawLayout(np.uint8, 2, cv2.COLOR_YUV2RGB_UYVY),
+    "yuv422_yuy2": RawLayout(np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
+    "yuyv": RawLayout(np.uint8, 2, cv2.COLOR_YUV2RGB_YUY2),
+    # raw sensor mosaics (machine-vision drivers: Spinnaker, pylon); OpenCV names a pattern by its second
+    # row's first two pixels, hence RGGB -> BayerBG
+    **{
+        f"bayer_{pattern}{bits}": RawLayout(np.uint8 if bits == 8 else np.uint16, 1, code)
+        for pattern, code in (
+            ("rggb", cv2.COLOR_BayerBG2RGB),
+            ("bggr", cv2.COLOR_BayerRG2RGB),
+            ("gbrg", cv2.COLOR_BayerGR2RGB),
+            ("grbg", cv2.COLOR_BayerGB2RGB),
+        )
+        for bits in (8, 16)
+    },
 }
+# One-channel distance images: a depth camera's topic, never a picture the video model can use.
+DEPTH_ENCODINGS = ("16uc1", "32fc1")
 COMPRESSED_FORMATS = ("jpeg", "png")
 
 
@@ -114,6 +136,13 @@ def decode_raw(
 ) -> np.ndarray:
     """The fields of a ``sensor_msgs/Image`` -> ``[H, W, 3]`` uint8 RGB (a copy; ``data`` is not kept)."""
     layout = RAW_ENCODINGS.get(encoding.lower())
+    if layout is None and encoding.lower() in DEPTH_ENCODINGS:
+        raise UnsupportedEncodingError(
+            f"image encoding {encoding!r} is a depth image (distances, not colours)",
+            "use the colour camera's topic (its encoding is rgb8, bgr8, yuv422... or a CompressedImage), not "
+            "the depth camera's",
+            "encoding",
+        )
     if layout is None:
         via_bridge = _cv_bridge_decode(msg) if msg is not None else None
         if via_bridge is not None:
@@ -130,6 +159,12 @@ def decode_raw(
     if step < row:
         raise MalformedImageError(
             f"step {step} < width*channels*bytes {row} for {encoding}", f"set step to {row}", "step"
+        )
+    if layout.channels == 2 and width % 2:
+        raise MalformedImageError(
+            f"{encoding} is {width} pixels wide: packed 4:2:2 pixels come in pairs",
+            "send an even width",
+            "width",
         )
     buf = _as_bytes(data)
     if buf.size < step * height:

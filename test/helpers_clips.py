@@ -51,6 +51,27 @@ def render(i: int, width: int = 160, height: int = 128) -> np.ndarray:
     return img
 
 
+def yuv601(rgb: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """BT.601 video-range Y, U, V planes of an RGB image, as a V4L2 camera delivers them (the textbook
+    formula, not OpenCV's conversion, so the decoder is checked against something independent)."""
+    r, g, b = (rgb[..., i].astype(np.float64) for i in range(3))
+    y = 16 + 0.257 * r + 0.504 * g + 0.098 * b
+    u = 128 - 0.148 * r - 0.291 * g + 0.439 * b
+    v = 128 + 0.439 * r - 0.368 * g - 0.071 * b
+    return tuple(np.clip(np.round(a), 0, 255).astype(np.uint8) for a in (y, u, v))  # type: ignore[return-value]
+
+
+def pack_yuyv(rgb: np.ndarray) -> np.ndarray:
+    """``[H, W, 2]`` YUYV (ROS ``yuv422_yuy2``/``yuyv``) of an RGB image; each pixel pair takes the chroma
+    of its first pixel."""
+    y, u, v = yuv601(rgb)
+    out = np.zeros((*rgb.shape[:2], 2), np.uint8)
+    out[..., 0] = y
+    out[:, 0::2, 1] = u[:, 0::2]
+    out[:, 1::2, 1] = v[:, 0::2]
+    return out
+
+
 def _stamp(ns: int) -> object:
     return Header(stamp=Time(sec=ns // NS, nanosec=ns % NS), frame_id="cam")
 
@@ -74,6 +95,8 @@ def image_msg(img: np.ndarray, ns: int, fmt: str) -> tuple[str, object]:
     }
     code, ch = conv.get(fmt, (None, 3))  # unknown encodings (bad-input tests) carry rgb8 bytes
     data = img if code is None else cv2.cvtColor(img, code)
+    if fmt == "yuyv":
+        data, ch = pack_yuyv(img), 2
     h, w = img.shape[:2]
     return "sensor_msgs/msg/Image", Image(
         header=_stamp(ns),
@@ -116,6 +139,11 @@ class BagSpec:
     cam_early_ns: int = 0  # camera stamps after the first come this much before their period (jitter)
     extra_topics: int = 0  # add this many std_msgs/String topics (a real robot's busy bag)
     drop_joint_every: int = 0  # one JointState in N (between frames) lacks its last configured joint
+    corrupt_frames: tuple[int, ...] = ()  # camera frames (indices) whose payload is cut to a third
+    positionless_every: int = 0  # one JointState in N carries velocities only (empty position array)
+    late_frame_every: int = 0  # one camera frame in N is stamped 1 ms before the one before it
+    camera_outage: tuple[float, float] | None = None  # no camera frames in [a, b) s after t0
+    frozen_stamps: str | None = None  # "camera" | "joint": that topic's header stamps never advance
 
 
 def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
@@ -141,12 +169,19 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
         n = int(spec.duration * spec.cam_hz)
         for i in range(n):
             ns = t0 + round(i * NS / spec.cam_hz) - (spec.cam_early_ns if i else 0)
+            if spec.camera_outage and spec.camera_outage[0] <= (ns - t0) / NS < spec.camera_outage[1]:
+                continue
             size = spec.size
             if spec.size_change_at is not None and ns - t0 >= spec.size_change_at * NS:
                 size = (size[0] + 32, size[1] + 32)
-            cam_type, msg = image_msg(render(i, *size), stamp_of(ns), spec.image_format)
+            stamp = stamp_of(t0 if spec.frozen_stamps == "camera" else ns)
+            if spec.late_frame_every and i % spec.late_frame_every == spec.late_frame_every - 1:
+                stamp = cam_stamps[-1] - 1_000_000
+            cam_type, msg = image_msg(render(i, *size), stamp, spec.image_format)
+            if i in spec.corrupt_frames:
+                msg.data = np.ascontiguousarray(msg.data[: len(msg.data) // 3])
             msgs.append((ns, "cam", TS.serialize_cdr(msg, cam_type)))
-            cam_stamps.append(stamp_of(ns))
+            cam_stamps.append(stamp)
     if spec.second_camera:
         for i in range(int(spec.duration * 15)):
             ns = t0 + round(i * NS / 15) + 1_000_000
@@ -160,7 +195,9 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
             rel = (ns - t0) / NS
             if spec.joint_window and not spec.joint_window[0] <= rel < spec.joint_window[1]:
                 continue
-            st = stamp_of(ns) + (0 if spec.zero_stamps else round(spec.joint_stamp_offset * NS))
+            st = stamp_of(t0 if spec.frozen_stamps == "joint" else ns) + (
+                0 if spec.zero_stamps else round(spec.joint_stamp_offset * NS)
+            )
             pos = (
                 np.append(joint_positions(st, spec.joint_names), 0.5)
                 if spec.extra_joints
@@ -175,11 +212,14 @@ def write_bag(path: Path, spec: BagSpec | None = None) -> dict:
                 pos = np.delete(pos, drop)
             if spec.empty_names:
                 msg_names = []
+            vel = np.zeros(len(pos))
+            if spec.positionless_every and i % spec.positionless_every == 0:
+                pos = np.zeros(0)
             msg = JointState(
                 header=_stamp(st),
                 name=msg_names,
                 position=pos,
-                velocity=np.zeros(len(pos)),
+                velocity=vel,
                 effort=np.zeros(0),
             )
             msgs.append((ns, "joint", TS.serialize_cdr(msg, "sensor_msgs/msg/JointState")))

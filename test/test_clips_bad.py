@@ -17,7 +17,7 @@ BAD = {
     "missing_topic": (BagSpec(camera_topic="/wrist_cam/image"), "'/camera/image_raw' is not in the bag"),
     "no_joint_messages": (BagSpec(with_joints=False), "'/joint_states' is not in the bag"),
     "joints_out_of_range": (BagSpec(joint_stamp_offset=-50.0), "no joint states in range"),
-    "unknown_encoding": (BagSpec(image_format="yuv422"), "unknown image encoding 'yuv422'"),
+    "unknown_encoding": (BagSpec(image_format="nv21"), "unknown image encoding 'nv21'"),
     "clock_jump": (BagSpec(storage="mcap", clock_jump_at=2.5), "clock jump backwards of"),
     "zero_stamps": (BagSpec(zero_stamps=True), "zero header stamps; rebuild with --time-source log"),
     "too_short": (BagSpec(duration=0.9), "episode shorter than one clip"),
@@ -96,7 +96,7 @@ def test_episode_without_any_closed_segment_is_reported(tmp_path: Path) -> None:
 
 
 def test_all_bags_bad_still_reports(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    write_bag(tmp_path / "b", BagSpec(image_format="yuv422", duration=1.5))
+    write_bag(tmp_path / "b", BagSpec(image_format="nv21", duration=1.5))
     shutil.rmtree(tmp_path / "out", ignore_errors=True)
     assert main([str(tmp_path / "b"), "-o", str(tmp_path / "out"), "--no-progress"]) == 1
     text = capsys.readouterr().out

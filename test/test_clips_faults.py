@@ -35,7 +35,7 @@ def test_split_is_drawn_over_the_bags_that_built(tmp_path: Path) -> None:
     no train clips, exit with nothing usable and leave a shard without a clips.json."""
     bags = tmp_path / "bags"
     write_bag(bags / "good", BagSpec(duration=2.0))
-    write_bag(bags / "bad", BagSpec(duration=2.0, image_format="yuv422"))
+    write_bag(bags / "bad", BagSpec(duration=2.0, image_format="nv21"))
     eps = [EpisodeSpec("bad", []), EpisodeSpec("good", [])]
     seed = next(s for s in range(100) if assign_splits(eps, 0.5, s, [])["good"] == "val")
     out = tmp_path / "out"
@@ -64,7 +64,7 @@ def test_bag_failing_after_a_shard_was_written_leaves_no_orphan_shard(tmp_path: 
 def test_overwrite_that_fails_keeps_the_old_build(tmp_path: Path) -> None:
     """Item 17/2: --overwrite deleted the earlier build before the new one was known to work."""
     write_bag(tmp_path / "good", BagSpec(duration=2.0))
-    write_bag(tmp_path / "bad", BagSpec(duration=2.0, image_format="yuv422"))
+    write_bag(tmp_path / "bad", BagSpec(duration=2.0, image_format="nv21"))
     out = tmp_path / "out"
     assert main([str(tmp_path / "good"), "-o", str(out), *SMALL, "--val-fraction", "0"]) == 0
     before = (out / "clips.json").read_text()

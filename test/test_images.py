@@ -11,6 +11,7 @@ from typing import Any
 import cv2
 import numpy as np
 import pytest
+from helpers_clips import yuv601
 
 from cosmos_ros import images as im
 from cosmos_ros.preprocessing import PreprocessSpec, SpecMismatchError, check_compatible
@@ -66,7 +67,7 @@ def test_mono_and_compressed_decode() -> None:
 
 def test_errors_are_typed_and_name_the_field() -> None:
     cases = [
-        (_raw(RGB, "yuv422"), "Image", im.UnsupportedEncodingError, "encoding"),
+        (_raw(RGB, "nv21"), "Image", im.UnsupportedEncodingError, "encoding"),
         (replace_ns(_raw(RGB, "rgb8"), step=20), "Image", im.MalformedImageError, "step"),
         (replace_ns(_raw(RGB, "rgb8"), data=b"\0" * 10), "Image", im.MalformedImageError, "data"),
         (replace_ns(_raw(RGB, "rgb8"), height=0), "Image", im.MalformedImageError, ""),
@@ -89,6 +90,63 @@ def test_errors_are_typed_and_name_the_field() -> None:
         assert err.value.attribute == attribute and err.value.fix in str(err.value), str(err.value)
     with pytest.raises(im.FitError, match="unknown fit policy 'zoom'"):
         im.fit_image(RGB, 4, 4, "zoom")
+
+
+# Pixel pairs share their chroma in 4:2:2, so the test picture does too; video range keeps [16, 235].
+PAIRS = np.repeat(np.random.default_rng(2).integers(16, 236, (6, 5, 3)), 2, axis=1).astype(np.uint8)
+
+
+@pytest.mark.parametrize("encoding", ["yuv422", "uyvy", "yuv422_yuy2", "yuyv"])
+def test_packed_yuv422_of_usb_cameras_decodes_to_rgb(encoding: str) -> None:
+    """USB cameras (usb_cam, v4l2_camera) publish packed 4:2:2: ROS' yuv422/uyvy is U Y V Y, yuv422_yuy2/
+    yuyv is Y U Y V. Both used to be refused as unknown encodings, failing every bag of such a camera."""
+    y, u, v = yuv601(PAIRS)
+    packed = np.zeros((*PAIRS.shape[:2], 2), np.uint8)
+    luma, chroma = (1, 0) if encoding in ("yuv422", "uyvy") else (0, 1)
+    packed[..., luma] = y
+    packed[:, 0::2, chroma] = u[:, 0::2]
+    packed[:, 1::2, chroma] = v[:, 0::2]
+    out = im.decode_image(_raw(packed, encoding, pad=4), "sensor_msgs/msg/Image")
+    assert out.shape == PAIRS.shape and out.dtype == np.uint8
+    assert np.abs(out.astype(int) - PAIRS).max() <= 3  # rounding of the 8-bit YUV
+
+    odd = _raw(packed[:, :9], encoding)
+    with pytest.raises(im.MalformedImageError) as err:
+        im.decode_image(odd, "sensor_msgs/msg/Image")
+    assert err.value.attribute == "width" and "even width" in str(err.value)
+
+
+@pytest.mark.parametrize("pattern", ["rggb", "bggr", "gbrg", "grbg"])
+def test_bayer_mosaics_decode_to_the_colours_of_their_pattern(pattern: str) -> None:
+    """Machine-vision drivers publish the raw sensor mosaic (bayer_rggb8...). A flat colour mosaicked with
+    the named pattern must come back as that colour, in 8 and 16 bits."""
+    colour = np.array([200, 90, 30], np.uint8)
+    flat = np.broadcast_to(colour, (16, 20, 3))
+    mosaic = np.zeros((16, 20), np.uint8)
+    for k, (dy, dx) in enumerate([(0, 0), (0, 1), (1, 0), (1, 1)]):
+        mosaic[dy::2, dx::2] = flat[dy::2, dx::2, "rgb".index(pattern[k])]
+    for bits, data in ((8, mosaic), (16, mosaic.astype(np.uint16) << 8)):
+        out = im.decode_image(_raw(data, f"bayer_{pattern}{bits}"), "sensor_msgs/msg/Image")
+        inner = out[4:-4, 4:-4].reshape(-1, 3)  # demosaicing guesses at the borders
+        assert np.abs(inner.astype(int) - colour).max() <= 2, (bits, inner.mean(0))
+
+
+def test_depth_image_is_refused_naming_the_wrong_topic() -> None:
+    depth = np.full((6, 10), 1500, np.uint16)
+    for encoding in ("16UC1", "32FC1"):
+        data = depth if encoding == "16UC1" else depth.astype(np.float32) / 1000
+        msg = SimpleNamespace(
+            height=6,
+            width=10,
+            encoding=encoding,
+            step=data.itemsize * 10,
+            is_bigendian=0,
+            data=data.tobytes(),
+        )
+        with pytest.raises(im.UnsupportedEncodingError) as err:
+            im.decode_image(msg, "sensor_msgs/msg/Image")
+        assert err.value.attribute == "encoding"
+        assert "depth image" in err.value.problem and "colour camera's topic" in err.value.fix
 
 
 def replace_ns(ns: SimpleNamespace, **kw: Any) -> SimpleNamespace:

@@ -20,6 +20,7 @@ lets the builder decide which camera frames it needs before paying for deseriali
 from __future__ import annotations
 
 import contextlib
+import filecmp
 import hashlib
 import json
 import os
@@ -42,6 +43,7 @@ CELL_KEY = "cell"
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 JOINT_TYPE = "sensor_msgs/msg/JointState"
 _STORAGE_SUFFIXES = (".mcap", ".db3", ".mcap.zstd", ".db3.zstd")
+_FOLDER_FILES = ("metadata.yaml", "episode.json")  # files that stand for the folder they are in
 
 
 class BagError(Exception):
@@ -223,8 +225,8 @@ def discover_episodes(inputs: Sequence[str | Path]) -> tuple[list[EpisodeSpec], 
     errors: list[str] = []
     for raw in inputs:
         path = Path(raw).expanduser()
-        if path.is_file() and path.name.endswith(_STORAGE_SUFFIXES):
-            path = path.parent
+        if path.is_file() and (path.name.endswith(_STORAGE_SUFFIXES) or path.name in _FOLDER_FILES):
+            path = path.parent  # a file of the bag or episode (a shell's tab completion): its folder
         if not path.exists():
             errors.append(f"{path}: input does not exist")
         elif (path / "episode.json").exists():
@@ -314,6 +316,61 @@ def content_digest(ep: EpisodeSpec) -> str:
     return h.hexdigest()[:32]
 
 
+def drop_duplicates(episodes: list[EpisodeSpec]) -> tuple[list[EpisodeSpec], list[str]]:
+    """The episodes less those that hold a recording another one holds; and a warning for each.
+
+    Why: a bag given twice (``bags/`` and ``bags/ep1``, a shell glob and its parent), a copy of it
+    elsewhere, or an episode's segment given as a bag of its own was built twice, and the split could put
+    one in train and the other in val: the model is then evaluated on clips it trained on. Copies share a
+    :func:`content_digest` and are confirmed byte for byte (the digest reads only the files' ends), so that
+    no recording is dropped for a look-alike. Episodes of more segments are kept first: an episode wins
+    over its own segment given alone. The kept ones stay in input order.
+    """
+    by_digest: dict[str, list[EpisodeSpec]] = {}
+    owner: dict[Path, EpisodeSpec] = {}  # segment folder -> the kept episode it belongs to
+    dropped: dict[int, str] = {}  # id(episode) -> why
+    for ep in sorted(episodes, key=lambda e: -len(e.segments)):
+        shared = next((seg for seg in ep.segments if seg.resolve() in owner), None)
+        if shared is not None and owner[shared.resolve()].source.resolve() != ep.source.resolve():
+            holder = owner[shared.resolve()]
+            dropped[id(ep)] = (
+                f"{ep.label}: its segment {shared} is part of {holder.label} already; skipped, so that no "
+                "recording sits in two episodes"
+            )
+            continue
+        same = by_digest.setdefault(content_digest(ep), [])
+        seen = next((s for s in same if _same_recording(s, ep)), None)
+        if seen is None:
+            same.append(ep)
+            owner.update((seg.resolve(), ep) for seg in ep.segments)
+        elif ep.source.resolve() == seen.source.resolve():
+            dropped[id(ep)] = f"{ep.label}: given twice; built once"
+        else:
+            dropped[id(ep)] = (
+                f"{ep.label}: the same recording as {seen.label} (a copy); skipped, so that it cannot sit in "
+                "both splits"
+            )
+    kept = [ep for ep in episodes if id(ep) not in dropped]
+    return kept, [dropped[id(ep)] for ep in episodes if id(ep) in dropped]
+
+
+def _same_recording(a: EpisodeSpec, b: EpisodeSpec) -> bool:
+    """Whether two episodes' segments hold identical storage files (the same folders, or copies)."""
+    if [s.resolve() for s in a.segments] == [s.resolve() for s in b.segments]:
+        return True
+    if len(a.segments) != len(b.segments):
+        return False
+    try:
+        for sa, sb in zip(a.segments, b.segments, strict=True):
+            fa = sorted(p.name for p in sa.iterdir() if p.name.endswith(_STORAGE_SUFFIXES))
+            fb = sorted(p.name for p in sb.iterdir() if p.name.endswith(_STORAGE_SUFFIXES))
+            if fa != fb or not all(filecmp.cmp(sa / n, sb / n, shallow=False) for n in fa):
+                return False
+    except OSError:  # unreadable: not known to be the same; the bag fails later with its own message
+        return False
+    return True
+
+
 def parse_header_stamp(rawdata: bytes | memoryview) -> int:
     """Header stamp (ns) of a CDR message that starts with ``std_msgs/Header``, without deserializing."""
     if len(rawdata) < 12:
@@ -358,8 +415,8 @@ class EpisodeReader:
                 raise BagError(f"{seg}: segment listed in episode.json does not exist")
             if not (seg / "metadata.yaml").exists():
                 raise BagError(
-                    f"{seg}: no metadata.yaml (the recording was not closed cleanly?); "
-                    "rebuild it with `ros2 bag reindex` and retry"
+                    f"{seg}: no metadata.yaml: the recording is still running, or was not closed cleanly; "
+                    f"wait for it to stop, or rebuild the metadata with `ros2 bag reindex {seg}`, and retry"
                 )
         try:
             try:

@@ -44,13 +44,14 @@ from cosmos_ros.clips.bags import (
     apply_per_bag,
     content_digest,
     discover_episodes,
+    drop_duplicates,
     load_per_bag,
     parse_header_stamp,
 )
 from cosmos_ros.clips.config import DEFAULT_PROMPT, ClipsConfig
 from cosmos_ros.clips.storage import FORMAT_VERSION, OutputError, ShardWriter, output_error, write_labels
 from cosmos_ros.clips.sync import NS, ClockJumpError, GridSelector, JointBuffer, TopicStats
-from cosmos_ros.images import ImageError, decode_image, fit_image
+from cosmos_ros.images import ImageError, MalformedImageError, decode_image, fit_image
 from cosmos_ros.preprocessing import SPEC_KEY, PreprocessSpec
 from cosmos_ros.tokens import ActionStats, ActionTokenizer
 
@@ -213,6 +214,12 @@ def _bag_message_count(ep: EpisodeSpec, topics: set[str]) -> int:
 
 LOG = logging.getLogger(__name__)
 
+#: Joint-state history (s of joint stamps) kept behind the newest state for camera frames not read yet.
+#: A frame arriving this much later than the joint states of its instant finds none (a miss): no camera
+#: pipeline is that late, and two clocks that far apart cannot be synchronized by stamp anyway. It bounds
+#: memory while the cameras are silent, when the frame marks that prune the buffer stand still.
+JOINT_HISTORY_S = 60.0
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -253,6 +260,10 @@ class ClipBuilder:
         self.sync_stats: dict[str, TopicStats] = {}
         self._index_cache: dict[tuple[str, ...], np.ndarray] = {}
         self._frame_size: dict[str, tuple[int, int]] = {}
+        # per camera topic, frames of this episode whose payload did not decode: [count, first stamp,
+        # first error]; the topics whose next stored frame must start a new run
+        self._undecodable: dict[str, list[Any]] = {}
+        self._break_next: set[str] = set()
         self._report: EpisodeReport | None = None
         self.worker = FrameWorker()
 
@@ -359,6 +370,8 @@ class ClipBuilder:
         max_wait = round(cfg.max_wait * NS)
         ep_stats: dict[str, TopicStats] = {}
         self._frame_size = {}
+        self._undecodable = {}
+        self._break_next = set()
         self._report = report
         with EpisodeReader(ep) as rd:
             # topics are named by their configured name from here on; `ep.topic` is this bag's name
@@ -372,12 +385,17 @@ class ClipBuilder:
             ep_stats[cfg.joint_topic] = TopicStats(cfg.joint_topic, "joint_state")
             jstats = ep_stats[cfg.joint_topic]
 
-            def decode_joints(conn: Any, raw: bytes) -> tuple[np.ndarray, np.ndarray | None]:
+            def decode_joints(conn: Any, raw: bytes) -> tuple[np.ndarray, np.ndarray | None] | None:
                 """Every JointState is decoded (about 30 us): one lacking a configured joint fails the bag
-                whether or not a frame would have used it, as docs/CLIPS.md says."""
+                whether or not a frame would have used it, as docs/CLIPS.md says. None for a message
+                without positions."""
                 msg = rd.deserialize(conn, raw)
                 names = tuple(msg.name)
                 pos = msg.position
+                if len(pos) == 0:
+                    # "arrays may be empty if not available" (JointState.msg): a velocity- or effort-only
+                    # message says nothing about where the joints are; skipped and counted
+                    return None
                 if not names:  # many real drivers leave `name` empty: --joint-names names them by index
                     if not cfg.joint_names:
                         raise BagError(
@@ -480,12 +498,17 @@ class ClipBuilder:
                     for t in cfg.camera_topics
                 ]
                 marks = [m for m in marks if m is not None]
-                if marks:
-                    jb.prune(min(marks) - max_wait)
+                # while the cameras are silent (an outage, a driver started late) their marks stand
+                # still and every joint state would be kept: 1 kHz over a 10-minute outage is 600k
+                # (the frame a camera's grid holds back until its next message is kept its states)
+                floor = (jb.last or 0) - round(JOINT_HISTORY_S * NS)
+                held = tuple(m for m in cam_latest.values() if m is not None)
+                jb.prune(max(min(marks) - max_wait, floor) if marks else floor, held)
 
             n = 0
             step = 256
             zero_stamps: dict[str, int] = {}
+            no_positions = 0  # JointStates without positions (velocity- or effort-only)
             for conn, logt, raw in rd.messages(all_conns):
                 n += 1
                 if self.progress is not None and n % step == 0:
@@ -503,6 +526,9 @@ class ClipBuilder:
                 try:
                     if conn.id in jids:
                         state = decode_joints(conn, raw)
+                        if state is None:
+                            no_positions += 1
+                            continue
                         if not writers:
                             start_writers()
                         jb.push(t, state)
@@ -511,7 +537,7 @@ class ClipBuilder:
                         for topic in cfg.camera_topics:
                             if pending[topic]:
                                 resolve(topic, False)
-                        if len(jb.stamps) > 64:
+                        if len(jb.stamps) > 64 and jb.total % 32 == 0:  # amortized: bisects a deque
                             prune()
                     else:
                         topic = conn_topic[conn.id]
@@ -529,7 +555,11 @@ class ClipBuilder:
                             if ev[0] == "frame":
                                 jstats.misses += 1
                 except ClockJumpError as err:
-                    raise BagError(f"{label}: {err}; split the bag at the jump or rebuild per part") from None
+                    raise BagError(
+                        f"{label}: {err}; if the clock was reset, split the bag at the jump and build the "
+                        "parts; if messages merely arrive out of order, drop them with --set "
+                        f"clock_jump_tolerance=SECONDS (now {cfg.clock_jump_tolerance:g})"
+                    ) from None
             if self.progress is not None:
                 self.progress(n % step)
             report.messages = n
@@ -542,8 +572,34 @@ class ClipBuilder:
             for t, sel in sels.items():
                 ep_stats[t].out_of_order += sel.out_of_order
             jstats.out_of_order += jb.out_of_order
+            # most of a topic dropped for stamps that do not advance: header stamps frozen by the publisher
+            # (a constant, or the node's start time); named when the bag fails for lack of frames
+            stuck = [
+                f"{t}: {sel.out_of_order} of {cam_count[t]}"
+                for t, sel in sels.items()
+                if sel.out_of_order * 2 > cam_count[t]
+            ]
+            if jb.out_of_order > jb.total:
+                stuck.append(f"{cfg.joint_topic}: {jb.out_of_order} of {jb.out_of_order + jb.total}")
+            short = report.frames == 0 or any(writers[t].episode_clips == 0 for t in writers)
+            if stuck and short and not use_log:
+                raise BagError(
+                    f"{label}: header stamps do not advance: most messages were dropped for a stamp not "
+                    f"after the one before ({'; '.join(stuck)}); rebuild with --time-source log (bag receive "
+                    "time) or fix the publisher's stamps"
+                )
 
             # ---- episode-level checks: name what is wrong and where
+            for topic, (count, first, why) in self._undecodable.items():
+                if count >= ep_stats[topic].matched:
+                    raise BagError(
+                        f"{label}: {topic}: no frame decodes; the first at {first / NS:.3f} s: {why}"
+                    )
+                report.frames -= count
+                report.warnings.append(
+                    f"{topic}: dropped {count} frames that do not decode, first at {first / NS:.3f} s "
+                    f"({why}); no clip spans them"
+                )
             if nonfinite[0]:
                 report.warnings.append(
                     f"dropped {nonfinite[0]} frames whose joint state had non-finite (NaN/inf) positions "
@@ -562,8 +618,25 @@ class ClipBuilder:
             for topic in cfg.camera_topics:
                 if cam_count[topic] == 0:
                     raise BagError(f"{label}: camera topic {topic} has no messages")
+            if jb.total == 0 and no_positions:
+                raise BagError(
+                    f"{label}: none of the {no_positions} JointStates on {cfg.joint_topic} carries positions "
+                    "(velocity or effort only); record the topic that publishes joint positions and set "
+                    "--joint-topic to it"
+                )
             if jb.total == 0:
                 raise BagError(f"{label}: joint state topic {cfg.joint_topic} has no messages")
+            if no_positions:
+                report.warnings.append(
+                    f"{cfg.joint_topic}: skipped {no_positions} JointStates without positions (velocity or "
+                    "effort only)"
+                )
+            if report.frames == 0 and nonfinite[0]:
+                raise BagError(
+                    f"{label}: every frame's joint state has non-finite (NaN/inf) positions, of "
+                    f"{sorted(nonfinite[2])} ({nonfinite[0]} frames dropped); fix the driver, or leave those "
+                    "joints out with --joint-names"
+                )
             if report.frames == 0:
                 cams = ", ".join(f"{t} from {cam_range[t][0] / NS:.3f} s" for t in cfg.camera_topics)
                 raise BagError(
@@ -606,11 +679,24 @@ class ClipBuilder:
 
         A frame size that changes mid-bag (a driver reconfigured, another camera mode) is fitted like any
         other frame, but starts a new run: a clip never mixes the two, since the field of view may differ.
+
+        A frame whose payload does not decode (a jpeg cut short by a dropped packet, a raw image with too
+        few bytes) is dropped like a missed frame: the next one starts a new run, and the episode's checks
+        report the count (or fail the bag when no frame of the topic decoded: then it is no stray frame).
+        An encoding this module cannot read fails the bag at once: every frame would be the same.
         """
         try:
             img = decode_image(rd.deserialize(conn, raw), conn.msgtype)
+        except MalformedImageError as err:
+            bad = self._undecodable.setdefault(topic, [0, stamp, str(err)])
+            bad[0] += 1
+            self._break_next.add(topic)
+            return
         except ImageError as err:
             raise BagError(f"{rd.episode.label}: {topic}: {err}") from None
+        if topic in self._break_next:
+            self._break_next.discard(topic)
+            brk = True
         size = (img.shape[1], img.shape[0])
         last = self._frame_size.get(topic)
         self._frame_size[topic] = size
@@ -649,6 +735,7 @@ class ClipBuilder:
         t0 = time.perf_counter()
         result = BuildResult(self.final)
         episodes, result.input_errors = discover_episodes(cfg.inputs)
+        episodes, result.warnings = drop_duplicates(episodes)
         per_bag, base = load_per_bag(cfg.per_bag)
         result.warnings += apply_per_bag(episodes, per_bag, base, {*cfg.camera_topics, cfg.joint_topic})
         if not episodes:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,17 @@ class ClipsConfig:
             raise ValueError("per_bag: give a YAML file or a mapping bag -> prompt / {prompt, topics}")
         if self.max_age <= 0:
             raise ValueError(f"max_age={self.max_age} must be > 0 seconds")
+        if self.max_gap <= 0:
+            raise ValueError(
+                f"max_gap={self.max_gap} must be > 0 seconds (a longer camera gap restarts the grid)"
+            )
+        if self.frame_tolerance is not None and self.frame_tolerance <= 0:
+            raise ValueError(
+                f"frame_tolerance={self.frame_tolerance} must be > 0 seconds, or null (half a frame period)"
+            )
+        for key in ("max_wait", "clock_jump_tolerance"):
+            if getattr(self, key) < 0:
+                raise ValueError(f"{key}={getattr(self, key)} must be >= 0 seconds")
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction} must be in [0, 1)")
         if self.num_bins and self.num_bins < 2:
@@ -127,11 +139,61 @@ class ClipsConfig:
                 value = [v.strip() for v in value.split(",") if v.strip()]
             if k in ("gripper_joints", "angle_joints") and isinstance(value, str):
                 value = [v.strip() for v in value.split(",") if v.strip()]
-            setattr(self, k, value)
+            setattr(self, k, _typed(k, value, _HINTS[k], origin))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (saved in ``clips.json`` so a dataset records how it was built)."""
         return dataclasses.asdict(self)
+
+
+_HINTS = typing.get_type_hints(ClipsConfig)
+
+
+def _typed(key: str, value: Any, hint: Any, origin: str) -> Any:
+    """``value`` as the option's declared type, or ValueError naming the option and what it takes.
+
+    Why: YAML and ``--set`` hand over whatever was written (``fps: 10hz``, ``max_age:`` left empty), and
+    ``validate`` compares numbers: a wrong type there was a TypeError traceback, or a failure of every bag.
+    Numbers and text are converted where nothing is lost (an int for a float, a number for a prompt).
+    """
+    args = typing.get_args(hint)
+    if type(None) in args:
+        if value is None:
+            return None
+        rest = [a for a in args if a is not type(None)]
+        hint = rest[0] if len(rest) == 1 else hint
+    if hint is bool:
+        ok = isinstance(value, bool)
+        what = "true or false"
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+        if not ok and isinstance(value, float) and value.is_integer():
+            value, ok = int(value), True
+        what = "a whole number"
+    elif hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+        what = "a number"
+    elif hint is str:
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+        what = "a text"
+    elif typing.get_origin(hint) is list:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            value = [value]
+        ok = isinstance(value, list) and all(
+            isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value
+        )
+        value = [str(v) for v in value] if ok else value
+        what = "a list of names (or one comma-separated text)"
+    else:  # per_bag: checked by validate
+        return value
+    if not ok:
+        given = "null" if value is None else f"{value!r} ({type(value).__name__})"
+        raise ValueError(
+            f"{origin}: {key}={given}: {key} takes {what}" + ("" if type(None) not in args else ", or null")
+        )
+    return value
 
 
 def load_config(path: str | Path | None) -> ClipsConfig:

@@ -245,8 +245,20 @@ class JointBuffer:
             item[0] = None
         return item[1]
 
-    def prune(self, t: int) -> None:
-        """Forget states that can no longer be the answer for any frame time ``>= t``."""
+    def prune(self, t: int, keep: tuple[int, ...] = ()) -> None:
+        """Forget states that can no longer be the answer for any frame time ``>= t``, except those that
+        answer for the frame times in ``keep`` (frames held back before ``t``: the newest state at or
+        before each, and the one after it, which ``interpolate`` reads)."""
+        saved: dict[int, list[Any]] = {}
+        for k in keep:
+            i = bisect_right(self.stamps, k) - 1
+            for j in (i, i + 1):
+                if 0 <= j < len(self.stamps) and self.stamps[j] < t:
+                    saved[self.stamps[j]] = self.values[j]
         while len(self.stamps) >= 2 and self.stamps[1] <= t:
             self.stamps.popleft()
             self.values.popleft()
+        for stamp in sorted(saved, reverse=True):
+            if not self.stamps or stamp < self.stamps[0]:
+                self.stamps.appendleft(stamp)
+                self.values.appendleft(saved[stamp])

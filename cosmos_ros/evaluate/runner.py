@@ -101,7 +101,11 @@ def open_clips(root: str, split: str) -> Any:
     """The split's ClipDataset, or EvalError naming what is missing and how to get it."""
     from cosmos_ros.clips.dataset import SPLITS, ClipDataset
 
-    path = Path(root)
+    path = Path(root).expanduser()
+    if path.name == "clips.json" and path.is_file():
+        path = path.parent  # the folder's index, given for the folder
+    if path.exists() and not path.is_dir():
+        raise EvalError(f"{path} is a file, not a clips folder; pass the folder build_clips wrote (-o)")
     if not path.is_dir():
         raise EvalError(f"clips folder {path} does not exist; build clips first (build_clips ... -o {path})")
     if not (path / "clips.json").is_file():
@@ -581,7 +585,7 @@ def summarize(
         "format_version": 1,
         "settings": settings_dict,
         "clips": {
-            "root": str(Path(settings.clips).resolve()),
+            "root": str(ds.root.resolve()),
             "split": settings.split,
             "count": len(clips),
             "available": len(ds),

@@ -276,6 +276,8 @@ def read_card(adapter_dir: str | Path) -> dict[str, Any]:
     """The adapter's card (the model card's cosmos_ros section; for older adapters cosmos_ros_card.json);
     AdapterError when the directory is not a cosmos_ros adapter."""
     d = Path(adapter_dir)
+    if d.is_file():  # one of its files (the weights, the card), given for the directory
+        raise AdapterError(f"{d} is a file; pass the adapter directory (the folder holding it: {d.parent})")
     if not d.is_dir():
         raise AdapterError(f"adapter directory {d} does not exist")
     try:
