@@ -521,15 +521,16 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
     return summary
 
 
-def twin_figures(results: dict[str, Any]) -> dict[str, Any]:
-    """The figures the issue's targets name, from an evaluation's results (eval.json)."""
+def twin_figures(results: dict[str, Any], model: str = "base") -> dict[str, Any]:
+    """The figures the issue's targets name for one evaluated ``model`` (the base twin, or an adapter by
+    its name in the results), from an evaluation's results (eval.json)."""
 
     def mean(ci: Any) -> float | None:  # None where nothing was measured (no NaN in the card's JSON)
         value = None if not ci or ci.get("mean") is None else float(ci["mean"])
         return round(value, 4) if value is not None and math.isfinite(value) else None
 
     figs = results["figures"]
-    twin, still = figs["base"], figs["nothing_moves"]
+    twin, still = figs[model], figs["nothing_moves"]
     out: dict[str, Any] = {
         "clips": results["clips"]["count"],
         "clips_dir": results["settings"]["clips"],
