@@ -192,7 +192,10 @@ def evaluate_row(
 
     e = cfg.evaluation
     # the checker and its options exactly as `cosmos-evaluate` takes them without flags (as the twin's card)
-    checker, options = checker_settings(parse_args(["--clips", str(clips), "-o", str(out)]))
+    flags = ["--clips", str(clips), "-o", str(out)]
+    for region in e.keepout_regions:
+        flags += ["--keepout-region", region]
+    checker, options = checker_settings(parse_args(flags))
     settings = EvalSettings(
         base=str(twin.path),
         adapters=[str(adapter)] if adapter else [],
