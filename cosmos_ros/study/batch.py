@@ -1,7 +1,7 @@
 """Study rows, one process per row, on every GPU of the machine: ``python -m cosmos_ros.study.batch``.
 
-    python -m cosmos_ros.study.batch --batch 1 --part 2 --gpus 1 --work /tmp/study --results $OUT/results \\
-        --skip-done docs/adaptation/results
+    python -m cosmos_ros.study.batch --batch 1 --part 2 --gpus 1 --work runs/adaptation_study \\
+        --results $OUT/results --skip-done docs/adaptation/results
     python -m cosmos_ros.study.batch --rows new_arm-none,new_arm-lora16-e30-s0 --work runs/study
 
 Rows come from the plan (``--batch``/``--part``, `cosmos_ros.study.plan`), a list (``--rows``) or all of them

@@ -158,7 +158,7 @@ def plan_markdown(
         "in every call of a batch). Rows whose JSON is already in `--skip-done` are skipped (a call cut "
         "short is run again as it was), and each row's JSON goes to `$OUT/results`:",
         "",
-        "    python -m cosmos_ros.study.batch --batch B --part P --gpus 1 --work /tmp/study \\",
+        "    python -m cosmos_ros.study.batch --batch B --part P --gpus 1 --work runs/adaptation_study \\",
         "        --results $OUT/results --skip-done docs/adaptation/results",
     ]
     return "\n".join(lines)

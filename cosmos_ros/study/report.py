@@ -170,6 +170,13 @@ def method_table(summary: dict[str, Any], cell: str, episodes: int) -> list[str]
             f"{_ci(fig.get('original_pose_change'), signed=True) if method != 'none' else '-'} | "
             f"{_num(fig.get('unreadable_share'), '{:.1%}')} |"
         )
+    base = next((f for f in summary.values() if f["key"][0] == cell and f["key"][1] == "none"), None)
+    if base and base.get("verdict_clips"):
+        lines += [
+            "",
+            f"Verdicts: the arm enters the keep-out box in {base['collisions_in_truth']} of "
+            f"{base['verdict_clips']} held-out clips (the simulator's geometry).",
+        ]
     return lines
 
 
@@ -390,11 +397,23 @@ def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: 
                 (assets / name).unlink(missing_ok=True)
     lines += ["## Conclusions", "", *conclusions_template()]
     lines += [
+        "## Running the batches",
+        "",
+        "On the lent H200 (docs/sim_twin.md: diffusers and rosbags with their dependencies are not "
+        "installed there; carry their wheels and install them as that page says). Nothing needs ROS or a "
+        "colcon build: the commands run from the repository root. Use `--work runs/adaptation_study` "
+        "(ignored by git, kept between calls while the machine stays warm, so later calls skip the data "
+        "preparation). After each call, copy its `results/*.json` into `docs/adaptation/results/` and "
+        "commit them: the next call skips those rows (`--skip-done`), and this page is rebuilt from them. "
+        "After batch 1, compare the measured row times with the estimates (`python -m "
+        "cosmos_ros.study.plan --calibrate docs/adaptation/results`) and run the later batches with the "
+        "same `--calibrate` on `plan` and `batch`.",
+        "",
         "## Reproduce",
         "",
         "    python -m cosmos_ros.study.run --row <id> --work runs/study      # one row (CPU or GPU)",
-        "    python -m cosmos_ros.study.batch --batch <B> --part <P> --gpus 1 --work /tmp/study \\",
-        "        --results DIR --skip-done docs/adaptation/results",
+        "    python -m cosmos_ros.study.batch --batch <B> --part <P> --gpus 1 \\",
+        "        --work runs/adaptation_study --results DIR --skip-done docs/adaptation/results",
         "    python -m cosmos_ros.study.report --results docs/adaptation/results",
         "",
         f"Data and evaluation settings: `{json.dumps({'data': asdict(cfg.data)})}`, "
