@@ -4,6 +4,8 @@ whether it drew anything (a page with no such rows shows no empty plot)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import numpy as np
 from cosmos_ros.study.config import LOW_RANK
 
 COLOURS = {"none": "black", "lora": "tab:blue", "dora": "tab:orange", "full": "tab:green"}
+POSE_LABEL = "pose error, new cell [rad]"
 
 
 def method_label(method: str, rank: int) -> str:
@@ -25,13 +28,28 @@ def row_key(row: dict[str, Any]) -> tuple[str, str, int, int]:
     return (r["cell"], r["method"], int(r["rank"]), int(r["episodes"]))
 
 
-def _pyplot() -> Any:
+@contextmanager
+def _panels(path: Path, count: int, size: tuple[float, float] = (4.5, 3.6)) -> Iterator[list[Any]]:
+    """``count`` side-by-side axes; the figure is written to ``path`` and closed on leaving."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt
+    fig, axes = plt.subplots(1, count, figsize=(size[0] * count, size[1]), squeeze=False)
+    try:
+        yield list(axes[0])
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+
+
+def _label(ax: Any, title: str, xlabel: str, ylabel: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
 
 
 def _errorbar(ax: Any, xs: list[float], cis: list[dict[str, Any]], **kw: Any) -> None:
@@ -41,136 +59,125 @@ def _errorbar(ax: Any, xs: list[float], cis: list[dict[str, Any]], **kw: Any) ->
     ax.errorbar(xs, ys, yerr=[lo, hi], capsize=3, marker="o", **kw)
 
 
-def _base_line(ax: Any, fig: dict[str, Any] | None, label: str, colour: str) -> None:
+def _band(ax: Any, fig: dict[str, Any] | None, label: str, colour: str) -> None:
+    """A configuration's pose error as a horizontal line with its interval as a band."""
     if fig and fig.get("pose"):
         ax.axhline(fig["pose"]["mean"], color=colour, linestyle="--", label=label)
         ax.axhspan(fig["pose"]["lo"], fig["pose"]["hi"], color=colour, alpha=0.1)
 
 
+def _of_cell(summary: dict[str, Any], cell: str) -> list[dict[str, Any]]:
+    return [f for f in summary.values() if f["key"][0] == cell and f.get("pose")]
+
+
+def _first(figs: list[dict[str, Any]], method: str, episodes: int | None = None) -> dict[str, Any] | None:
+    return next((f for f in figs if f["key"][1] == method and episodes in (None, f["key"][3])), None)
+
+
 def plot_ranks(summary: dict[str, Any], cells: list[str], episodes: int, path: Path) -> bool:
     """New-cell pose error against the rank (LoRA, DoRA), full and none as bands; one panel per cell."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.6), squeeze=False)
     drawn = False
-    for ax, cell in zip(axes[0], cells, strict=True):
-        figs = [f for f in summary.values() if f["key"][0] == cell and f.get("pose")]
-        for method in LOW_RANK:
-            pts = sorted(
-                (f["key"][2], f["pose"]) for f in figs if f["key"][1] == method and f["key"][3] == episodes
-            )
-            if pts:
-                _errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], label=method, color=COLOURS[method])
-                drawn = True
-        full = next((f for f in figs if f["key"][1] == "full" and f["key"][3] == episodes), None)
-        _base_line(ax, full, "full", COLOURS["full"])
-        _base_line(ax, next((f for f in figs if f["key"][1] == "none"), None), "none", COLOURS["none"])
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"{cell} ({episodes} episodes)")
-        ax.set_xlabel("rank")
-        ax.set_ylabel("pose error, new cell [rad]")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    with _panels(path, len(cells)) as axes:
+        for ax, cell in zip(axes, cells, strict=True):
+            figs = _of_cell(summary, cell)
+            for method in LOW_RANK:
+                pts = sorted(
+                    (f["key"][2], f["pose"])
+                    for f in figs
+                    if f["key"][1] == method and f["key"][3] == episodes
+                )
+                if pts:
+                    _errorbar(
+                        ax, [p[0] for p in pts], [p[1] for p in pts], label=method, color=COLOURS[method]
+                    )
+                    drawn = True
+            _band(ax, _first(figs, "full", episodes), "full", COLOURS["full"])
+            _band(ax, _first(figs, "none"), "none", COLOURS["none"])
+            ax.set_xscale("log", base=2)
+            _label(ax, f"{cell} ({episodes} episodes)", "rank", POSE_LABEL)
     return drawn
 
 
 def plot_data(summary: dict[str, Any], cells: list[str], path: Path) -> bool:
     """New-cell pose error against the training episodes per method; none as a band; one panel per cell."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.6), squeeze=False)
     drawn = False
-    for ax, cell in zip(axes[0], cells, strict=True):
-        figs = [f for f in summary.values() if f["key"][0] == cell and f.get("pose")]
-        series: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
-        for f in figs:
-            if f["key"][1] != "none":
-                series.setdefault((f["key"][1], f["key"][2]), []).append((f["key"][3], f["pose"]))
-        for (method, rank), pts in series.items():
-            if len(pts) > 1:
+    with _panels(path, len(cells)) as axes:
+        for ax, cell in zip(axes, cells, strict=True):
+            figs = _of_cell(summary, cell)
+            series: dict[tuple[str, int], list[tuple[int, dict[str, Any]]]] = {}
+            for f in figs:
+                if f["key"][1] != "none":
+                    series.setdefault((f["key"][1], f["key"][2]), []).append((f["key"][3], f["pose"]))
+            for (method, rank), pts in series.items():
+                if len(pts) < 2:
+                    continue
                 pts.sort(key=lambda p: p[0])
-                _errorbar(
-                    ax,
-                    [p[0] for p in pts],
-                    [p[1] for p in pts],
-                    label=method_label(method, rank),
-                    color=COLOURS[method],
-                    alpha=1.0 if rank in (0, 16) else 0.4,
-                )
+                label, colour = method_label(method, rank), COLOURS[method]
+                _errorbar(ax, [p[0] for p in pts], [p[1] for p in pts], label=label, color=colour)
                 drawn = True
-        _base_line(ax, next((f for f in figs if f["key"][1] == "none"), None), "none", COLOURS["none"])
-        ax.set_xscale("log")
-        ax.set_title(cell)
-        ax.set_xlabel("training episodes of the cell")
-        ax.set_ylabel("pose error, new cell [rad]")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+            _band(ax, _first(figs, "none"), "none", COLOURS["none"])
+            ax.set_xscale("log")
+            _label(ax, cell, "training episodes of the cell", POSE_LABEL)
     return drawn
 
 
 def plot_forgetting(summary: dict[str, Any], path: Path) -> bool:
     """Gain on the new cell against forgetting on the original cells, one point per configuration."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 4.2))
     drawn = False
-    for f in summary.values():
-        a, b = f.get("pose_change"), f.get("original_pose_change")
-        if not a or not b:
-            continue
-        method = f["key"][1]
-        ax.errorbar(
-            [a["mean"]],
-            [b["mean"]],
-            xerr=[[a["mean"] - a["lo"]], [a["hi"] - a["mean"]]],
-            yerr=[[b["mean"] - b["lo"]], [b["hi"] - b["mean"]]],
-            marker="o",
-            color=COLOURS[method],
-            alpha=0.6,
-            capsize=2,
+    with _panels(path, 1, (5.5, 4.2)) as (ax,):
+        for f in summary.values():
+            a, b = f.get("pose_change"), f.get("original_pose_change")
+            if not a or not b:
+                continue
+            ax.errorbar(
+                [a["mean"]],
+                [b["mean"]],
+                xerr=[[a["mean"] - a["lo"]], [a["hi"] - a["mean"]]],
+                yerr=[[b["mean"] - b["lo"]], [b["hi"] - b["mean"]]],
+                marker="o",
+                color=COLOURS[f["key"][1]],
+                alpha=0.6,
+                capsize=2,
+            )
+            drawn = True
+        for method in ("lora", "dora", "full"):
+            ax.plot([], [], "o", color=COLOURS[method], label=method)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.axvline(0, color="grey", linewidth=0.8)
+        _label(
+            ax,
+            "gain and forgetting",
+            "change of pose error on the new cell [rad] (< 0: better)",
+            "change on the original cells [rad] (> 0: forgot)",
         )
-        drawn = True
-    for method in ("lora", "dora", "full"):
-        ax.plot([], [], "o", color=COLOURS[method], label=method)
-    ax.axhline(0, color="grey", linewidth=0.8)
-    ax.axvline(0, color="grey", linewidth=0.8)
-    ax.set_xlabel("change of pose error on the new cell [rad] (< 0: better)")
-    ax.set_ylabel("change on the original cells [rad] (> 0: forgot)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
     return drawn
 
 
 def plot_curves(rows: list[dict[str, Any]], cells: list[str], episodes: int, path: Path) -> bool:
-    """Val loss (relative to step 0) against training seconds of the rows at ``episodes``, per cell."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(cells), figsize=(4.5 * len(cells), 3.6), squeeze=False)
+    """Val loss (relative to step 0) against training seconds of the rows at ``episodes``, per cell; rank 16
+    and full fine-tuning drawn solid, the other ranks faint."""
     drawn = False
-    for ax, cell in zip(axes[0], cells, strict=True):
-        for r in rows:
-            t, key = r.get("training"), row_key(r)
-            if not t or key[0] != cell or key[3] != episodes or not t["val_curve"]:
-                continue
-            pts = t["val_curve"]
-            start = pts[0]["loss"] or 1.0
-            alpha = 1.0 if key[1] == "full" or key[2] == 16 else 0.25
-            ax.plot(
-                [p["train_seconds"] for p in pts],
-                [p["loss"] / start for p in pts],
-                color=COLOURS[key[1]],
-                alpha=alpha,
+    with _panels(path, len(cells)) as axes:
+        for ax, cell in zip(axes, cells, strict=True):
+            for r in rows:
+                t, key = r.get("training"), row_key(r)
+                if not t or key[0] != cell or key[3] != episodes or not t["val_curve"]:
+                    continue
+                pts = t["val_curve"]
+                start = pts[0]["loss"] or 1.0
+                ax.plot(
+                    [p["train_seconds"] for p in pts],
+                    [p["loss"] / start for p in pts],
+                    color=COLOURS[key[1]],
+                    alpha=1.0 if key[1] == "full" or key[2] == 16 else 0.25,
+                )
+                drawn = True
+            for method in ("lora", "dora", "full"):
+                ax.plot([], [], color=COLOURS[method], label=method)
+            _label(
+                ax,
+                f"{cell} ({episodes} episodes)",
+                "training seconds (validations excluded)",
+                "val loss / val loss at step 0",
             )
-            drawn = True
-        for method in ("lora", "dora", "full"):
-            ax.plot([], [], color=COLOURS[method], label=method)
-        ax.set_title(f"{cell} ({episodes} episodes)")
-        ax.set_xlabel("training seconds (validations excluded)")
-        ax.set_ylabel("val loss / val loss at step 0")
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
     return drawn
