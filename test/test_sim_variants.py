@@ -166,3 +166,46 @@ def test_generated_episodes_go_through_build_clips(tmp_path) -> None:
     assert item["frames"].shape == (13, 64, 80, 3) and item["actions"].shape == (12, 3)
     with pytest.raises(FileExistsError, match="--overwrite"):
         generate(cfg, progress=False)
+
+
+def test_study_cells_are_one_shift_away_and_their_poses_are_read_with_their_own_arm() -> None:
+    from cosmos_ros.evaluate.pose import SimArmPoseEstimator
+    from cosmos_ros.sim.variants import STUDY_CELLS, arm_from_description
+
+    cam, arm = STUDY_CELLS["moved_camera"].camera, STUDY_CELLS["new_arm"].arm
+    assert not TRAIN_CAMERA.roll[0] <= cam.roll <= TRAIN_CAMERA.roll[1]
+    assert not TRAIN_CAMERA.half_height[0] <= cam.half_height <= TRAIN_CAMERA.half_height[1]
+    objects = STUDY_CELLS["new_objects"].scene.objects
+    assert len(objects) > TRAIN_DISTRIBUTION.num_objects[1]
+    assert min(o.size for o in objects) > TRAIN_DISTRIBUTION.object_size[1]
+    assert arm.link_lengths != ArmConfig().link_lengths and sum(arm.link_lengths) == pytest.approx(0.70)
+    for name, cell in STUDY_CELLS.items():
+        assert cell_for(name, 0) == cell_for(name, 7) == cell  # one fixed cell whatever the episode
+        s = cell.scene
+        for c in [s.sky_top, s.sky_bottom, s.table_rgb, s.wall_rgb] + [o.rgb for o in s.objects]:
+            assert np.abs(np.array(ARM_RGBS) - np.array(c)).max(axis=1).min() >= 100, (name, c)
+    # Only the changed arm is written into the description (older episodes' descriptions are unchanged).
+    described = json.loads(json.dumps(STUDY_CELLS["new_arm"].describe()))
+    assert arm_from_description(described) == arm
+    assert "arm" not in STUDY_CELLS["moved_camera"].describe()
+    with pytest.raises(ValueError, match="link_lengths"):
+        arm_from_description({"name": "x", "arm": {"links": [1, 2]}})
+
+    # The evaluation's reader, made for each cell from its description, reads the pose at the twin's size;
+    # the new arm read as the standard arm is clearly wrong (the elbow is elsewhere).
+    rng = np.random.default_rng(3)
+    for name, cell in STUDY_CELLS.items():
+        est = SimArmPoseEstimator().for_cell(json.loads(json.dumps(cell.describe())))
+        errors = []
+        for q in rng.uniform(cell.arm.lower, cell.arm.upper, (12, 3)):
+            img = render_frame(q, 80, 64, config=cell.arm, **_kw(cell))
+            read = est.estimate(img)
+            assert read is not None, name
+            errors.append(np.abs(read - q)[:2])
+        assert np.median(errors) < 0.04, (name, np.median(errors, axis=0))
+    cell = STUDY_CELLS["new_arm"]
+    wrong = []
+    for q in rng.uniform(arm.lower, arm.upper, (12, 3)):
+        read = estimate_joint_positions(render_frame(q, 80, 64, config=arm, **_kw(cell)), camera=cell.camera)
+        wrong.append(np.abs(read - q)[1])
+    assert np.median(wrong) > 0.1

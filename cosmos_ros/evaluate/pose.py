@@ -49,7 +49,8 @@ class PoseEstimator(ABC):
 
 class SimArmPoseEstimator(PoseEstimator):
     """The simulated arm's colour-mask reader (`cosmos_ros.sim.estimate_joint_positions`), through the
-    camera of the cell the frames were rendered in (default: the sim node's original view)."""
+    camera of the cell the frames were rendered in (default: the sim node's original view) and with that
+    cell's arm (default: the standard link lengths)."""
 
     name = "sim_arm"
     joint_names = ("joint1", "joint2", "joint3")
@@ -58,19 +59,20 @@ class SimArmPoseEstimator(PoseEstimator):
     # and 2) decides whether a frame is readable, the opening is reported on its own
     optional = (False, False, True)
 
-    def __init__(self, camera: Any = None) -> None:
+    def __init__(self, camera: Any = None, arm: Any = None) -> None:
         self.camera = camera  # cosmos_ros.sim.render.Camera or None (the default camera)
+        self.arm = arm  # cosmos_ros.sim.arm.ArmConfig or None (the standard arm)
 
     def for_cell(self, cell: Mapping[str, Any] | None) -> SimArmPoseEstimator:
-        from cosmos_ros.sim.variants import camera_from_description
+        from cosmos_ros.sim.variants import arm_from_description, camera_from_description
 
-        camera = camera_from_description(cell)
-        return self if camera is None else SimArmPoseEstimator(camera)
+        camera, arm = camera_from_description(cell), arm_from_description(cell)
+        return self if camera is None and arm is None else SimArmPoseEstimator(camera, arm)
 
     def estimate(self, frame: np.ndarray) -> np.ndarray | None:
         from cosmos_ros.sim import estimate_joint_positions
 
-        return estimate_joint_positions(frame, camera=self.camera)
+        return estimate_joint_positions(frame, config=self.arm, camera=self.camera)
 
 
 BUILTIN_ESTIMATORS: dict[str, type[PoseEstimator]] = {"sim_arm": SimArmPoseEstimator}

@@ -42,14 +42,14 @@ def check_output_dir(out: str | Path) -> Path:
     return path
 
 
-def _clean(obj: Any) -> Any:
+def json_safe(obj: Any) -> Any:
     """JSON-safe: NaN/inf -> None, numpy scalars/arrays -> Python."""
     if isinstance(obj, dict):
-        return {str(k): _clean(v) for k, v in obj.items()}
+        return {str(k): json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _clean(obj.tolist())
+        return json_safe(obj.tolist())
     if isinstance(obj, (np.floating, float)):
         return float(obj) if math.isfinite(float(obj)) else None
     if isinstance(obj, (np.integer, np.bool_)):
@@ -181,7 +181,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         notes += [f"{n}: {w}" for w in (figs[n].get("info") or {}).get("warnings") or []]
     if notes:
         lines += ["", "## Notes", ""] + [f"- {x}" for x in notes]
-    lines += ["", "## Settings", "", "```json", json.dumps(_clean(s), indent=1), "```", ""]
+    lines += ["", "## Settings", "", "```json", json.dumps(json_safe(s), indent=1), "```", ""]
     return "\n".join(lines)
 
 
@@ -299,7 +299,7 @@ def write_outputs(results: dict[str, Any], out: str | Path, tensorboard: str | P
     shutil.rmtree(stage, ignore_errors=True)
     stage.mkdir()
     try:
-        clean = _clean(results)
+        clean = json_safe(results)
         (stage / "eval.json").write_text(json.dumps(clean, indent=1, allow_nan=False))
         (stage / "report.md").write_text(render_markdown(clean))
         plot_curves(clean, stage / "curves.png")

@@ -215,7 +215,7 @@ def episode_cell(ds: Any, episode_id: str) -> dict[str, Any] | None:
 
 
 def _clip_truth(ds: Any, i: int, checker: Any, regions: Any, estimator: Any) -> ClipTruth:
-    from cosmos_ros.sim.variants import camera_from_description
+    from cosmos_ros.sim.variants import arm_from_description, camera_from_description
 
     item = ds[i]
     ncf = int(ds.meta.get("num_cond_frames", 1))
@@ -237,7 +237,8 @@ def _clip_truth(ds: Any, i: int, checker: Any, regions: Any, estimator: Any) -> 
     if regions is not None:
         h, w = frames.shape[1:3]
         camera = camera_from_description(cell)  # the cell's own camera; None: the default view
-        truth.geometry = sim_arm_in_regions(truth.positions[:, :2], regions, h, w, camera)
+        arm = arm_from_description(cell)  # the cell's own arm; None: the standard one
+        truth.geometry = sim_arm_in_regions(truth.positions[:, :2], regions, h, w, camera, arm)
     return truth
 
 
@@ -495,6 +496,9 @@ def _pose_summary(
         "overall_joints": [j for j, r in zip(joint_names, req, strict=True) if r],
         "unreadable_per_joint": {j: int((~np.isfinite(e[..., k])).sum()) for k, j in enumerate(joint_names)},
         "overall": metrics.bootstrap_ci(_nanmean_rows(per_frame), seed=seed),
+        # the values behind "overall", in clip order: runs on the same clips are compared pair by pair
+        # (cosmos_ros.study), which two means and their intervals cannot do
+        "per_clip": _nanmean_rows(per_frame).tolist(),
         "per_step": metrics.per_step_ci(per_frame, seed=seed),
         "per_joint": {
             j: metrics.bootstrap_ci(_nanmean_rows(e[..., k]), seed=seed) for k, j in enumerate(joint_names)
@@ -513,6 +517,7 @@ def _fidelity_summary(run: ModelRun, seed: int) -> dict[str, Any]:
         per_clip = _nanmean_rows(a)
         out[k] = {
             "overall": metrics.bootstrap_ci(per_clip, seed=seed),
+            "per_clip": per_clip.tolist(),  # in clip order (see _pose_summary)
             "per_step": metrics.per_step_ci(a, seed=seed),
         }
     return out
@@ -565,11 +570,15 @@ def summarize(
                 out["shuffled_actions"]["pose_ratio"] = metrics.bootstrap_ci(
                     np.array(per), metrics.ratio_of_means, seed=seed
                 )
+                out["shuffled_actions"]["per_clip_pose"] = per  # [own, shuffled] per clip, in clip order
         out["pose"] = _pose_summary(run.pose, pose_joints, seed, required)
         if run.verdicts and true_verdicts is not None:
             v: dict[str, Any] = {"vs_true_frames": agreement_figures(run.verdicts, true_verdicts)}
             if geometry is not None:
                 v["vs_geometry"] = agreement_figures(run.verdicts, geometry)
+                v["vs_geometry"]["per_clip"] = [
+                    float(a.collision == b.collision) for a, b in zip(run.verdicts, geometry, strict=True)
+                ]
             out["verdicts"] = v
         return out
 

@@ -61,7 +61,12 @@ def agreement_figures(pred: Sequence[CheckResult], ref: Sequence[CheckResult | b
 
 
 def sim_arm_in_regions(
-    positions: np.ndarray, regions: Sequence[Any], height: int, width: int, camera: Any = None
+    positions: np.ndarray,
+    regions: Sequence[Any],
+    height: int,
+    width: int,
+    camera: Any = None,
+    arm: Any = None,
 ) -> np.ndarray:
     """bool [N]: whether the simulated arm at joint positions [N, >=2] (joint1, joint2 first) has a point of
     its links inside any keep-out region (normalised image boxes, `checkers.Region`) of an image of that size.
@@ -69,7 +74,8 @@ def sim_arm_in_regions(
     Points are sampled along both links (every ~half pixel), projected with the camera of the clip's cell
     (`cosmos_ros.sim.render.Camera`; None: the default view): a cell with a moved camera sees the arm
     elsewhere in the image, so the default camera would put it in the wrong boxes. The link width and the
-    gripper are left out, so this is the arm's skeleton entering the box.
+    gripper are left out, so this is the arm's skeleton entering the box. ``arm`` is the cell's
+    `cosmos_ros.sim.arm.ArmConfig` (None: the standard link lengths).
     """
     from cosmos_ros.sim.arm import forward_kinematics
     from cosmos_ros.sim.render import world_to_pixel
@@ -77,7 +83,7 @@ def sim_arm_in_regions(
     out = np.zeros(len(positions), bool)
     samples = np.linspace(0.0, 1.0, max(height, width))[:, None]
     for i, q in enumerate(np.asarray(positions, np.float64)):
-        base, elbow, wrist = forward_kinematics(q)
+        base, elbow, wrist = forward_kinematics(q, arm)
         pts = np.concatenate([base + samples * (elbow - base), elbow + samples * (wrist - elbow)])
         uv = world_to_pixel(pts, width, height, camera)
         for region in regions:

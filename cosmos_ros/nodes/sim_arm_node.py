@@ -32,7 +32,6 @@ from cosmos_ros.nodes.param_table import declare_parameters
 from cosmos_ros.nodes.sim_arm_params import NODE_NAME, PARAMETERS
 from cosmos_ros.sim import (
     JOINT_NAMES,
-    ArmConfig,
     ArmSim,
     make_trajectory,
     render_frame,
@@ -49,12 +48,13 @@ class SimArmNode(Node):
         super().__init__(NODE_NAME)
         p = declare_parameters(self, PARAMETERS)
         self.p = p
+        self.cell = node_cell(p["cell"], p["seed"], p["num_objects"])
+        arm = self.cell.arm  # the standard arm except in a cell that changes it (``new_arm``)
         self.sim = ArmSim(
-            config=ArmConfig(),
-            trajectory=make_trajectory(p["trajectory"], ArmConfig(), p["seed"]),
+            config=arm,
+            trajectory=make_trajectory(p["trajectory"], arm, p["seed"]),
             command_timeout=p["command_timeout"],
         )
-        self.cell = node_cell(p["cell"], p["seed"], p["num_objects"])
         self._t0 = time.monotonic()
         self._last_step = self._t0
         self._stamp = self.get_clock().now().to_msg()
@@ -107,7 +107,13 @@ class SimArmNode(Node):
         p = self.p
         c = self.cell
         rgb = render_frame(
-            self._q, p["width"], p["height"], scene=c.scene, camera=c.camera, lighting=c.lighting
+            self._q,
+            p["width"],
+            p["height"],
+            scene=c.scene,
+            config=c.arm,
+            camera=c.camera,
+            lighting=c.lighting,
         )
         if self.pub_img is not None:
             img = rgb if p["encoding"] == "rgb8" else np.ascontiguousarray(rgb[:, :, ::-1])

@@ -34,7 +34,8 @@ PARAMETERS: tuple[Param, ...] = (
         "cell",
         "default",
         "Scene, camera pose and lighting: default (the original cell, seeded objects), demo (the demo cell "
-        "the sim twin never saw), train / heldout (random cells of the twin's data, by seed)",
+        "the sim twin never saw), train / heldout (random cells of the twin's data, by seed), moved_camera / "
+        "new_objects / new_arm (the adaptation study's cells, docs/adaptation.md)",
         choices=VARIANT_SETS,
     ),
     Param("command_timeout", 2.0, "Seconds a command overrides the trajectory (0 = forever)", (0.0, 86400.0)),

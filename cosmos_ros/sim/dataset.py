@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig, ArmSim, RandomWaypointTrajectory, ScriptedTrajectory
+from cosmos_ros.sim.arm import JOINT_NAMES, ArmSim, RandomWaypointTrajectory, ScriptedTrajectory
 from cosmos_ros.sim.render import render_frame
 from cosmos_ros.sim.variants import VARIANT_SETS, cell_for
 
@@ -46,7 +46,7 @@ class GenerateConfig:
     """What :func:`generate` writes (every field is a CLI flag of ``python -m cosmos_ros.sim.generate``)."""
 
     output: str = "sim_data"
-    variant_set: str = "train"  # train | heldout | demo | default (cosmos_ros.sim.variants)
+    variant_set: str = "train"  # train | heldout | demo | default | a study cell (cosmos_ros.sim.variants)
     num_episodes: int = 8
     first_episode: int = 0  # episode indices first_episode .. first_episode + num_episodes - 1
     episode_seconds: float = 30.0
@@ -102,8 +102,8 @@ def simulate(
     cfg: GenerateConfig, index: int
 ) -> tuple[list[tuple[int, np.ndarray, np.ndarray]], list[tuple[int, np.ndarray]]]:
     """Run episode ``index``: (joint states [(stamp_ns, q, qd)], frames [(stamp_ns, rgb)])."""
-    arm = ArmConfig()
     cell = cell_for(cfg.variant_set, index)
+    arm = cell.arm  # the standard arm except in a cell that changes it (``new_arm``)
     rng = np.random.default_rng([cfg.seed, index, 0xA7])
     traj_seed = int(rng.integers(2**31))
     if rng.random() < cfg.random_fraction:
@@ -126,7 +126,13 @@ def simulate(
         joints.append((stamp, sim.q.copy(), sim.qd.copy()))
         if k % per_frame == 0:
             img = render_frame(
-                sim.q, cfg.width, cfg.height, scene=cell.scene, camera=cell.camera, lighting=cell.lighting
+                sim.q,
+                cfg.width,
+                cfg.height,
+                scene=cell.scene,
+                config=arm,
+                camera=cell.camera,
+                lighting=cell.lighting,
             )
             frames.append((stamp, img))
     return joints, frames

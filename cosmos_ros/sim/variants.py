@@ -7,11 +7,17 @@ and a small adapter then fits a new cell. The sets:
   lighting, camera centre, zoom and roll within :data:`TRAIN_CAMERA`): the base model's training data;
 - ``heldout``: the same distribution from a disjoint seed range: the base model's held-out evaluation;
 - ``demo``: the demo cell, never seen in training: a camera outside the training ranges (more roll, wider
-  view, shifted centre), a warm light and an object kind (``bottle``) no training cell has.
+  view, shifted centre), a warm light and an object kind (``bottle``) no training cell has;
+- the adaptation study's target cells (:data:`STUDY_CELLS`, docs/adaptation.md), each one shift away from
+  a training-like cell and fixed whatever the seed: ``moved_camera`` (camera pose outside every training
+  range), ``new_objects`` (more, larger objects of a new kind, saturated colours, a coloured wall) and
+  ``new_arm`` (other link lengths; the parts keep their colours, which are what the pose reader looks for).
 
 Every colour drawn is kept :data:`~cosmos_ros.sim.render.MIN_SCENE_ARM_DISTANCE` away from the arm's and the
 lighting within :data:`~cosmos_ros.sim.render.MAX_LIGHT_SHIFT`, so :func:`estimate_joint_positions` reads
 the pose in every cell given that cell's camera. ``cell_for(set, seed)`` is a pure function of its arguments.
+A cell with another arm says so in its description (``arm``), so that the pose reader and the geometric
+truth use that arm's link lengths.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from cosmos_ros.sim.arm import ArmConfig
 from cosmos_ros.sim.render import (
     Camera,
     Lighting,
@@ -36,15 +43,18 @@ HELDOUT_SEED_OFFSET = 1_000_000
 
 @dataclass(frozen=True)
 class Cell:
-    """One cell: what the camera sees (scene, lighting) and from where (camera)."""
+    """One cell: what the camera sees (scene, lighting), from where (camera), and which arm (its geometry)."""
 
     scene: Scene = field(default_factory=Scene)
     camera: Camera = field(default_factory=Camera)
     lighting: Lighting = field(default_factory=Lighting)
     name: str = "default"
+    arm: ArmConfig = field(default_factory=ArmConfig)
 
     def describe(self) -> dict[str, object]:
-        """JSON-able summary (written into each generated episode's index)."""
+        """JSON-able summary (written into each generated episode's index). ``arm`` only when it is not
+        the standard arm: the descriptions (and so the episodes) of every earlier cell stay as they were."""
+        arm = {} if self.arm == ArmConfig() else {"arm": {"link_lengths": list(self.arm.link_lengths)}}
         return {
             "name": self.name,
             "camera": {
@@ -60,6 +70,7 @@ class Cell:
             "sky_top": list(self.scene.sky_top),
             "sky_bottom": list(self.scene.sky_bottom),
             "table_rgb": list(self.scene.table_rgb),
+            **arm,
         }
 
 
@@ -83,6 +94,25 @@ def camera_from_description(description: Mapping[str, Any] | None) -> Camera | N
             f"cell {description.get('name', '?')!r}: camera {dict(cam)!r} is not center [x, y], half_height, "
             f"roll ({exc}); regenerate the episode or fix its episode.json and rebuild the clips"
         ) from None
+
+
+def arm_from_description(description: Mapping[str, Any] | None) -> ArmConfig | None:
+    """The arm of a cell as :meth:`Cell.describe` wrote it; None when the description names none (the
+    standard arm). ValueError naming the field when it is malformed: reading poses with the wrong link
+    lengths would silently put every elbow in the wrong place."""
+    if not description or description.get("arm") is None:
+        return None
+    arm = description["arm"]
+    try:
+        l1, l2 = (float(v) for v in arm["link_lengths"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"cell {description.get('name', '?')!r}: arm {arm!r} is not {{link_lengths: [l1, l2]}} ({exc}); "
+            "regenerate the episode or fix its episode.json and rebuild the clips"
+        ) from None
+    if not (l1 > 0 and l2 > 0):
+        raise ValueError(f"cell {description.get('name', '?')!r}: arm link lengths {l1}, {l2} must be > 0 m")
+    return ArmConfig(link_lengths=(l1, l2))
 
 
 @dataclass(frozen=True)
@@ -197,11 +227,57 @@ DEMO_CELL = Cell(
     name="demo",
 )
 
-VARIANT_SETS: tuple[str, ...] = ("train", "heldout", "demo", "default")
+#: A training-like scene (grey wall, brown table, a box and a ball of training sizes), so that a study cell
+#: built on it differs from the training cells by its one shift only.
+_FAMILIAR_SCENE = Scene(
+    objects=(
+        SceneObject("box", 0.45, 0.04, 0.08, (165, 175, 147)),
+        SceneObject("ball", -0.40, 0.035, 0.07, (69, 32, 130)),
+    ),
+    sky_top=(200, 200, 196),
+    sky_bottom=(160, 160, 156),
+    table_rgb=(120, 96, 80),
+    wall_rgb=(186, 186, 182),
+)
+
+#: The adaptation study's target cells (docs/adaptation.md): one shift each from a training-like cell.
+STUDY_CELLS: dict[str, Cell] = {
+    # camera centre, zoom and roll all outside TRAIN_CAMERA (centre x 0.16 vs +-0.05, y 0.20 vs 0.26-0.34,
+    # half height 0.68 vs 0.52-0.60, roll -0.14 vs +-0.06): the arm is smaller, lower and turned
+    "moved_camera": Cell(
+        scene=_FAMILIAR_SCENE,
+        camera=Camera(center=(0.16, 0.20), half_height=0.68, roll=-0.14),
+        name="moved_camera",
+    ),
+    # five objects (training: 0-3) of 0.12-0.16 m (training: 0.05-0.10), bottles among them, saturated
+    # colours and a pale blue wall over a dark table (training walls and tables are near-greys)
+    "new_objects": Cell(
+        scene=Scene(
+            objects=(
+                SceneObject("bottle", 0.30, 0.08, 0.16, (240, 60, 40)),
+                SceneObject("box", -0.34, 0.07, 0.14, (90, 0, 120)),
+                SceneObject("ball", 0.56, 0.06, 0.12, (255, 255, 120)),
+                SceneObject("bottle", -0.60, 0.075, 0.15, (20, 180, 160)),
+                SceneObject("box", 0.14, 0.06, 0.12, (160, 0, 60)),
+            ),
+            sky_top=(160, 205, 235),
+            sky_bottom=(120, 190, 215),
+            table_rgb=(80, 40, 30),
+            wall_rgb=(140, 200, 225),
+        ),
+        name="new_objects",
+    ),
+    # a shorter upper arm and a longer forearm (0.32 + 0.38 m vs 0.40 + 0.30 m, the same reach) in a
+    # training-like scene seen by a training-like camera
+    "new_arm": Cell(scene=_FAMILIAR_SCENE, arm=ArmConfig(link_lengths=(0.32, 0.38)), name="new_arm"),
+}
+
+VARIANT_SETS: tuple[str, ...] = ("train", "heldout", "demo", "default", *STUDY_CELLS)
 
 
 def cell_for(variant_set: str, seed: int) -> Cell:
-    """The cell of ``seed`` in a named set (``train``, ``heldout``, ``demo``, ``default``)."""
+    """The cell of ``seed`` in a named set (``train``, ``heldout``, ``demo``, ``default``, or one of the
+    study cells, which like ``demo`` are the same cell for every seed)."""
     if seed < 0 or seed >= HELDOUT_SEED_OFFSET:
         raise ValueError(f"cell seed {seed} must be in [0, {HELDOUT_SEED_OFFSET})")
     if variant_set == "train":
@@ -212,6 +288,8 @@ def cell_for(variant_set: str, seed: int) -> Cell:
         return DEMO_CELL
     if variant_set == "default":
         return Cell(scene=Scene.seeded(seed), name=f"default-{seed}")
+    if variant_set in STUDY_CELLS:
+        return STUDY_CELLS[variant_set]
     raise ValueError(f"unknown variant set {variant_set!r}; use one of {', '.join(VARIANT_SETS)}")
 
 

@@ -26,7 +26,6 @@ CLI: ``python -m cosmos_ros.train.sim_twin --config config/sim_twin.yaml --out r
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import shutil
@@ -35,9 +34,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cosmos_ros.sim.dataset import DEFAULT_PROMPT, GenerateConfig
+from cosmos_ros.yaml_config import deep_update, load_yaml_config
 
 STAGES = ("generate", "clips", "vae", "base", "latents", "transformer", "export", "evaluate")
 
@@ -65,32 +63,15 @@ SMOKE: dict[str, Any] = {
 }
 
 
-def deep_update(base: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """Nested dict update (returns a new dict)."""
-    out = copy.deepcopy(base)
-    for k, v in new.items():
-        out[k] = deep_update(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
 def load_config(path: str | Path, smoke: bool = False, overrides: list[str] | None = None) -> dict[str, Any]:
     """The sim-twin YAML (config/sim_twin.yaml) with the smoke cut and `a.b.c=value` overrides applied."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"sim-twin config {p} not found (see config/sim_twin.yaml)")
-    cfg = yaml.safe_load(p.read_text()) or {}
-    if smoke:
-        cfg = deep_update(cfg, SMOKE)
-    for item in overrides or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"override {item!r} must look like [section.]key=value (e.g. vae.steps=100)")
-        node = cfg
-        *parents, last = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[last] = yaml.safe_load(value)
-    return cfg
+    return load_yaml_config(
+        path,
+        cut=SMOKE if smoke else None,
+        overrides=overrides,
+        what="sim-twin config (see config/sim_twin.yaml)",
+        example="vae.steps=100",
+    )
 
 
 def _size(cfg: dict[str, Any]) -> tuple[int, int]:
@@ -521,15 +502,16 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
     return summary
 
 
-def twin_figures(results: dict[str, Any]) -> dict[str, Any]:
-    """The figures the issue's targets name, from an evaluation's results (eval.json)."""
+def twin_figures(results: dict[str, Any], model: str = "base") -> dict[str, Any]:
+    """The figures the issue's targets name for one evaluated ``model`` (the base twin, or an adapter by
+    its name in the results), from an evaluation's results (eval.json)."""
 
     def mean(ci: Any) -> float | None:  # None where nothing was measured (no NaN in the card's JSON)
         value = None if not ci or ci.get("mean") is None else float(ci["mean"])
         return round(value, 4) if value is not None and math.isfinite(value) else None
 
     figs = results["figures"]
-    twin, still = figs["base"], figs["nothing_moves"]
+    twin, still = figs[model], figs["nothing_moves"]
     out: dict[str, Any] = {
         "clips": results["clips"]["count"],
         "clips_dir": results["settings"]["clips"],
