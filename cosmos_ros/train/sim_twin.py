@@ -60,6 +60,7 @@ SMOKE: dict[str, Any] = {
         "run": {"cpu": True, "mixed_precision": "no", "val_every": 3, "checkpoint_every": 0, "log_every": 1},
     },
     "export": {"dtype": "float32"},
+    "evaluate": {"max_clips": 2, "num_steps": 2, "grid_clips": 1, "verdict_plans": 4},
 }
 
 
@@ -493,6 +494,9 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
     results = evaluate(settings)
     write_outputs(results, twin / "eval")
     summary = twin_figures(results)
+    plans = int(e.get("verdict_plans", 0))
+    if plans:  # check_collision on random candidate plans vs the simulator (both outcomes, unlike the clips)
+        summary["plan_verdicts"] = plan_verdict_figures(twin, plans, int(e.get("seed", 0)))
     card_path = twin / BASE_CARD_NAME
     card = json.loads(card_path.read_text())
     card["evaluation"] = summary
@@ -500,6 +504,31 @@ def evaluate_twin(cfg: dict[str, Any], out: Path, twin: Path | None = None) -> d
     total = sum(p.stat().st_size for p in twin.rglob("*.safetensors"))
     (twin / "README.md").write_text(_model_card(card, total))
     return summary
+
+
+def plan_verdict_figures(twin: Path, plans: int, seed: int = 0) -> dict[str, Any]:
+    """`cosmos_ros.evaluate.plan_verdicts` on ``plans`` random plans in held-out cells; its report goes to
+    ``<twin>/eval/plan_verdicts.{json,md}``, the card keeps the agreement figures."""
+    import torch
+
+    from cosmos_ros.evaluate.plan_verdicts import VerdictStudy, markdown, run_study
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report = run_study(
+        VerdictStudy(model=str(twin), plans=plans, seed=seed, device=device), log=lambda _: None
+    )
+    (twin / "eval" / "plan_verdicts.json").write_text(json.dumps(report, indent=1))
+    (twin / "eval" / "plan_verdicts.md").write_text(markdown(report))
+    twin_fig, floor = report["twin_vs_simulator"], report["checker_on_rendered_vs_simulator"]
+    return {
+        "plans": report["plans"],
+        "collisions_in_truth": report["collisions_in_truth"],
+        "agreement": round(twin_fig["agreement"], 4),
+        "agreement_ci": [round(twin_fig["agreement_ci"]["lo"], 4), round(twin_fig["agreement_ci"]["hi"], 4)],
+        "precision": round(twin_fig["precision"], 4) if math.isfinite(twin_fig["precision"]) else None,
+        "recall": round(twin_fig["recall"], 4) if math.isfinite(twin_fig["recall"]) else None,
+        "checker_floor_agreement": round(floor["agreement"], 4),
+    }
 
 
 def twin_figures(results: dict[str, Any], model: str = "base") -> dict[str, Any]:
@@ -621,8 +650,16 @@ def _model_card(card: dict[str, Any], total: int) -> str:
             f"{ev.get('shuffled_pose_ratio')} ({ev.get('shuffled_pose_x_worse')}x worse shuffled) | |",
             f"| verdict agreement with the simulator | {ev.get('verdict_agreement_vs_simulator')} "
             f"({ev.get('verdict_collisions_in_truth')} collisions in {ev.get('verdict_clips')} clips) | |",
-            "",
         ]
+        pv = ev.get("plan_verdicts")
+        if pv:
+            lo, hi = pv["agreement_ci"]
+            lines.append(
+                f"| check_collision on {pv['plans']} random plans vs the simulator "
+                f"({pv['collisions_in_truth']} enter their box) | {pv['agreement']:.3f} [{lo:.3f}, {hi:.3f}] "
+                f"(checker on rendered frames: {pv['checker_floor_agreement']:.3f}) | |"
+            )
+        lines.append("")
     return "\n".join(lines)
 
 
