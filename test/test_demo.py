@@ -118,7 +118,7 @@ def test_demo_runs_end_to_end_and_writes_valid_outputs(
     report = (out / "report.md").read_text()
     for text in (
         "| step | PSNR base",
-        "Shuffled-action ratio",
+        "Shuffled-action test",
         "Verdict agreement with the simulator",
         "preview.gif",
     ):
