@@ -20,7 +20,8 @@ from cosmos_ros.plan.sim_arm import arm_in_regions, ee_from_frame, ee_point
 from cosmos_ros.plan.tasks import make_tasks
 from cosmos_ros.predict.checkers import Region
 from cosmos_ros.sim.arm import ArmConfig, ArmSim
-from cosmos_ros.sim.render import render_frame
+from cosmos_ros.sim.batch_read import estimate_joint_positions_batch
+from cosmos_ros.sim.render import Camera, estimate_joint_positions, render_frame
 
 
 def _planner(model: Any, **cfg: Any) -> CemPlanner:
@@ -94,6 +95,48 @@ def test_cost_ranks_goal_progress_and_punishes_entering_a_keep_out_region() -> N
         cost.set_goal(Goal(joint_target={"elbow": 0.1}))
     with pytest.raises(ValueError, match="needs a joint target"):
         Goal()
+
+
+def test_batch_readers_and_cost_give_the_same_figures_as_frame_by_frame() -> None:
+    """The planner's fast path (every frame's pose and gripper point read in one pass) changes nothing:
+    the same poses, points and costs as the per-frame readers, bit for bit, readable or not."""
+    rng = np.random.default_rng(3)
+    qs = np.stack([rng.uniform(-0.9, 0.9, 6), rng.uniform(-1.6, 1.6, 6), rng.uniform(0, 1, 6)], -1)
+    cam = Camera(center=(0.05, 0.28), half_height=0.5, roll=0.2)
+    for (h, w), camera in (((64, 80), None), ((256, 320), None), ((64, 80), cam)):
+        frames = np.stack([render_frame(q, w, h, camera=camera) for q in qs])
+        frames[1] = rng.integers(0, 256, frames[1].shape)  # noise: arm colours scattered everywhere
+        frames[2] = frames[2, :1, :1]  # one flat colour: unreadable
+        frames[3][(frames[3] == (230, 30, 210)).all(-1)] = 0  # fingers wiped: no opening, no gripper point
+        slow = [estimate_joint_positions(f, camera=camera) for f in frames]
+        fast = estimate_joint_positions_batch(frames.reshape(2, 3, h, w, 3), camera=camera).reshape(6, 3)
+        want = np.stack([np.full(3, np.nan) if p is None else p for p in slow])
+        assert np.array_equal(fast, want, equal_nan=True)
+        assert np.isnan(fast[2]).all() and np.isnan(fast[3, 2]) and not np.isnan(fast[[0, 4, 5]]).any()
+        ee_slow = [ee_from_frame(f) for f in frames]
+        ee_want = np.stack([np.full(2, np.nan) if p is None else p for p in ee_slow])
+        assert np.array_equal(ee_from_frame.batch(frames), ee_want, equal_nan=True)
+    # the whole cost, joint + gripper point + keep-out box, both paths on the same predicted frames
+    oracle = SimOracle()
+    start = np.array([0.0, 0.6, 0.5])
+    ctx = oracle.begin(render_frame(start, 80, 64), start)
+    plans = start + np.cumsum(rng.uniform(-0.15, 0.15, (5, 6, 3)), axis=1)
+    roll = oracle.rollout(plans)
+    roll.frames[0, 2] = rng.integers(0, 256, roll.frames[0, 2].shape)
+    roll.poses, roll.ee = None, None  # read from the frames, as for a world model
+    goal = Goal(
+        joint_target={"joint1": 0.5, "joint2": 0.2}, ee_target=(0.6, 0.3), regions=["b:0.5,0.2,0.7,0.4"]
+    )
+    out = []
+    for batch in (False, True):
+        cost = PlanCost(
+            oracle.joint_names, load_estimator("sim_arm"), ee_locator=ee_from_frame, batch_reads=batch
+        )
+        cost.set_goal(goal)
+        out.append(cost(ctx, roll, plans, start))
+    assert np.array_equal(out[0][0], out[1][0])
+    assert out[0][1].keys() == out[1][1].keys() == {"joint", "ee", "collision", "smooth"}
+    assert all(np.array_equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
 
 
 def test_cem_plans_to_a_goal_in_closed_loop_with_a_warm_start() -> None:

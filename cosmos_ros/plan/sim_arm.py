@@ -15,6 +15,7 @@ import numpy as np
 
 from cosmos_ros.predict.checkers import Region
 from cosmos_ros.sim.arm import ArmConfig
+from cosmos_ros.sim.batch_read import finger_centroids_batch
 from cosmos_ros.sim.render import (
     FINGER_LENGTH,
     FINGER_MIN_OFFSET,
@@ -92,16 +93,29 @@ def arm_in_regions(
     return in_regions(arm_points(q, camera), regions, margin + half_link)
 
 
-def ee_from_frame(frame: np.ndarray) -> np.ndarray | None:
-    """Normalised image position of the gripper fingers' colour centroid, or None when not visible.
+class SimArmEeLocator:
+    """The sim arm's image-space end-effector reader (predicted frames carry no poses): the normalised
+    image position of the gripper fingers' colour centroid, or None when not visible.
 
-    The sim arm's image-space end-effector reader (predicted frames carry no poses)."""
-    diff = np.abs(frame.astype(np.int16) - np.array(FINGER_RGB, np.int16)).max(axis=-1)
-    v, u = np.nonzero(diff <= MASK_TOLERANCE)
-    if len(u) < 2:
-        return None
-    h, w = frame.shape[:2]
-    return np.array([(u.mean() + 0.5) / w, (v.mean() + 0.5) / h])
+    Called on one frame; ``batch`` reads many at once (what the planner's cost uses: one pass over every
+    candidate's frames, `cosmos_ros.sim.batch_read`) and gives the same points, NaN where a frame has none.
+    """
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        diff = np.abs(frame.astype(np.int16) - np.array(FINGER_RGB, np.int16)).max(axis=-1)
+        v, u = np.nonzero(diff <= MASK_TOLERANCE)
+        if len(u) < 2:
+            return None
+        h, w = frame.shape[:2]
+        return np.array([(u.mean() + 0.5) / w, (v.mean() + 0.5) / h])
+
+    def batch(self, frames: np.ndarray) -> np.ndarray:
+        """frames uint8 [..., H, W, 3] -> [..., 2] (NaN where unreadable)."""
+        return finger_centroids_batch(frames)
+
+
+#: The sim gripper's locator (a callable on one frame, with ``batch`` for many).
+ee_from_frame = SimArmEeLocator()
 
 
 def controller_step(q: np.ndarray, target: np.ndarray, dt: float, config: ArmConfig) -> np.ndarray:
