@@ -215,6 +215,7 @@ def test_evaluation_cli_writes_report_and_gif(tmp_path: Path, predict_assets: An
     for s in report["summary"].values():
         assert s["tasks"] == 1 and 0 <= s["success_rate"] <= 1 and s["plan_seconds_mean"] >= 0
     assert set(report["targets"]) >= {"success_target_met", "collision_target_met"}
+    assert report["complete"] and report["targets"]["tasks_compared"] == 1
     assert len(report["episodes"]["oracle"]) == 1 and report["task_list"][0]["region"]
     assert "| straight |" in (out / "report.md").read_text()
     import imageio.v2 as imageio
@@ -269,3 +270,46 @@ def test_reference_planners_split_across_processes_give_the_same_episodes(tmp_pa
     assert episodes(reports[0]) == episodes(reports[1])
     assert [e["task"] for e in reports[1]["episodes"]["oracle"]] == [0, 1]
     assert (tmp_path / "2" / "task1.gif").is_file()
+
+
+def test_report_is_rewritten_after_every_episode_so_a_cut_off_run_keeps_its_figures(tmp_path: Path) -> None:
+    from cosmos_ros.plan.report import ReportWriter
+
+    tasks = make_tasks(2, seed=1)
+
+    def ep(task: int, success: bool, collision: bool) -> dict[str, Any]:
+        return {
+            "task": task,
+            "reached": success or collision,
+            "collision": collision,
+            "collision_seconds": 0.1 * collision,
+            "success": success,
+            "time_to_goal": 2.0 if success else None,
+            "replans": 3,
+            "plan_seconds": [0.5, 0.4, 0.6],
+            "final_error": 0.05,
+        }
+
+    settings = {"model": "twin", "tasks": 2, "seed": 1, "device": "cpu", "cem": {}, "num_steps": 4}
+    settings |= {"time_limit": 8.0, "tolerance": 0.1, "goal": "joint", "region_margin": 0.035}
+    writer = ReportWriter(tmp_path, settings, tasks, ["twin", "oracle", "straight"], 0)
+    writer.write()
+    first = json.loads((tmp_path / "report.json").read_text())
+    assert first["tasks_done"] == {"twin": 0, "oracle": 0, "straight": 0} and first["targets"] == {}
+    assert first["summary"]["twin"]["success_rate"] is None  # valid JSON: no NaN before any task
+    for k in (0, 1):
+        writer.add("oracle", ep(k, True, False))
+        writer.add("straight", ep(k, False, True))
+    writer.add("twin", ep(1, True, False), [np.zeros((8, 8, 3), np.uint8)])
+    # cut off here: the twin did one task of two; the file on disk already says so
+    cut = json.loads((tmp_path / "report.json").read_text())
+    assert not cut["complete"] and cut["tasks_done"] == {"twin": 1, "oracle": 2, "straight": 2}
+    assert cut["summary"]["twin"]["success_rate"] == 1.0 and cut["summary"]["straight"]["collisions"] == 2
+    assert cut["targets"]["tasks_compared"] == 1 and cut["targets"]["success_target_met"]
+    assert cut["targets"]["collisions_vs_straight"] == 0.0
+    assert "INCOMPLETE" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "task0.gif").exists()  # task 0's GIF waits for every planner's frames
+    writer.add("twin", ep(0, False, True))
+    done = json.loads((tmp_path / "report.json").read_text())
+    assert done["complete"] and [e["task"] for e in done["episodes"]["twin"]] == [0, 1]
+    assert done["targets"]["tasks_compared"] == 2 and done["targets"]["success_vs_oracle"] == 0.5
