@@ -10,6 +10,10 @@ one clip), our action conditioning (3 joint actions, the sim arm's), the project
 (`cosmos_ros.plan`: CEM, keep-out checker, pose estimator). The context frame is encoded once per step;
 every CEM iteration is one batch of all candidates. Random weights make the frames noise, so the
 pose-estimator and checker figures are for unreadable frames (their cost does not depend on content much).
+The step's time is split into the model's (``model_seconds_mean``), the cost's (``cost_seconds_mean``: pose
+reading, keep-out checker, smoothness) and the rest (``cem_other_seconds_mean``: the context encode in
+``begin``, sampling, bookkeeping); ``--cost-path frame_by_frame`` times the cost's old per-frame readers
+(the same costs; `benchmarks/bench_plan_cost_cpu.py` compares both on the CPU).
 
 Needs torch, diffusers, peft and this source tree (numpy, OpenCV); no ROS. ``--tiny``: the tiny test model
 on the CPU at 64x80 (seconds): checks the code path, its figures mean nothing. Prints one JSON line per
@@ -98,6 +102,22 @@ def build_predictor(tiny: bool, device: str, candidates: int, compile_: str) -> 
     )
 
 
+class _TimedCost:
+    """A plan cost whose calls are timed (seconds appended to ``sink``); everything else passes through."""
+
+    def __init__(self, cost: Any, sink: list[float]) -> None:
+        self.cost, self.sink = cost, sink
+
+    def __call__(self, *args: Any) -> Any:
+        t = time.perf_counter()
+        out = self.cost(*args)
+        self.sink.append(time.perf_counter() - t)
+        return out
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.cost, name)
+
+
 def emit(results: list[dict[str, Any]], r: dict[str, Any]) -> None:
     results.append(r)
     print(json.dumps(r), flush=True)
@@ -113,6 +133,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-steps", type=int, default=4, help="sampling steps per prediction")
     ap.add_argument("--repeats", type=int, default=5, help="timed replanning steps (after one warm-up)")
     ap.add_argument("--compile", default="auto", choices=("auto", "true", "false"))
+    ap.add_argument(
+        "--cost-path",
+        default="batch",
+        choices=("batch", "frame_by_frame"),
+        help="how the cost reads poses from the predicted frames: all at once (default) or frame by frame "
+        "(the path before issue 19's speed-up; the same costs)",
+    )
     ap.add_argument("--out", default="", help="JSON file for the results")
     a = ap.parse_args(argv)
     device = a.device
@@ -141,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     pred = build_predictor(a.tiny, device, a.candidates, compile_)
     model = WorldModelPlanModel(pred, num_steps=a.num_steps)
-    cost = PlanCost(model.joint_names, load_estimator("sim_arm"), ee_locator=ee_from_frame)
+    cost = PlanCost(
+        model.joint_names,
+        load_estimator("sim_arm"),
+        ee_locator=ee_from_frame,
+        batch_reads=a.cost_path == "batch",
+    )
     elites = max(1, min(6, a.candidates // 4))
     planner = CemPlanner(
         model,
@@ -171,16 +203,22 @@ def main(argv: list[str] | None = None) -> int:
         return out
 
     model.rollout = timed_rollout  # type: ignore[method-assign]
+    # and the cost's share (pose estimator + keep-out checker + smoothness on the predicted frames)
+    cost_s: list[float] = []
+    planner.cost = _TimedCost(cost, cost_s)  # type: ignore[assignment]
     t = time.perf_counter()
     planner.plan(frame, q)  # warm-up: compiles, allocates
     emit(results, {"kind": "warmup", "seconds": round(time.perf_counter() - t, 3)})
     steps: list[float] = []
     per_step_model: list[float] = []
+    per_step_cost: list[float] = []
     for _ in range(a.repeats):
         model_s.clear()
+        cost_s.clear()
         res = planner.plan(frame, q)
         steps.append(res.seconds)
         per_step_model.append(sum(model_s))
+        per_step_cost.append(sum(cost_s))
         planner.advance(3)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.startswith("cuda") else None
     emit(
@@ -197,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
             "seconds_min": round(min(steps), 4),
             "model_seconds_mean": round(statistics.mean(per_step_model), 4),
             "cost_and_cem_seconds_mean": round(statistics.mean(steps) - statistics.mean(per_step_model), 4),
+            "cost_path": a.cost_path,
+            "cost_seconds_mean": round(statistics.mean(per_step_cost), 4),
+            "cem_other_seconds_mean": round(
+                statistics.mean(steps) - statistics.mean(per_step_model) - statistics.mean(per_step_cost), 4
+            ),
             "candidates_per_second": round(a.candidates * a.iterations / statistics.mean(steps), 2),
             "peak_gib": round(peak, 2) if peak is not None else None,
         },

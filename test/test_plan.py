@@ -20,7 +20,8 @@ from cosmos_ros.plan.sim_arm import arm_in_regions, ee_from_frame, ee_point
 from cosmos_ros.plan.tasks import make_tasks
 from cosmos_ros.predict.checkers import Region
 from cosmos_ros.sim.arm import ArmConfig, ArmSim
-from cosmos_ros.sim.render import render_frame
+from cosmos_ros.sim.batch_read import estimate_joint_positions_batch
+from cosmos_ros.sim.render import Camera, estimate_joint_positions, render_frame
 
 
 def _planner(model: Any, **cfg: Any) -> CemPlanner:
@@ -94,6 +95,48 @@ def test_cost_ranks_goal_progress_and_punishes_entering_a_keep_out_region() -> N
         cost.set_goal(Goal(joint_target={"elbow": 0.1}))
     with pytest.raises(ValueError, match="needs a joint target"):
         Goal()
+
+
+def test_batch_readers_and_cost_give_the_same_figures_as_frame_by_frame() -> None:
+    """The planner's fast path (every frame's pose and gripper point read in one pass) changes nothing:
+    the same poses, points and costs as the per-frame readers, bit for bit, readable or not."""
+    rng = np.random.default_rng(3)
+    qs = np.stack([rng.uniform(-0.9, 0.9, 6), rng.uniform(-1.6, 1.6, 6), rng.uniform(0, 1, 6)], -1)
+    cam = Camera(center=(0.05, 0.28), half_height=0.5, roll=0.2)
+    for (h, w), camera in (((64, 80), None), ((256, 320), None), ((64, 80), cam)):
+        frames = np.stack([render_frame(q, w, h, camera=camera) for q in qs])
+        frames[1] = rng.integers(0, 256, frames[1].shape)  # noise: arm colours scattered everywhere
+        frames[2] = frames[2, :1, :1]  # one flat colour: unreadable
+        frames[3][(frames[3] == (230, 30, 210)).all(-1)] = 0  # fingers wiped: no opening, no gripper point
+        slow = [estimate_joint_positions(f, camera=camera) for f in frames]
+        fast = estimate_joint_positions_batch(frames.reshape(2, 3, h, w, 3), camera=camera).reshape(6, 3)
+        want = np.stack([np.full(3, np.nan) if p is None else p for p in slow])
+        assert np.array_equal(fast, want, equal_nan=True)
+        assert np.isnan(fast[2]).all() and np.isnan(fast[3, 2]) and not np.isnan(fast[[0, 4, 5]]).any()
+        ee_slow = [ee_from_frame(f) for f in frames]
+        ee_want = np.stack([np.full(2, np.nan) if p is None else p for p in ee_slow])
+        assert np.array_equal(ee_from_frame.batch(frames), ee_want, equal_nan=True)
+    # the whole cost, joint + gripper point + keep-out box, both paths on the same predicted frames
+    oracle = SimOracle()
+    start = np.array([0.0, 0.6, 0.5])
+    ctx = oracle.begin(render_frame(start, 80, 64), start)
+    plans = start + np.cumsum(rng.uniform(-0.15, 0.15, (5, 6, 3)), axis=1)
+    roll = oracle.rollout(plans)
+    roll.frames[0, 2] = rng.integers(0, 256, roll.frames[0, 2].shape)
+    roll.poses, roll.ee = None, None  # read from the frames, as for a world model
+    goal = Goal(
+        joint_target={"joint1": 0.5, "joint2": 0.2}, ee_target=(0.6, 0.3), regions=["b:0.5,0.2,0.7,0.4"]
+    )
+    out = []
+    for batch in (False, True):
+        cost = PlanCost(
+            oracle.joint_names, load_estimator("sim_arm"), ee_locator=ee_from_frame, batch_reads=batch
+        )
+        cost.set_goal(goal)
+        out.append(cost(ctx, roll, plans, start))
+    assert np.array_equal(out[0][0], out[1][0])
+    assert out[0][1].keys() == out[1][1].keys() == {"joint", "ee", "collision", "smooth"}
+    assert all(np.array_equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
 
 
 def test_cem_plans_to_a_goal_in_closed_loop_with_a_warm_start() -> None:
@@ -172,6 +215,7 @@ def test_evaluation_cli_writes_report_and_gif(tmp_path: Path, predict_assets: An
     for s in report["summary"].values():
         assert s["tasks"] == 1 and 0 <= s["success_rate"] <= 1 and s["plan_seconds_mean"] >= 0
     assert set(report["targets"]) >= {"success_target_met", "collision_target_met"}
+    assert report["complete"] and report["targets"]["tasks_compared"] == 1
     assert len(report["episodes"]["oracle"]) == 1 and report["task_list"][0]["region"]
     assert "| straight |" in (out / "report.md").read_text()
     import imageio.v2 as imageio
@@ -226,3 +270,46 @@ def test_reference_planners_split_across_processes_give_the_same_episodes(tmp_pa
     assert episodes(reports[0]) == episodes(reports[1])
     assert [e["task"] for e in reports[1]["episodes"]["oracle"]] == [0, 1]
     assert (tmp_path / "2" / "task1.gif").is_file()
+
+
+def test_report_is_rewritten_after_every_episode_so_a_cut_off_run_keeps_its_figures(tmp_path: Path) -> None:
+    from cosmos_ros.plan.report import ReportWriter
+
+    tasks = make_tasks(2, seed=1)
+
+    def ep(task: int, success: bool, collision: bool) -> dict[str, Any]:
+        return {
+            "task": task,
+            "reached": success or collision,
+            "collision": collision,
+            "collision_seconds": 0.1 * collision,
+            "success": success,
+            "time_to_goal": 2.0 if success else None,
+            "replans": 3,
+            "plan_seconds": [0.5, 0.4, 0.6],
+            "final_error": 0.05,
+        }
+
+    settings = {"model": "twin", "tasks": 2, "seed": 1, "device": "cpu", "cem": {}, "num_steps": 4}
+    settings |= {"time_limit": 8.0, "tolerance": 0.1, "goal": "joint", "region_margin": 0.035}
+    writer = ReportWriter(tmp_path, settings, tasks, ["twin", "oracle", "straight"], 0)
+    writer.write()
+    first = json.loads((tmp_path / "report.json").read_text())
+    assert first["tasks_done"] == {"twin": 0, "oracle": 0, "straight": 0} and first["targets"] == {}
+    assert first["summary"]["twin"]["success_rate"] is None  # valid JSON: no NaN before any task
+    for k in (0, 1):
+        writer.add("oracle", ep(k, True, False))
+        writer.add("straight", ep(k, False, True))
+    writer.add("twin", ep(1, True, False), [np.zeros((8, 8, 3), np.uint8)])
+    # cut off here: the twin did one task of two; the file on disk already says so
+    cut = json.loads((tmp_path / "report.json").read_text())
+    assert not cut["complete"] and cut["tasks_done"] == {"twin": 1, "oracle": 2, "straight": 2}
+    assert cut["summary"]["twin"]["success_rate"] == 1.0 and cut["summary"]["straight"]["collisions"] == 2
+    assert cut["targets"]["tasks_compared"] == 1 and cut["targets"]["success_target_met"]
+    assert cut["targets"]["collisions_vs_straight"] == 0.0
+    assert "INCOMPLETE" in (tmp_path / "report.md").read_text()
+    assert not (tmp_path / "task0.gif").exists()  # task 0's GIF waits for every planner's frames
+    writer.add("twin", ep(0, False, True))
+    done = json.loads((tmp_path / "report.json").read_text())
+    assert done["complete"] and [e["task"] for e in done["episodes"]["twin"]] == [0, 1]
+    assert done["targets"]["tasks_compared"] == 2 and done["targets"]["success_vs_oracle"] == 0.5

@@ -52,6 +52,14 @@ PARAMETERS: tuple[Param, ...] = (
         "pose_estimator", "sim_arm", "Reads joints from frames: built-in, entry-point name or module:Class."
     ),
     Param("ee_locator", "sim_arm", "Reads the end effector from frames: 'sim_arm' or 'module:function'."),
+    Param(
+        "robot",
+        "sim_arm",
+        "What the planner knows of the robot: 'sim_arm' (its geometry tests the pose read from each "
+        "predicted frame against the keep-out regions; a world model is given the motion its controller "
+        "makes of the commands) or 'none' (pixels and commands only).",
+        choices=("sim_arm", "none"),
+    ),
     Param("cost_joint", 1.0, "Weight of the joint-target cost.", (0.0, 1e6)),
     Param("cost_image", 4.0, "Weight of the goal-image cost.", (0.0, 1e6)),
     Param("cost_ee", 4.0, "Weight of the end-effector cost.", (0.0, 1e6)),

@@ -15,39 +15,53 @@ separately). Writes report.json, report.md and task<k>.gif (every planner side b
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import math
 import multiprocessing
 import sys
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from cosmos_ros.evaluate.pose import load_estimator
+from cosmos_ros.evaluate.pose import SimArmPoseEstimator
 from cosmos_ros.plan.cem import CemConfig, CemPlanner, StraightPlanner
 from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost
 from cosmos_ros.plan.models import PlanModel, SimOracle, WorldModelPlanModel
-from cosmos_ros.plan.sim_arm import arm_in_regions, ee_from_frame, ee_point, wrap
+from cosmos_ros.plan.report import REFERENCES, ReportWriter, markdown
+from cosmos_ros.plan.sim_arm import (
+    SimArmEeLocator,
+    arm_in_regions,
+    arm_region_distance,
+    ee_point,
+    follow_commands,
+    wrap,
+)
 from cosmos_ros.plan.tasks import ReachTask, make_tasks
 from cosmos_ros.sim.arm import ArmConfig, ArmSim
 from cosmos_ros.sim.render import Scene, render_frame
 from cosmos_ros.sim.variants import Cell
 
 LOG = logging.getLogger("cosmos_ros.plan.evaluate")
-REFERENCES = ("oracle", "straight")
 #: Largest joint step per frame at 10 Hz: the arm's velocity limits (1.2, 1.6 rad/s) x 0.1 s.
 MAX_STEP = (0.12, 0.16)
 
 
-def build_planner(model: PlanModel, args: argparse.Namespace) -> CemPlanner:
-    """The MPC over ``model`` with the CLI's sizes and the sim arm's estimator and limits."""
+def build_planner(model: PlanModel, args: argparse.Namespace, cell: Cell | None = None) -> CemPlanner:
+    """The MPC over ``model`` with the CLI's sizes and the sim arm's estimator, geometry and limits."""
     cfg = ArmConfig()
+    camera = (cell or Cell()).camera
     weights = CostWeights(region_margin=args.region_margin)
-    cost = PlanCost(model.joint_names, load_estimator("sim_arm"), weights, ee_locator=ee_from_frame)
+    geometry = partial(arm_region_distance, camera=camera) if args.keepout == "pixels+pose" else None
+    cost = PlanCost(
+        model.joint_names,
+        SimArmPoseEstimator(camera),
+        weights,
+        ee_locator=SimArmEeLocator(camera),
+        region_distance=geometry,
+    )
     return CemPlanner(
         model,
         cost,
@@ -74,7 +88,8 @@ def load_model(name: str, args: argparse.Namespace, cell: Cell) -> PlanModel:
     predictor = Predictor.load(
         name, adapter=args.adapter or None, device=args.device, dtype=args.dtype, batch_size=args.candidates
     )
-    return WorldModelPlanModel(predictor, num_steps=args.num_steps)
+    dynamics = partial(follow_commands, config=ArmConfig()) if args.twin_input == "motion" else None
+    return WorldModelPlanModel(predictor, num_steps=args.num_steps, dynamics=dynamics)
 
 
 def run_episode(
@@ -139,26 +154,25 @@ def run_episode(
     }, frames
 
 
-def run_tasks(
-    name: str, args: argparse.Namespace, tasks: list[ReachTask]
-) -> tuple[list[dict[str, Any]], list[np.ndarray]]:
-    """Every task with one planner (its own model), in order; the GIF task's frames if it is among them.
+def make_planner(name: str, args: argparse.Namespace, cell: Cell) -> Any:
+    """The planner called ``name`` (its own model); raises what loading the model raises."""
+    model = load_model(name, args, cell)
+    cem = build_planner(model, args, cell)
+    return StraightPlanner(cem) if name == "straight" else cem
+
+
+def iter_episodes(
+    name: str, args: argparse.Namespace, tasks: list[ReachTask], planner: Any = None
+) -> Iterator[tuple[dict[str, Any], list[np.ndarray]]]:
+    """Every task with one planner, in order, one episode at a time (and the GIF task's camera frames).
 
     Episodes do not depend on each other (``reset`` drops the warm start and reseeds), so tasks can be
     split across processes and give the same figures."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a spawned worker logs its progress too
     cell = Cell(scene=Scene.seeded(0, 2))
-    model = load_model(name, args, cell)
-    cem = build_planner(model, args)
-    planner: Any = StraightPlanner(cem) if name == "straight" else cem
-    episodes: list[dict[str, Any]] = []
-    gif: list[np.ndarray] = []
+    planner = planner if planner is not None else make_planner(name, args, cell)
     for task in tasks:
         rec = task.index == args.gif_task
         ep, frames = run_episode(planner, task, cell, args, record=rec)
-        episodes.append(ep)
-        if rec:
-            gif = frames
         LOG.info(
             "%s task %d: %s%s in %.1f s sim, %d replans",
             name,
@@ -168,85 +182,15 @@ def run_tasks(
             ep["time_to_goal"] or args.time_limit,
             ep["replans"],
         )
-    return episodes, gif
+        yield ep, frames
 
 
-def summarise(episodes: list[dict[str, Any]]) -> dict[str, Any]:
-    """Success rate, collisions, time to goal, planning time per replanning step."""
-    n = len(episodes)
-    times = [e["time_to_goal"] for e in episodes if e["success"]]
-    plan = np.array([s for e in episodes for s in e["plan_seconds"]] or [math.nan])
-    return {
-        "tasks": n,
-        "success_rate": sum(e["success"] for e in episodes) / n,
-        "reached_rate": sum(e["reached"] for e in episodes) / n,
-        "collision_rate": sum(e["collision"] for e in episodes) / n,
-        "collisions": sum(e["collision"] for e in episodes),
-        "mean_time_to_goal_s": float(np.mean(times)) if times else None,
-        "plan_seconds_mean": float(np.mean(plan)),
-        "plan_seconds_median": float(np.median(plan)),
-        "plan_seconds_p95": float(np.percentile(plan, 95)),
-        "replans": int(sum(e["replans"] for e in episodes)),
-    }
-
-
-def targets(summary: dict[str, dict[str, Any]], main: str) -> dict[str, Any]:
-    """The issue's targets for the main model: success >= 80% of the oracle's, collisions <= half the
-    straight planner's."""
-    if main in REFERENCES or "oracle" not in summary or "straight" not in summary:
-        return {}
-    m, o, s = summary[main], summary["oracle"], summary["straight"]
-    ratio = m["success_rate"] / o["success_rate"] if o["success_rate"] else None
-    return {
-        "success_vs_oracle": ratio,
-        "success_target_met": ratio is not None and ratio >= 0.8,
-        "collisions_vs_straight": (m["collisions"] / s["collisions"]) if s["collisions"] else None,
-        "collision_target_met": m["collisions"] <= 0.5 * s["collisions"],
-    }
-
-
-def write_gif(path: Path, runs: dict[str, list[np.ndarray]], task: ReachTask, fps: float = 10.0) -> None:
-    """Every planner's camera on one task, side by side, with the keep-out box drawn."""
-    import imageio.v2 as imageio
-
-    length = max(len(f) for f in runs.values())
-    tiles = []
-    for t in range(length):
-        row = []
-        for name, frames in runs.items():
-            img = frames[min(t, len(frames) - 1)].copy()
-            h, w = img.shape[:2]
-            r = task.region
-            cv2.rectangle(img, (int(r.x0 * w), int(r.y0 * h)), (int(r.x1 * w), int(r.y1 * h)), (255, 0, 0), 1)
-            cv2.putText(
-                img, Path(name).name, (3, 12), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (0, 0, 0), 1, cv2.LINE_AA
-            )
-            row.append(img)
-        tiles.append(np.concatenate(row, axis=1))
-    imageio.mimsave(path, tiles, duration=1.0 / fps, loop=0)
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        f"# Planner closed-loop evaluation ({report['tasks']} tasks, seed {report['seed']})",
-        "",
-        f"Model `{report['model']}`, device {report['device']}; CEM {report['cem']}; "
-        f"time limit {report['time_limit']} s, tolerance {report['tolerance']} rad, goal {report['goal']}.",
-        "",
-        "| planner | success | reached | collision episodes | mean time to goal [s] | plan s/step mean "
-        "| median | p95 |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for name, s in report["summary"].items():
-        ttg = f"{s['mean_time_to_goal_s']:.2f}" if s["mean_time_to_goal_s"] is not None else "-"
-        lines.append(
-            f"| {name} | {s['success_rate']:.0%} | {s['reached_rate']:.0%} | {s['collisions']} "
-            f"({s['collision_rate']:.0%}) | {ttg} | {s['plan_seconds_mean']:.3f} | "
-            f"{s['plan_seconds_median']:.3f} | {s['plan_seconds_p95']:.3f} |"
-        )
-    if report.get("targets"):
-        lines += ["", "Targets: " + json.dumps(report["targets"])]
-    return "\n".join(lines) + "\n"
+def run_tasks(
+    name: str, args: argparse.Namespace, tasks: list[ReachTask]
+) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
+    """`iter_episodes` in a worker process: every episode of ``tasks`` with its frames."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a spawned worker logs its progress too
+    return list(iter_episodes(name, args, tasks))
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -286,6 +230,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--region-margin", type=float, default=0.035, help="keep-out boxes grown by this for the checker"
     )
+    ap.add_argument(
+        "--keepout",
+        default="pixels+pose",
+        choices=("pixels", "pixels+pose"),
+        help="what the collision term tests: the keep-out checker on the predicted pixels, plus (default) "
+        "the arm's geometry at the pose read from each predicted frame (sees parts a model does not draw)",
+    )
+    ap.add_argument(
+        "--twin-input",
+        default="motion",
+        choices=("motion", "commands"),
+        help="what a world model is given: the motion the arm's controller makes of the plan (default) or "
+        "the plan's commands as if the arm followed them exactly",
+    )
     ap.add_argument("--gif-task", type=int, default=0, help="task index recorded as a GIF (-1: none)")
     ap.add_argument("--out", default="runs/plan_eval")
     a = ap.parse_args(argv)
@@ -305,33 +263,15 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tasks = make_tasks(args.tasks, args.seed)
-    names = [args.model] + ([] if args.no_references else [r for r in REFERENCES if r != args.model])
-    episodes: dict[str, list[dict[str, Any]]] = {}
-    gif_frames: dict[str, list[np.ndarray]] = {}
-    for name in names:
-        t0 = time.perf_counter()
-        workers = args.workers if name in REFERENCES else 1  # the simulator's planners: CPU, in parallel
-        chunks = [tasks[i::workers] for i in range(workers)] if workers > 1 else [tasks]
-        try:
-            if workers > 1:
-                ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
-                with ctx.Pool(workers) as pool:
-                    parts = pool.starmap(run_tasks, [(name, args, chunk) for chunk in chunks if chunk])
-            else:
-                parts = [run_tasks(name, args, tasks)]
-        except (ValueError, OSError, FileNotFoundError) as exc:
-            print(f"plan_eval: cannot load model {name!r}: {exc}", file=sys.stderr)
-            return 2
-        eps = sorted((ep for part, _ in parts for ep in part), key=lambda e: e["task"])
-        episodes[name] = eps
-        for _, frames in parts:
-            if frames:
-                gif_frames[name] = frames
-        LOG.info(
-            "%s: %d tasks in %.1f s wall (%d processes)", name, len(tasks), time.perf_counter() - t0, workers
-        )
-    summary = {k: summarise(v) for k, v in episodes.items()}
-    report = {
+    refs = [] if args.no_references else [r for r in REFERENCES if r != args.model]
+    # the main model is loaded first (a bad model fails at once), run last: the fast references finish
+    # before it, so a run cut off in the model's tasks still compares it with them on the tasks it did
+    try:
+        main_planner = make_planner(args.model, args, Cell(scene=Scene.seeded(0, 2)))
+    except (ValueError, OSError) as exc:
+        print(f"plan_eval: cannot load model {args.model!r}: {exc}", file=sys.stderr)
+        return 2
+    settings = {
         "tasks": args.tasks,
         "seed": args.seed,
         "model": args.model,
@@ -344,17 +284,33 @@ def main(argv: list[str] | None = None) -> int:
         "tolerance": args.tolerance,
         "goal": args.goal,
         "region_margin": args.region_margin,
-        "summary": summary,
-        "targets": targets(summary, args.model),
-        "task_list": [t.describe() for t in tasks],
-        "episodes": episodes,
+        "keepout": args.keepout,
+        "twin_input": args.twin_input,
     }
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
-    if gif_frames:
-        write_gif(out / f"task{args.gif_task}.gif", gif_frames, tasks[args.gif_task])
-    print(markdown(report))
+    writer = ReportWriter(out, settings, tasks, [args.model, *refs], args.gif_task)
+    writer.write()
+    for name in [*refs, args.model]:
+        t0 = time.perf_counter()
+        workers = args.workers if name in REFERENCES else 1  # the simulator's planners: CPU, in parallel
+        if workers > 1:
+            ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
+            with ctx.Pool(workers) as pool:  # one task per call: each episode is reported as it ends
+                for part in pool.imap_unordered(_run_star, [(name, args, [t]) for t in tasks]):
+                    for ep, frames in part:
+                        writer.add(name, ep, frames)
+        else:
+            planner = main_planner if name == args.model else None
+            for ep, frames in iter_episodes(name, args, tasks, planner):
+                writer.add(name, ep, frames)
+        LOG.info(
+            "%s: %d tasks in %.1f s wall (%d processes)", name, len(tasks), time.perf_counter() - t0, workers
+        )
+    print(markdown(writer.write()))
     return 0
+
+
+def _run_star(job: tuple[str, argparse.Namespace, list[ReachTask]]) -> list[Any]:
+    return run_tasks(*job)
 
 
 if __name__ == "__main__":

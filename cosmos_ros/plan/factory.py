@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import cv2
@@ -17,9 +18,9 @@ from cosmos_ros.evaluate.pose import load_estimator
 from cosmos_ros.plan.cem import CemConfig, CemPlanner
 from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost, image_mismatch
 from cosmos_ros.plan.models import PlanModel, SimOracle, WorldModelPlanModel
-from cosmos_ros.plan.sim_arm import ee_from_frame, wrap
+from cosmos_ros.plan.sim_arm import arm_region_distance, ee_from_frame, follow_commands, wrap
 from cosmos_ros.predict.checkers import Region, load_checker
-from cosmos_ros.sim.arm import ArmConfig
+from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig
 from cosmos_ros.sim.render import Scene
 from cosmos_ros.sim.variants import Cell
 
@@ -54,7 +55,15 @@ def make_model(p: Mapping[str, Any]) -> PlanModel:
         dtype=p.get("dtype", "auto"),
         batch_size=int(p["candidates"]),
     )
-    return WorldModelPlanModel(predictor, num_steps=int(p["num_steps"]))
+    sim = p.get("robot", "sim_arm") == "sim_arm"
+    if sim and predictor.tokenizer is not None and tuple(predictor.tokenizer.joint_names) != JOINT_NAMES:
+        raise ValueError(
+            f"robot 'sim_arm': the model's joints {list(predictor.tokenizer.joint_names)} are not the sim "
+            f"arm's {list(JOINT_NAMES)}; set robot to 'none' for another robot"
+        )
+    # a twin is given the motion the sim arm's controller makes of the commands (models.py says why)
+    dynamics = partial(follow_commands, config=ArmConfig()) if sim else None
+    return WorldModelPlanModel(predictor, num_steps=int(p["num_steps"]), dynamics=dynamics)
 
 
 def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPlanner:
@@ -81,11 +90,18 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
         ]
         return load_checker(checker_name, {"regions": grown})
 
-    cost = PlanCost(
-        model.joint_names, estimator, weights, checker, load_ee_locator(p.get("ee_locator", "none"))
-    )
     sim = ArmConfig()
-    is_sim = tuple(model.joint_names) == ("joint1", "joint2", "joint3")
+    is_sim = tuple(model.joint_names) == JOINT_NAMES
+    # the sim arm's geometry at the pose read from each predicted frame joins the pixel checker
+    geometry = arm_region_distance if (p.get("robot", "sim_arm") == "sim_arm" and is_sim) else None
+    cost = PlanCost(
+        model.joint_names,
+        estimator,
+        weights,
+        checker,
+        load_ee_locator(p.get("ee_locator", "none")),
+        region_distance=geometry,
+    )
     return CemPlanner(
         model,
         cost,

@@ -15,6 +15,7 @@ import numpy as np
 
 from cosmos_ros.predict.checkers import Region
 from cosmos_ros.sim.arm import ArmConfig
+from cosmos_ros.sim.batch_read import estimate_joint_positions_batch, finger_centroids_batch
 from cosmos_ros.sim.render import (
     FINGER_LENGTH,
     FINGER_MIN_OFFSET,
@@ -22,6 +23,7 @@ from cosmos_ros.sim.render import (
     FINGER_RGB,
     MASK_TOLERANCE,
     Camera,
+    estimate_joint_positions,
 )
 
 #: Aspect (width, height) of the sim camera images (320x256, 160x128, 64x80 all share it).
@@ -92,16 +94,68 @@ def arm_in_regions(
     return in_regions(arm_points(q, camera), regions, margin + half_link)
 
 
-def ee_from_frame(frame: np.ndarray) -> np.ndarray | None:
-    """Normalised image position of the gripper fingers' colour centroid, or None when not visible.
+def arm_region_distance(q: np.ndarray, regions: Sequence[Region], camera: Camera | None = None) -> np.ndarray:
+    """How far the arm at ``q`` [..., 3] stays from the keep-out regions [...]: the largest growth of a
+    region (normalised image units, grown as `in_regions` grows them, link width included) that the arm's
+    links, palm and fingers still keep out of; 0 when they overlap one. ``arm_in_regions(q, regions,
+    camera, margin=m)`` is ``arm_region_distance(q, regions, camera) <= m``. NaN where joint 1 or 2 is NaN
+    (a pose not read); a NaN opening counts as fully open (the widest fingers)."""
+    q = np.array(q, np.float64)
+    q[..., 2] = np.where(np.isnan(q[..., 2]), 1.0, q[..., 2])
+    half_link = 0.0175 / (2 * (camera or Camera()).half_height)  # as arm_in_regions
+    pts = arm_points(q, camera)
+    x, y = pts[..., 0], pts[..., 1]
+    best = np.full(q.shape[:-1], np.inf)
+    for r in regions:
+        dx = np.maximum(np.maximum(r.x0 - x, x - r.x1), 0.0)
+        dy = np.maximum(np.maximum(r.y0 - y, y - r.y1), 0.0)
+        best = np.minimum(best, np.maximum(dx, dy).min(axis=-1) - half_link)
+    return np.maximum(best, 0.0)
 
-    The sim arm's image-space end-effector reader (predicted frames carry no poses)."""
-    diff = np.abs(frame.astype(np.int16) - np.array(FINGER_RGB, np.int16)).max(axis=-1)
-    v, u = np.nonzero(diff <= MASK_TOLERANCE)
-    if len(u) < 2:
-        return None
-    h, w = frame.shape[:2]
-    return np.array([(u.mean() + 0.5) / w, (v.mean() + 0.5) / h])
+
+class SimArmEeLocator:
+    """The sim arm's image-space end-effector reader (predicted frames carry no poses): the normalised
+    image position of the gripper fingers' colour centroid; where fewer than 2 finger pixels are seen, the
+    same point placed from the links (`ee_point` of the pose read from link 1 and link 2); None when
+    neither can be read.
+
+    Why the fallback: the fingers are a pixel wide at 64x80 and the sim twin does not draw them (it draws
+    the links), so on its frames the centroid alone was unreadable on every frame and the planner's
+    end-effector term was a constant penalty. Camera frames show the fingers: those readings are unchanged.
+    Called on one frame; ``batch`` reads many at once (what the planner's cost uses: one pass over every
+    candidate's frames, `cosmos_ros.sim.batch_read`) and gives the same points, NaN where a frame has none.
+    """
+
+    def __init__(self, camera: Camera | None = None) -> None:
+        self.camera = camera
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray | None:
+        diff = np.abs(frame.astype(np.int16) - np.array(FINGER_RGB, np.int16)).max(axis=-1)
+        v, u = np.nonzero(diff <= MASK_TOLERANCE)
+        if len(u) >= 2:
+            h, w = frame.shape[:2]
+            return np.array([(u.mean() + 0.5) / w, (v.mean() + 0.5) / h])
+        q = estimate_joint_positions(frame, camera=self.camera)
+        return None if q is None else self._from_links(q)
+
+    def batch(self, frames: np.ndarray) -> np.ndarray:
+        """frames uint8 [..., H, W, 3] -> [..., 2] (NaN where unreadable)."""
+        frames = np.asarray(frames)
+        out = finger_centroids_batch(frames)
+        missing = np.isnan(out[..., 0])
+        if missing.any():
+            q = estimate_joint_positions_batch(frames[missing], camera=self.camera)
+            out[missing] = self._from_links(q)
+        return out
+
+    def _from_links(self, q: np.ndarray) -> np.ndarray:
+        q = np.array(q, np.float64)
+        q[..., 2] = 0.5  # the opening does not move the point (the fingers' mid-line)
+        return ee_point(q, self.camera)
+
+
+#: The sim gripper's locator in the default view (a callable on one frame, with ``batch`` for many).
+ee_from_frame = SimArmEeLocator()
 
 
 def controller_step(q: np.ndarray, target: np.ndarray, dt: float, config: ArmConfig) -> np.ndarray:
@@ -111,6 +165,31 @@ def controller_step(q: np.ndarray, target: np.ndarray, dt: float, config: ArmCon
     vel = np.clip(config.gain * err, -vmax, vmax)
     vel = np.where(np.abs(vel * dt) > np.abs(err), err / dt, vel)
     return np.clip(q + vel * dt, config.lower, config.upper)
+
+
+def follow_commands(
+    q0: np.ndarray,
+    plans: np.ndarray,
+    config: ArmConfig | None = None,
+    fps: float = 10.0,
+    sim_dt: float = 0.02,
+) -> np.ndarray:
+    """Joint positions [B, H, 3] the sim arm reaches one frame after each command of plans [B, H, 3],
+    from ``q0`` [3]: its position controller (`controller_step`, as `ArmSim` steps it) run at the sim
+    rate. The arm lags its commands (gain 4/s: up to a third of a radian at full speed); this is the
+    motion a camera (and a world model trained on measured joint states) sees."""
+    cfg = config or ArmConfig()
+    substeps = max(1, round(1.0 / (fps * sim_dt)))
+    dt = 1.0 / (fps * substeps)
+    plans = np.asarray(plans, np.float64)
+    q = np.broadcast_to(np.asarray(q0, np.float64), (plans.shape[0], plans.shape[-1])).copy()
+    out = np.empty_like(plans)
+    for t in range(plans.shape[1]):
+        target = cfg.clip(plans[:, t])
+        for _ in range(substeps):
+            q = controller_step(q, target, dt, cfg)
+        out[:, t] = q
+    return out
 
 
 def wrap(delta: np.ndarray, angular: Sequence[bool]) -> np.ndarray:

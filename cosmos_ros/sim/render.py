@@ -357,18 +357,37 @@ def estimate_joint_positions(
     if m1.sum() < 3 or m2.sum() < 3:
         return None
     v1, u1 = np.nonzero(m1)
-    c1 = cam.pixel_to_world(np.array([u1.mean(), v1.mean()]), w, h)
+    v2, u2 = np.nonzero(m2)
+    vf, uf = np.nonzero(mf)
+    return pose_from_parts((u1.mean(), v1.mean()), (u2.mean(), v2.mean()), uf, vf, w, h, cfg, cam)
+
+
+def pose_from_parts(
+    link1: tuple[float, float],
+    link2: tuple[float, float],
+    finger_u: np.ndarray,
+    finger_v: np.ndarray,
+    width: int,
+    height: int,
+    config: ArmConfig,
+    camera: Camera,
+) -> np.ndarray:
+    """(joint1, joint2, joint3) from the links' pixel centroids (u, v) and the finger pixels' columns, rows.
+
+    The geometry half of :func:`estimate_joint_positions`, shared with the batch reader
+    (``cosmos_ros.sim.batch_read``) so both give the same floats; the opening is NaN with < 2 finger pixels.
+    """
+    w, h, cfg, cam = width, height, config, camera
+    c1 = cam.pixel_to_world(np.array([link1[0], link1[1]]), w, h)
     a1 = math.atan2(c1[0], c1[1])
     elbow = np.array([math.sin(a1), math.cos(a1)]) * cfg.link_lengths[0]
-    v2, u2 = np.nonzero(m2)
-    c2 = cam.pixel_to_world(np.array([u2.mean(), v2.mean()]), w, h)
+    c2 = cam.pixel_to_world(np.array([link2[0], link2[1]]), w, h)
     d = c2 - elbow
     a2 = math.atan2(d[0], d[1])
     j2 = (a2 - a1 + math.pi) % (2 * math.pi) - math.pi
     opening = float("nan")
-    if mf.sum() >= 2:
-        vf, uf = np.nonzero(mf)
-        fw = cam.pixel_to_world(np.stack([uf, vf], axis=-1).astype(np.float64), w, h)
+    if len(finger_u) >= 2:
+        fw = cam.pixel_to_world(np.stack([finger_u, finger_v], axis=-1).astype(np.float64), w, h)
         wrist = elbow + cfg.link_lengths[1] * np.array([math.sin(a2), math.cos(a2)])
         perp = np.array([math.cos(a2), -math.sin(a2)])
         dist = np.abs((fw - wrist) @ perp)
