@@ -18,17 +18,20 @@ import torch
 from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
 from cosmos_ros.model.vae_perf import decode_shared_prefix
 
-TRANSFORMERS = {  # name: (layers, heads, head_dim)
-    "L8-h8x64": (8, 8, 64),
-    "L6-h6x64": (6, 6, 64),
-    "L8-h4x64": (8, 4, 64),
-    "L6-h4x64": (6, 4, 64),
-    "L4-h4x64": (4, 4, 64),
+TRANSFORMERS = {  # name: (layers, heads, head_dim, spatial patch)
+    "L8-h8x64": (8, 8, 64, 2),
+    "L6-h6x64": (6, 6, 64, 2),
+    "L8-h4x64": (8, 4, 64, 2),
+    "L6-h4x64": (6, 4, 64, 2),
+    "L4-h4x64": (4, 4, 64, 2),
+    # one token per latent pixel (patch 1x1x1): 4x the tokens, finer arm placement
+    "L6-h4x64-p1": (6, 4, 64, 1),
+    "L4-h4x64-p1": (4, 4, 64, 1),
 }
 VAES = {"vae32": 32, "vae24": 24, "vae16": 16, "vae12": 12}
 
 
-def transformer(layers: int, heads: int, head_dim: int) -> ActionConditionedTransformer:
+def transformer(layers: int, heads: int, head_dim: int, patch: int = 2) -> ActionConditionedTransformer:
     from diffusers import CosmosTransformer3DModel
 
     dim = heads * head_dim
@@ -43,6 +46,7 @@ def transformer(layers: int, heads: int, head_dim: int) -> ActionConditionedTran
             text_embed_dim=dim,
             adaln_lora_dim=64,
             crossattn_proj_in_channels=64,
+            patch_size=(1, patch, patch),
         )
     )
     return ActionConditionedTransformer(net, ActionEmbedder(3, dim, hidden_dim=dim)).eval()
@@ -109,8 +113,8 @@ def main() -> None:
                 flush=True,
             )
         for name in filter(None, args.transformers.split(",")):
-            layers, heads, hd = TRANSFORMERS[name]
-            net = transformer(layers, heads, hd)
+            layers, heads, hd, patch = TRANSFORMERS[name]
+            net = transformer(layers, heads, hd, patch)
             x = torch.randn(b, 16, 4, lh, lw)
             t = torch.rand(b, 1, 4, 1, 1)
             emb = torch.randn(b, 8, 64)

@@ -27,6 +27,7 @@ def small_transformer_config(
     adaln_lora_dim: int,
     crossattn_proj_in_channels: int,
     latent_channels: int = 16,
+    patch_size: tuple[int, int, int] = (1, 2, 2),
 ) -> dict[str, Any]:
     """`CosmosTransformer3DModel` kwargs of a small model in the Cosmos Predict 2.5 layout (condition-mask
     channel, padding mask, no extra position embedding, text projection from the cached embeddings): the
@@ -41,7 +42,7 @@ def small_transformer_config(
         text_embed_dim=text_embed_dim,
         adaln_lora_dim=adaln_lora_dim,
         max_size=(32, 64, 64),
-        patch_size=(1, 2, 2),
+        patch_size=tuple(int(v) for v in patch_size),
         rope_scale=(1.0, 3.0, 3.0),
         concat_padding_mask=True,
         extra_pos_embed_type=None,

@@ -231,6 +231,8 @@ def transformer_config(cfg: dict[str, Any], text_channels: int) -> dict[str, Any
         adaln_lora_dim=int(t.get("adaln_lora_dim", 64)),
         crossattn_proj_in_channels=text_channels,
         latent_channels=z,
+        # (1, 2, 2) as Cosmos; (1, 1, 1) gives one token per latent pixel (8x8 image pixels): 4x the tokens
+        patch_size=tuple(t.get("patch_size", (1, 2, 2))),
     )
 
 
