@@ -287,6 +287,7 @@ def serve_part(a: argparse.Namespace) -> int:
             break
         try:
             t0 = time.perf_counter()
+            torch.manual_seed(0)  # the action MLPs made without an adapter: the same first layers each run
             pred = Predictor.load(
                 str(base),
                 device=device,
@@ -297,13 +298,16 @@ def serve_part(a: argparse.Namespace) -> int:
                 **hw,
             )
             load_s = time.perf_counter() - t0
-            # non-zero action MLP outputs (zero-initialised without an adapter): the candidates then differ
-            for p in [pred, *pred.replicas]:
-                g = torch.Generator().manual_seed(0)
-                with torch.no_grad():
-                    for n_, prm in p.model.transformer.action_embedder.named_parameters():
-                        if "fc2" in n_:
-                            prm.copy_((torch.randn(prm.shape, generator=g) * 0.02).to(prm.device, prm.dtype))
+            # non-zero action MLP outputs (zero-initialised without an adapter): the candidates then differ;
+            # every replica gets the primary's (each load drew its own random first layers)
+            g = torch.Generator().manual_seed(0)
+            emb = pred.model.transformer.action_embedder
+            with torch.no_grad():
+                for n_, prm in emb.named_parameters():
+                    if "fc2" in n_:
+                        prm.copy_((torch.randn(prm.shape, generator=g) * 0.02).to(prm.device, prm.dtype))
+            for rep in pred.replicas:
+                rep.model.transformer.action_embedder.load_state_dict(emb.state_dict())
             context = np.random.default_rng(0).integers(
                 0, 255, (1, pred.height, pred.width, 3), dtype=np.uint8
             )
