@@ -168,6 +168,26 @@ def test_resume_from_multiprocess_checkpoint(runs: dict[str, Any], tmp_path: Pat
         assert res.losses[s] == pytest.approx(two[s], rel=1e-4, abs=1e-5), s
 
 
+def test_two_processes_resume_their_own_checkpoint(runs: dict[str, Any], tmp_path: Path) -> None:
+    """A 2-process run started again on a 2-process checkpoint (run.resume=auto) goes on as the
+    uninterrupted run did: every rank reads the checkpoint rank 0 wrote."""
+    out = tmp_path / "two_resumed"
+    (out / "checkpoints").mkdir(parents=True)
+    shutil.copytree(runs["two_out"] / "checkpoints" / "step-0000003", out / "checkpoints" / "step-0000003")
+    cfg = train_config(runs["model"], out, runs["root"] / "latents", **runs["common"])
+    cfg.optim.batch_size = 2
+    cfg.run.val_every = cfg.run.preview_every = 0
+    cfg_path = tmp_path / "two_resumed.yaml"
+    cfg_path.write_text(yaml.safe_dump(cfg.to_dict()))
+    proc = _launch_two(cfg_path, timeout=400)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    assert "resumed from" in proc.stdout and "(step 3)" in proc.stdout
+    two, resumed = _scalars(runs["two_out"] / "tb", "train/loss"), _scalars(out / "tb", "train/loss")
+    assert sorted(resumed) == [4, 5, 6]
+    for s in (4, 5, 6):
+        assert resumed[s] == pytest.approx(two[s], rel=1e-4, abs=1e-5), s
+
+
 def test_accelerate_config_files_parse() -> None:
     from accelerate.commands.config.config_args import ClusterConfig
 

@@ -45,7 +45,12 @@ PREDICTOR_PARAMETERS: tuple[Param, ...] = (
     Param("base_revision", "", "Hub revision of base_model (empty = default / the card's)."),
     Param("adapter", "", "Adapter directory written by the trainer (empty = base model, no actions)."),
     Param("merge_adapter", True, "Merge LoRA weights into the base for faster inference."),
-    Param("device", "auto", "Torch device: auto (cuda if available), cpu, cuda, cuda:N."),
+    Param(
+        "device",
+        "auto",
+        "Torch device: auto (cuda if available), cpu, cuda, cuda:N; several GPUs: all (one model replica "
+        "per GPU) or a list such as cuda:0,cuda:1 (a check_collision batch is split across the replicas).",
+    ),
     Param(
         "dtype",
         "auto",

@@ -17,6 +17,12 @@ plans, the numbered steps of `_predict_batch`:
 Speed-ups are options (`OptimizeOptions`, from `cosmos_ros.model.inference_speedups`) installed on the
 unmodified diffusers transformer when the predictor is built; the predictor logs what was chosen. What each
 option measured on the GPU: benchmarks/NOTES_gpu.md.
+
+Several devices (`device="all"` or `"cuda:0,cuda:1"`): one replica of the model per device; a batch of
+candidates is split into contiguous parts, one per replica, run in threads (CUDA work releases the GIL) and
+put back in the original order. The parts keep whole model batches (`batch_size`) whenever there are at
+least as many batches as replicas, so every candidate runs in the same model batch, with the same seeded
+common noise, as on one device: the frames are the ones a single device gives.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -98,8 +106,45 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def resolve_devices(device: str) -> list[torch.device]:
+    """The device(s) a predictor serves on, from its `device` setting.
+
+    `auto` (CUDA if there is a GPU, else the CPU), `cpu`, `cuda`, `cuda:N`: one device, as before;
+    `all`: one replica per visible GPU; a comma-separated list (`cuda:0,cuda:1`): one replica per entry
+    (an entry may repeat, e.g. `cpu,cpu`, which tests the split on a machine without GPUs). ValueError
+    naming the problem for a GPU that is not there.
+    """
+    text = str(device).strip()
+    if text == "all":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise ValueError(
+                "device 'all' asks for one replica per GPU but no GPU is visible; use auto or cpu"
+            )
+        return [torch.device("cuda", i) for i in range(n)]
+    if text == "auto":
+        return [torch.device("cuda" if torch.cuda.is_available() else "cpu")]
+    out = []
+    for part in (x.strip() for x in text.split(",")):
+        try:
+            dev = torch.device(part)
+        except (RuntimeError, ValueError):
+            raise ValueError(
+                f"device {part!r} is not a torch device; use auto, all, cpu, cuda, cuda:N or a "
+                "comma-separated list such as cuda:0,cuda:1"
+            ) from None
+        if dev.type == "cuda":
+            n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            if n == 0 or (dev.index is not None and dev.index >= n):
+                raise ValueError(
+                    f"device {part!r}: this machine has {n} visible GPU(s); use cuda:0..cuda:{n - 1}"
+                )
+        out.append(dev)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- predictor
-__all__ = ["OptimizeOptions", "Predictor", "StageTimer"]
+__all__ = ["OptimizeOptions", "Predictor", "StageTimer", "resolve_devices"]
 
 
 class Predictor:
@@ -170,6 +215,29 @@ class Predictor:
             from cosmos_ros.model.vae_perf import optimize_vae
 
             optimize_vae(model.vae, **vae_opts)
+        self.replicas: list[Predictor] = []  # other devices' copies (attach_replicas); empty: one device
+        self._pool: ThreadPoolExecutor | None = None
+
+    def attach_replicas(self, replicas: list[Predictor]) -> None:
+        """Serve on several devices: `replicas` (the same model on other devices, built like this one) take
+        their part of every batch of candidates. ValueError when one differs in what requests see."""
+        for r in replicas:
+            mine = (self.height, self.width, self.num_frames, self.num_context_frames, self.action_dim)
+            theirs = (r.height, r.width, r.num_frames, r.num_context_frames, r.action_dim)
+            if mine != theirs or r.batch_size != self.batch_size:
+                raise ValueError(
+                    f"replica on {r.device} serves (h, w, frames, context, action dim) {theirs} with batch "
+                    f"{r.batch_size}, this predictor {mine} with batch {self.batch_size}: load every replica "
+                    "from the same base, adapter and settings"
+                )
+        self.replicas = list(replicas)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        self._pool = (
+            ThreadPoolExecutor(max_workers=len(self.replicas) + 1, thread_name_prefix="predictor-replica")
+            if self.replicas
+            else None
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -197,11 +265,26 @@ class Predictor:
 
         base = resolve_base(base) if base else base
 
-        dev = torch.device(
-            "cuda"
-            if device == "auto" and torch.cuda.is_available()
-            else ("cpu" if device == "auto" else device)
-        )
+        devices = resolve_devices(device)
+        if len(devices) > 1:  # one replica per device, each loaded as a one-device predictor
+            kw: dict[str, Any] = dict(
+                adapter=adapter,
+                revision=revision,
+                dtype=dtype,
+                merge=merge,
+                optimize=optimize,
+                batch_size=batch_size,
+                prompt_cache=prompt_cache,
+                height=height,
+                width=width,
+                num_frames=num_frames,
+                action_dim=action_dim,
+            )
+            first, *others = (cls.load(base, device=str(d), **kw) for d in devices)
+            first.attach_replicas(list(others))
+            LOG.info("predictor replicas on %s", ", ".join(str(d) for d in first.devices))
+            return first
+        dev = devices[0]
         if dev.type == "cuda":
             # The VAE's 3-D convolutions run at fixed shapes per request size: let cuDNN pick the fastest
             # algorithm once (decode 2.15 -> 1.97 s per 32 candidates on an H100, benchmarks/NOTES_gpu.md).
@@ -286,6 +369,11 @@ class Predictor:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def devices(self) -> list[torch.device]:
+        """Every device this predictor serves on (this one first, then its replicas')."""
+        return [self.device, *(r.device for r in self.replicas)]
 
     @property
     def prompts(self) -> list[str]:
@@ -411,6 +499,37 @@ class Predictor:
         actions = np.asarray(actions, np.float32)
         if actions.ndim != 3 or actions.shape[-1] != self.action_dim or actions.shape[1] == 0:
             raise ValueError(f"actions must be [B, N>0, {self.action_dim}], got {actions.shape}")
+        if self.replicas and actions.shape[0] > 1:
+            return self._predict_on_replicas(
+                context,
+                actions,
+                prompt,
+                num_steps,
+                guidance,
+                seed,
+                ctx,
+                output,
+                context_latents,
+                with_context,
+            )
+        return self._predict_here(
+            context, actions, prompt, num_steps, guidance, seed, ctx, output, context_latents, with_context
+        )
+
+    def _predict_here(
+        self,
+        context: np.ndarray,
+        actions: np.ndarray,
+        prompt: str,
+        num_steps: int,
+        guidance: float,
+        seed: int,
+        ctx: Any,
+        output: str,
+        context_latents: torch.Tensor | None,
+        with_context: bool,
+    ) -> Any:
+        """`predict` on this predictor's own device, inputs already checked (what one replica runs)."""
         text = self._embeds(prompt)
         outs = []
         seen: torch.Tensor | None = None
@@ -497,6 +616,64 @@ class Predictor:
                 cur_context = video[:, -self.num_context_frames :]  # the next chunk's context
         return torch.cat(frames_out, dim=1)[:, :n], seen
 
+    def split_bounds(self, n: int) -> list[tuple[int, int]]:
+        """Candidate ranges [start, end) per device (this one first), in order, none empty.
+
+        Whole model batches per device when there are at least as many batches as devices (the frames are
+        then those of one device); fewer candidates are split evenly (each device one smaller batch)."""
+        k = 1 + len(self.replicas)
+        n_batches = math.ceil(n / self.batch_size)
+        step = math.ceil(n_batches / k) * self.batch_size if n_batches >= k else math.ceil(n / k)
+        return [(s, min(n, s + step)) for s in range(0, n, step)]
+
+    def _predict_on_replicas(
+        self,
+        context: np.ndarray,
+        actions: np.ndarray,
+        prompt: str,
+        num_steps: int,
+        guidance: float,
+        seed: int,
+        ctx: Any,
+        output: str,
+        context_latents: torch.Tensor | None,
+        with_context: bool,
+    ) -> Any:
+        """`predict` with the candidates split across this predictor and its replicas (module docstring).
+
+        Each part runs a one-device `predict` in its own thread with the same seed and context; the parts'
+        frames come back in the candidates' order. Stage timings add up over the devices."""
+        assert self._pool is not None
+        workers = [self, *self.replicas]
+        parts = self.split_bounds(actions.shape[0])
+
+        def run(i: int, start: int, end: int) -> Any:
+            rep = workers[i]
+            guard = torch.cuda.device(rep.device) if rep.device.type == "cuda" else nullcontext()
+            lat = None if context_latents is None else context_latents.to(rep.device)
+            with guard, torch.no_grad():
+                return rep._predict_here(
+                    context,
+                    actions[start:end],
+                    prompt,
+                    num_steps,
+                    guidance,
+                    seed,
+                    ctx,
+                    output,
+                    lat,
+                    True,
+                )
+
+        futures = [self._pool.submit(run, i, s, e) for i, (s, e) in enumerate(parts)]
+        results = [f.result() for f in futures]  # the first failure is raised here, as on one device
+        seen = results[0][1]
+        if output == "numpy":
+            frames = np.concatenate([r[0] for r in results], axis=0)
+        else:
+            frames = torch.cat([r[0].to(self.device) for r in results], dim=0)
+        return (frames, seen) if with_context else frames
+
     @torch.no_grad()
     def encode_context(self, context: np.ndarray) -> torch.Tensor:
         """Conditioning latents [1, C, n_cond, h, w] of a uint8 context [C, H, W, 3], for
@@ -524,4 +701,9 @@ class Predictor:
             batch = self.batch_size
         ctx = np.zeros((self.num_context_frames, self.height, self.width, 3), np.uint8)
         acts = np.zeros((batch or 1, self.chunk_actions, self.action_dim), np.float32)
-        self.predict(ctx, acts, num_steps=max(1, num_steps), guidance=guidance, seed=0)
+        with torch.no_grad():
+            self._predict_here(
+                ctx, acts, "", max(1, num_steps), guidance, 0, StageTimer(), "numpy", None, False
+            )
+        for r in self.replicas:  # one after the other: compiling in several threads at once is not safe
+            r.warmup(num_steps, guidance, batch)

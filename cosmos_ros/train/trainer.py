@@ -796,7 +796,9 @@ class Trainer:
                 )
             opt_file = path / "optimizer.pt"
             try:
-                opt = torch.load(opt_file, map_location=self.accel.device, weights_only=True)
+                # read to the CPU: load_state_dict moves each state tensor to its parameter's device (a
+                # CPU process of a multi-process run has device "cpu:0", which torch.load cannot map to)
+                opt = torch.load(opt_file, map_location="cpu", weights_only=True)
                 self.optimizer.load_state_dict(opt["optimizer"])
                 self.lr_scheduler.load_state_dict(opt["lr_scheduler"])
             except Exception as e:
