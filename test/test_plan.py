@@ -15,11 +15,19 @@ from helpers_predict import predict_assets  # noqa: F401 - session fixture
 from cosmos_ros.evaluate.pose import load_estimator
 from cosmos_ros.plan.cem import CemConfig, CemPlanner, StraightPlanner
 from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost
-from cosmos_ros.plan.models import SimOracle, WorldModelPlanModel
-from cosmos_ros.plan.sim_arm import arm_in_regions, ee_from_frame, ee_point
+from cosmos_ros.plan.models import Rollout, SimOracle, WorldModelPlanModel
+from cosmos_ros.plan.sim_arm import (
+    arm_in_regions,
+    arm_points,
+    arm_region_distance,
+    ee_from_frame,
+    ee_point,
+    follow_commands,
+    in_regions,
+)
 from cosmos_ros.plan.tasks import make_tasks
 from cosmos_ros.predict.checkers import Region
-from cosmos_ros.sim.arm import ArmConfig, ArmSim
+from cosmos_ros.sim.arm import ArmConfig, ArmSim, forward_kinematics
 from cosmos_ros.sim.batch_read import estimate_joint_positions_batch
 from cosmos_ros.sim.render import Camera, estimate_joint_positions, render_frame
 
@@ -139,6 +147,49 @@ def test_batch_readers_and_cost_give_the_same_figures_as_frame_by_frame() -> Non
     assert all(np.array_equal(out[0][1][k], out[1][1][k]) for k in out[0][1])
 
 
+def test_keep_out_sees_the_fingers_a_world_model_does_not_draw_through_the_read_pose() -> None:
+    """The sim twin draws the links but not the gripper fingers (a pixel wide at 64x80): the pixel checker
+    cannot see fingers entering a box. The geometry at the pose read from the frame does, and the gripper
+    point is placed from the links. The geometry reaches the fingertips (it stopped at 45% of the fingers'
+    length before, so the evaluation's ground truth missed fingertip collisions)."""
+    q = np.array([0.6, 2.2, 0.5])  # link 2 points down: the fingers reach below the palm
+    pts = arm_points(q)  # per link 12: links 0-23, palm 24-35, fingers 36-
+    tip, root = pts[47], pts[42]  # one finger
+    a2, off = q[0] + q[1], 0.015 + 0.045 * q[2]  # the renderer's finger: root off the axis, 0.07 m long
+    wrist = forward_kinematics(q, ArmConfig())[2]
+    drawn_tip = wrist + np.array([np.cos(a2), -np.sin(a2)]) * off + np.array([np.sin(a2), np.cos(a2)]) * 0.07
+    assert np.allclose(tip, Camera().world_to_pixel(drawn_tip, 80, 64) / (80, 64))
+    c = tip - 0.004 * (tip - root) / np.linalg.norm(tip - root)  # a small box round its tip
+    box = Region("box", c[0] - 0.01, c[1] - 0.01, c[0] + 0.01, c[1] + 0.01)
+    half_link = 0.0175 / 1.1
+    assert arm_in_regions(q, [box]) and not in_regions(pts[None, :36], [box], half_link)[0]  # fingers only
+    rng = np.random.default_rng(0)
+    qs = np.stack([rng.uniform(-1.2, 1.2, 500), rng.uniform(-2.2, 2.2, 500), rng.uniform(0, 1, 500)], -1)
+    d = arm_region_distance(qs, [box])
+    for m in (0.0, 0.0175, 0.05):  # the distance agrees with the ground truth's test at every margin
+        assert np.array_equal(d <= m, arm_in_regions(qs, [box], margin=m))
+    start = np.array([0.3, 0.3, 0.5])  # clear of the box: the checker's reference
+    size = (320, 256)  # the fingers are 16 px long here (4 px at 64x80, where the links' ends crowd them)
+    ref = render_frame(start, *size)
+    frame = render_frame(q, *size)
+    fingers = np.abs(frame.astype(int) - (230, 30, 210)).max(-1) <= 40
+    frame[fingers] = render_frame([-1.0, 0.0, 0.5], *size)[fingers]  # fingers not drawn: background there
+    assert ee_from_frame.batch(frame[None])[0] == pytest.approx(ee_point(q), abs=0.03)  # from the links
+    plans = np.stack([start, q])[None]
+    goal = Goal(joint_target={"joint1": 0.3, "joint2": 0.9}, regions=[box])
+
+    def collision(shown: np.ndarray, geometry: Any) -> float:
+        # the checker's box grown a little only: inside it is nothing of the arm but the fingertips
+        w = CostWeights(region_margin=0.005, pose_margin=0.0175)
+        cost = PlanCost(SimOracle.joint_names, load_estimator("sim_arm"), w, region_distance=geometry)
+        cost.set_goal(goal)
+        return float(cost(ref, Rollout(frames=np.stack([ref, shown])[None]), plans, start)[1]["collision"][0])
+
+    assert collision(render_frame(q, *size), None) >= 1.0, "drawn fingers: the pixels see them"
+    assert collision(frame, None) < 1.0, "fingers not drawn: the pixels alone miss them in the box"
+    assert collision(frame, arm_region_distance) >= 1.0, "the read pose's geometry sees them"
+
+
 def test_cem_plans_to_a_goal_in_closed_loop_with_a_warm_start() -> None:
     oracle = SimOracle()
     planner = _planner(oracle, horizon=8, candidates=12, iterations=2, elites=3)
@@ -180,9 +231,17 @@ def test_world_model_plugs_in_through_the_predictor_with_the_context_encoded_onc
         optimize=OptimizeOptions(fast=True),
         batch_size=4,
     )
-    model = WorldModelPlanModel(pred, num_steps=1)
+    model = WorldModelPlanModel(pred, num_steps=1, dynamics=follow_commands)
     q = np.array([0.0, 0.6, 0.5])
     ctx = model.begin(render_frame(q, 160, 128), q)
+    # the twin is given the motion the arm's controller makes of the plan, not the commands
+    given = []
+    to_actions = pred.absolute_to_actions
+    pred.absolute_to_actions = lambda m, names, q0: (given.append(m), to_actions(m, names, q0))[1]
+    plan = (q + np.linspace(0.12, 0.48, 4)[:, None] * np.array([1.0, 0.0, 0.0]))[None]
+    model.rollout(plan)
+    pred.absolute_to_actions = to_actions
+    assert np.array_equal(given[0], follow_commands(q, plan)) and given[0][0, -1, 0] < plan[0, -1, 0] - 0.1
     assert ctx.shape == (pred.height, pred.width, 3)
     calls = []
     encode = pred.model.encode_frames

@@ -78,6 +78,8 @@ class CostWeights:
     collision: float = 20.0
     smooth: float = 0.02
     region_margin: float = 0.035  # keep-out regions grown by this (normalised) for the checker
+    # the geometric test (`region_distance`): a hit when the robot comes within this of a region
+    pose_margin: float = 0.0175
 
 
 class PlanCost:
@@ -188,7 +190,7 @@ class PlanCost:
             step = np.array([r.step_scores for r in results], np.float64)  # [B, H] 0..1
             hit = np.array([r.collision for r in results], np.float64)
             if poses is not None and self.region_distance is not None:
-                geo = self.geometry_scores(poses, goal.regions)  # [B, H] 0..1, 1 = within the margin
+                geo = self.geometry_scores(poses, goal.regions)  # [B, H] 1 = within pose_margin
                 step = np.maximum(step, geo)
                 hit = np.maximum(hit, (geo >= 1.0).any(axis=1))
             terms["collision"] = step.mean(axis=1) + hit
@@ -215,14 +217,15 @@ class PlanCost:
         return out
 
     def geometry_scores(self, poses: np.ndarray, regions: Sequence[Region]) -> np.ndarray:
-        """Per-step keep-out scores [B, H] from the robot's geometry at ``poses``, on the pixel checker's
-        scale: 1 within ``region_margin`` of a region (inside the grown box), falling linearly to 0 at twice
-        the margin, so CEM can rank near misses; 0 where the pose is unread (the pixel checker still sees
-        those frames, and the joint term penalises them)."""
+        """Per-step keep-out hits [B, H] (1.0 / 0.0) from the robot's geometry at ``poses``: the robot
+        within ``pose_margin`` of a region; 0 where the pose is unread (the pixel checker still sees those
+        frames, and the joint term penalises them). A hit only, no graded cost around it: the pixel checker
+        grades near misses already, and a graded zone round the box made the oracle wait in front of boxes
+        (6/10 tasks reached with a cost out to twice the margin, 9/10 with the hit alone, 10/10 without
+        the test: its exact frames show every part)."""
         assert self.region_distance is not None
         d = np.asarray(self.region_distance(poses, regions), np.float64)
-        m = max(self.w.region_margin, 1e-6)
-        return np.nan_to_num(np.clip(2.0 - d / m, 0.0, 1.0), nan=0.0)
+        return (np.nan_to_num(d, nan=np.inf) <= self.w.pose_margin).astype(np.float64)
 
     def joint_errors(self, goal: Goal, rollout: Rollout, poses: np.ndarray | None = None) -> np.ndarray:
         """Per-step joint distance to the target [B, H] (angles wrapped; unreadable frames penalised);

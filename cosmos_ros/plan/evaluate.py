@@ -53,7 +53,7 @@ def build_planner(model: PlanModel, args: argparse.Namespace, cell: Cell | None 
     """The MPC over ``model`` with the CLI's sizes and the sim arm's estimator, geometry and limits."""
     cfg = ArmConfig()
     camera = (cell or Cell()).camera
-    weights = CostWeights(region_margin=args.region_margin)
+    weights = CostWeights(region_margin=args.region_margin, pose_margin=args.pose_margin)
     geometry = partial(arm_region_distance, camera=camera) if args.keepout == "pixels+pose" else None
     cost = PlanCost(
         model.joint_names,
@@ -238,6 +238,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "the arm's geometry at the pose read from each predicted frame (sees parts a model does not draw)",
     )
     ap.add_argument(
+        "--pose-margin",
+        type=float,
+        default=CostWeights.pose_margin,
+        help="--keepout pixels+pose: a hit when the arm's geometry comes within this of a box (normalised)",
+    )
+    ap.add_argument(
         "--twin-input",
         default="motion",
         choices=("motion", "commands"),
@@ -285,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": args.goal,
         "region_margin": args.region_margin,
         "keepout": args.keepout,
+        "pose_margin": args.pose_margin,
         "twin_input": args.twin_input,
     }
     writer = ReportWriter(out, settings, tasks, [args.model, *refs], args.gif_task)

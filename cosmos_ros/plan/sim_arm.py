@@ -52,7 +52,7 @@ def arm_points(
     off = (FINGER_MIN_OFFSET + FINGER_RANGE * np.clip(q[..., 2], 0.0, 1.0))[..., None]
     palm = FINGER_MIN_OFFSET + FINGER_RANGE + 0.01  # as render_frame draws it
     t = np.linspace(0.0, 1.0, per_link)[:, None]
-    tf = t[: max(per_link // 2, 2)]
+    tf = np.linspace(0.0, 1.0, max(per_link // 2, 2))[:, None]  # root to tip (half as many points)
     segs = [
         elbow[..., None, :] * t,  # link 1
         elbow[..., None, :] + (wrist - elbow)[..., None, :] * t,  # link 2 (its end is the wrist)
