@@ -243,6 +243,12 @@ def test_world_model_plugs_in_through_the_predictor_with_the_context_encoded_onc
     pred.absolute_to_actions = to_actions
     assert np.array_equal(given[0], follow_commands(q, plan)) and given[0][0, -1, 0] < plan[0, -1, 0] - 0.1
     assert ctx.shape == (pred.height, pred.width, 3)
+    # the checker's reference is the context as the model renders it, not the camera frame: the VAE's
+    # round trip is no change of the scene
+    acts = pred.absolute_to_actions(plan, list(model.joint_names), q)
+    _, seen = pred.predict(model._context, acts, num_steps=1, with_context=True)
+    assert np.array_equal(ctx, seen[-1])
+    assert not np.array_equal(ctx, pred.fit_frame(render_frame(q, 160, 128))), "the camera frame is not it"
     calls = []
     encode = pred.model.encode_frames
     pred.model.encode_frames = lambda x: (calls.append(1), encode(x))[1]
@@ -253,6 +259,7 @@ def test_world_model_plugs_in_through_the_predictor_with_the_context_encoded_onc
     finally:
         pred.model.encode_frames = encode
     assert calls == [1], "the context frame must be encoded once per replanning step"
+    assert np.array_equal(planner.cost._reference, ctx), "the checker compares with the decoded context"
     assert res.frames.shape == (4, pred.height, pred.width, 3) and np.isfinite(res.cost)
     # the cached latents give the same frames as encoding again
     acts = pred.absolute_to_actions(res.plan[None], list(model.joint_names), q)
@@ -372,3 +379,29 @@ def test_report_is_rewritten_after_every_episode_so_a_cut_off_run_keeps_its_figu
     done = json.loads((tmp_path / "report.json").read_text())
     assert done["complete"] and [e["task"] for e in done["episodes"]["twin"]] == [0, 1]
     assert done["targets"]["tasks_compared"] == 2 and done["targets"]["success_vs_oracle"] == 0.5
+
+
+def test_a_cut_off_evaluation_resumes_where_it_stopped(tmp_path: Path) -> None:
+    from cosmos_ros.plan.evaluate import main
+
+    args = ["--model", "oracle", "--tasks", "2", "--candidates", "4", "--iterations", "1", "--horizon", "4"]
+    args += ["--time-limit", "0.6", "--gif-task", "-1", "--out", str(tmp_path)]
+    assert main(args) == 0
+    path = tmp_path / "report.json"
+    full = json.loads(path.read_text())
+    cut = json.loads(path.read_text())  # as if stopped in the oracle's second task
+    cut["episodes"]["oracle"] = cut["episodes"]["oracle"][:1]
+    cut["episodes"]["oracle"][0]["plan_seconds"] = [123.0]  # marks the episode kept from the first part
+    path.write_text(json.dumps(cut))
+    assert main([*args, "--resume"]) == 0
+    resumed = json.loads(path.read_text())
+    assert resumed["complete"] and resumed["tasks_done"] == {"oracle": 2, "straight": 2}
+    oracle = resumed["episodes"]["oracle"]
+    assert oracle[0]["plan_seconds"] == [123.0], "a finished episode is kept, not run again"
+
+    def same(e: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in e.items() if k != "plan_seconds"}
+
+    assert same(oracle[1]) == same(full["episodes"]["oracle"][1])  # the missing one ran, as before
+    assert main([*args, "--resume", "--candidates", "6"]) == 2  # other settings: refused, file kept
+    assert json.loads(path.read_text()) == resumed

@@ -221,8 +221,7 @@ class PlanCost:
         within ``pose_margin`` of a region; 0 where the pose is unread (the pixel checker still sees those
         frames, and the joint term penalises them). A hit only, no graded cost around it: the pixel checker
         grades near misses already, and a graded zone round the box made the oracle wait in front of boxes
-        (6/10 tasks reached with a cost out to twice the margin, 9/10 with the hit alone, 10/10 without
-        the test: its exact frames show every part)."""
+        (oracle, 10 tasks: 6 reached with a cost out to twice the margin, 9 with the hit alone)."""
         assert self.region_distance is not None
         d = np.asarray(self.region_distance(poses, regions), np.float64)
         return (np.nan_to_num(d, nan=np.inf) <= self.w.pose_margin).astype(np.float64)

@@ -250,6 +250,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="what a world model is given: the motion the arm's controller makes of the plan (default) or "
         "the plan's commands as if the arm followed them exactly",
     )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a cut-off run in --out (same options): tasks with an episode in its report.json are "
+        "kept, the rest run; repeat the command until report.json says complete",
+    )
     ap.add_argument("--gif-task", type=int, default=0, help="task index recorded as a GIF (-1: none)")
     ap.add_argument("--out", default="runs/plan_eval")
     a = ap.parse_args(argv)
@@ -293,24 +299,38 @@ def main(argv: list[str] | None = None) -> int:
         "keepout": args.keepout,
         "pose_margin": args.pose_margin,
         "twin_input": args.twin_input,
+        "camera_size": list(args.camera_size),
     }
     writer = ReportWriter(out, settings, tasks, [args.model, *refs], args.gif_task)
+    done: dict[str, set[int]] = {n: set() for n in writer.names}
+    if args.resume:
+        try:
+            done = writer.resume()
+        except ValueError as exc:
+            print(f"plan_eval: --resume: {exc}", file=sys.stderr)
+            return 2
     writer.write()
     for name in [*refs, args.model]:
         t0 = time.perf_counter()
+        todo = [t for t in tasks if t.index not in done[name]]
         workers = args.workers if name in REFERENCES else 1  # the simulator's planners: CPU, in parallel
-        if workers > 1:
+        if todo and workers > 1:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
             with ctx.Pool(workers) as pool:  # one task per call: each episode is reported as it ends
-                for part in pool.imap_unordered(_run_star, [(name, args, [t]) for t in tasks]):
+                for part in pool.imap_unordered(_run_star, [(name, args, [t]) for t in todo]):
                     for ep, frames in part:
                         writer.add(name, ep, frames)
-        else:
+        elif todo:
             planner = main_planner if name == args.model else None
-            for ep, frames in iter_episodes(name, args, tasks, planner):
+            for ep, frames in iter_episodes(name, args, todo, planner):
                 writer.add(name, ep, frames)
         LOG.info(
-            "%s: %d tasks in %.1f s wall (%d processes)", name, len(tasks), time.perf_counter() - t0, workers
+            "%s: %d tasks (%d done before) in %.1f s wall (%d processes)",
+            name,
+            len(todo),
+            len(tasks) - len(todo),
+            time.perf_counter() - t0,
+            workers,
         )
     print(markdown(writer.write()))
     return 0

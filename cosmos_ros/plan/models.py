@@ -45,7 +45,8 @@ class PlanModel(ABC):
     @abstractmethod
     def begin(self, frame: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Start a replanning step from the camera ``frame`` (uint8 [H, W, 3], any size) and the current
-        joint positions [J]; returns the context frame at the model's size (what the checker compares to)."""
+        joint positions [J]; returns the context frame at the model's size as the model renders it (what
+        the checker compares predicted frames to)."""
 
     @abstractmethod
     def rollout(self, plans: np.ndarray, seed: int = 0) -> Rollout:
@@ -153,13 +154,21 @@ class WorldModelPlanModel(PlanModel):
         self._q: np.ndarray | None = None
 
     def begin(self, frame: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Encode the camera frame once; returns the context as the model decodes it (what
+        ``Predictor.predict(..., with_context=True)`` calls ``seen``), not the camera frame: the VAE's
+        round trip is no change of the scene, but a checker comparing predicted frames with the raw frame
+        counts it as one (on the shipped sim twin, 2.4% of the 64x80 pixels of a sim-cell frame differ by
+        more than 40/255 after the round trip: half as many as the whole arm covers)."""
         p = self.predictor
         ctx = p.fit_frame(np.asarray(frame))
         # the causal VAE's context is 1 + 4k frames; a single camera frame repeated fills it
         self._context = np.repeat(ctx[None], p.num_context_frames, axis=0)
         self._latents = p.encode_context(self._context)
         self._q = np.asarray(positions, np.float64).copy()
-        return ctx
+        # the conditioning latents decoded alone: the causal decoder gives the very frames a prediction
+        # starts with (one latent frame: a tenth of a second at 64x80 on the CPU)
+        seen = p.model.decode_latents(self._latents)[0]
+        return seen[-1].cpu().numpy()
 
     def rollout(self, plans: np.ndarray, seed: int = 0) -> Rollout:
         if self._context is None or self._q is None:

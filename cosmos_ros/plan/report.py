@@ -146,6 +146,26 @@ class ReportWriter:
             write_gif(self.out / f"task{self.gif_task}.gif", self.gif_frames, self.tasks[self.gif_task])
             self.gif_written = True
 
+    def resume(self) -> dict[str, set[int]]:
+        """Take over the episodes of an earlier, cut-off run written to the same folder (same settings):
+        the tasks each planner has done already, which the caller skips. Raises ValueError naming the
+        settings that differ."""
+        path = self.out / "report.json"
+        if not path.is_file():
+            return {n: set() for n in self.names}
+        prev = json.loads(path.read_text())
+        diff = {k: (prev.get(k), v) for k, v in self.settings.items() if prev.get(k) != v}
+        if diff or prev.get("task_list") != [t.describe() for t in self.tasks]:
+            what = ", ".join(f"{k}: {a!r} then, {b!r} now" for k, (a, b) in diff.items()) or "the tasks"
+            raise ValueError(
+                f"{path} was written with other settings ({what}): resume with the same options, or "
+                "write to another --out"
+            )
+        for name in self.names:
+            self.episodes[name] = sorted(prev["episodes"].get(name, []), key=lambda e: e["task"])
+        self.gif_written = (self.out / f"task{self.gif_task}.gif").is_file()
+        return {n: {e["task"] for e in self.episodes[n]} for n in self.names}
+
     def report(self) -> dict[str, Any]:
         complete = all(len(self.episodes[n]) == len(self.tasks) for n in self.names)
         summary = {k: summarise(v) for k, v in self.episodes.items()}
