@@ -291,6 +291,39 @@ def test_evaluation_cli_writes_report_and_gif(tmp_path: Path, predict_assets: An
     assert main(["--tasks", "1", "--model", str(tmp_path / "missing"), "--out", str(out)]) == 2
 
 
+def test_world_model_tasks_split_across_processes_give_the_same_episodes(
+    tmp_path: Path,
+    predict_assets: Any,  # noqa: F811
+) -> None:
+    """--model-workers: the model's tasks run in processes of their own (each loads the model once) and give
+    the episodes one process gives: an episode does not depend on the tasks the planner ran before."""
+    from cosmos_ros.plan.evaluate import main
+
+    args = ["--tasks", "2", "--seed", "1", "--candidates", "2", "--iterations", "1", "--horizon", "4"]
+    args += [
+        "--time-limit",
+        "0.6",
+        "--num-steps",
+        "1",
+        "--device",
+        "cpu",
+        "--no-references",
+        "--gif-task",
+        "-1",
+    ]
+    args += ["--model", str(predict_assets.model_dir), "--adapter", str(predict_assets.adapter_dir)]
+    runs = []
+    for workers in ("1", "2"):
+        assert main([*args, "--model-workers", workers, "--out", str(tmp_path / workers)]) == 0
+        report = json.loads((tmp_path / workers / "report.json").read_text())
+        assert report["complete"]
+        runs.append(
+            [{k: v for k, v in e.items() if k != "plan_seconds"} for e in report["episodes"].popitem()[1]]
+        )
+    assert [e["task"] for e in runs[1]] == [0, 1] and all(e["replans"] == 2 for e in runs[1])
+    assert runs[0] == runs[1]
+
+
 def test_planner_from_the_params_yaml_and_goal_reached_for_each_goal_kind() -> None:
     import yaml
     from conftest import REPO

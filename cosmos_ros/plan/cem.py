@@ -93,11 +93,13 @@ class CemPlanner:
         self.calls = 0
 
     def reset(self, goal: Goal) -> None:
-        """A new goal: the cost learns it, the warm start is dropped."""
+        """A new goal: the cost learns it, the warm start is dropped, the samplers and the model's noise
+        seeds start again (an episode does not depend on what the planner did before)."""
         self.cost.set_goal(goal)
         self.goal = goal
         self.mean = np.zeros((self.cfg.horizon, len(self.idx)))
         self.rng = np.random.default_rng(self.cfg.seed)
+        self.calls = 0
 
     def advance(self, steps: int) -> None:
         """The first ``steps`` commands were executed: shift the mean plan (warm start), hold at the end."""

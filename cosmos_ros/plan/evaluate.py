@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import logging
 import multiprocessing
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 from cosmos_ros.evaluate.pose import SimArmPoseEstimator
@@ -190,7 +192,25 @@ def run_tasks(
 ) -> list[tuple[dict[str, Any], list[np.ndarray]]]:
     """`iter_episodes` in a worker process: every episode of ``tasks`` with its frames."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")  # a spawned worker logs its progress too
-    return list(iter_episodes(name, args, tasks))
+    # the host's cores shared among the workers: each library's own thread pool sized to all of them, in
+    # every worker at once, oversubscribes the CPU (the cost's readers and the renderer run there)
+    threads = max(1, (os.cpu_count() or 1) // _workers(name, args))
+    cv2.setNumThreads(threads)
+    if name not in REFERENCES:
+        import torch
+
+        torch.set_num_threads(threads)
+    if name not in _PLANNERS:  # once per worker process: a world model loads in seconds, not per task
+        _PLANNERS[name] = make_planner(name, args, Cell(scene=Scene.seeded(0, 2)))
+    return list(iter_episodes(name, args, tasks, _PLANNERS[name]))
+
+
+#: The planners a worker process has built (`run_tasks`), by name.
+_PLANNERS: dict[str, Any] = {}
+
+
+def _workers(name: str, args: argparse.Namespace) -> int:
+    return args.workers if name in REFERENCES else args.model_workers
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -219,7 +239,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--workers",
         type=int,
         default=1,
-        help="processes for the oracle and straight references (CPU; the world model runs in this one)",
+        help="processes for the oracle and straight references (CPU)",
+    )
+    ap.add_argument(
+        "--model-workers",
+        type=int,
+        default=1,
+        help="processes for --model (each loads the model on --device: a small twin leaves a GPU mostly "
+        "idle in one process, whose time goes to the host's cost readers and kernel launches)",
     )
     ap.add_argument(
         "--goal",
@@ -264,8 +291,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     except ValueError:
         ap.error(f"--camera-size {a.camera_size!r}: use HEIGHTxWIDTH, e.g. 128x160")
     a.camera_size = (h, w)
-    if a.tasks < 1 or a.workers < 1:
-        ap.error("--tasks and --workers must be >= 1")
+    if a.tasks < 1 or a.workers < 1 or a.model_workers < 1:
+        ap.error("--tasks, --workers and --model-workers must be >= 1")
     return a
 
 
@@ -313,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [*refs, args.model]:
         t0 = time.perf_counter()
         todo = [t for t in tasks if t.index not in done[name]]
-        workers = args.workers if name in REFERENCES else 1  # the simulator's planners: CPU, in parallel
+        workers = _workers(name, args)
         if todo and workers > 1:
             ctx = multiprocessing.get_context("spawn")  # never fork a process that holds a CUDA context
             with ctx.Pool(workers) as pool:  # one task per call: each episode is reported as it ends
