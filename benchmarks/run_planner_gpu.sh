@@ -9,9 +9,10 @@
 # Run from the repo root with the offline wheels carried (.whl, .whl_ros; git-ignored):
 #   bash benchmarks/run_planner_gpu.sh            # writes at most 7 files under $OUT (default runs/planner_gpu)
 # Knobs (environment): BENCH_S (default 200), TOTAL_S (default 560: everything ends before then),
-# TASKS (50), WORKERS (12: reference processes), MODEL_WORKERS (8: twin processes), DEVICE (cuda),
+# TASKS (50), WORKERS (12: reference processes), MODEL_WORKERS (12: twin processes), DEVICE (cuda),
 # EVAL_ARGS (more plan_evaluate options; e.g. a CPU check of this script: DEVICE=cpu BENCH_S=5 TASKS=1
-# EVAL_ARGS="--candidates 4 --iterations 1 --time-limit 0.3").
+# EVAL_ARGS="--candidates 4 --iterations 1 --time-limit 0.3"), RESUME_FROM (the report.json of a cut run:
+# the benchmark is skipped and the closed loop continues that run's episodes).
 set -uo pipefail
 OUT=${OUT:-runs/planner_gpu}
 mkdir -p "$OUT"
@@ -19,7 +20,7 @@ BENCH_S=${BENCH_S:-200}
 TOTAL_S=${TOTAL_S:-560}
 TASKS=${TASKS:-50}
 WORKERS=${WORKERS:-12}
-MODEL_WORKERS=${MODEL_WORKERS:-8}
+MODEL_WORKERS=${MODEL_WORKERS:-12}
 DEVICE=${DEVICE:-cuda}
 EVAL_ARGS=${EVAL_ARGS:-}
 
@@ -34,16 +35,20 @@ nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/de
 nproc
 echo "setup done at ${SECONDS}s"
 
-timeout -s INT "$BENCH_S" python3 benchmarks/bench_planner_gpu.py --candidates 32 --iterations 3 --horizon 12 \
+RESUME=""
+if [ -n "${RESUME_FROM:-}" ]; then
+  mkdir -p "$OUT/plan_eval" && cp "$RESUME_FROM" "$OUT/plan_eval/report.json" && RESUME=--resume && BENCH_S=0
+fi
+[ "$BENCH_S" -gt 0 ] && timeout -s INT "$BENCH_S" python3 benchmarks/bench_planner_gpu.py --candidates 32 --iterations 3 --horizon 12 \
   --num-steps 4 --repeats 3 --out "$OUT/bench_planner.json" > "$OUT/bench_planner.log" 2>&1
 echo "bench rc=$? at ${SECONDS}s"
-grep -v -i warn "$OUT/bench_planner.log" | tail -4
+grep -v -i warn "$OUT/bench_planner.log" 2>/dev/null | tail -4
 
 LEFT=$((TOTAL_S - SECONDS))
 echo "closed loop: ${LEFT}s left"
 timeout -s INT "$LEFT" python3 -m cosmos_ros.plan.evaluate --tasks "$TASKS" --seed 0 --model models/sim_twin \
   --device "$DEVICE" --workers "$WORKERS" --model-workers "$MODEL_WORKERS" --out "$OUT/plan_eval" \
-  $EVAL_ARGS > "$OUT/plan_eval.log" 2>&1
+  $RESUME $EVAL_ARGS > "$OUT/plan_eval.log" 2>&1
 echo "closed loop rc=$? at ${SECONDS}s"
 grep -E "tasks \(|^\|" "$OUT/plan_eval.log" | tail -8
 python3 - "$OUT/plan_eval/report.json" <<'EOF'
