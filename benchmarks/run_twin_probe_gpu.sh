@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Sim-twin architecture probe (2 GPUs; docs/sim_twin.md "Architecture probe"); run from the repo root with $OUT set.
 # Twin architecture probe (2 GPUs): shared data (640 cells, run-4 VAE reused), then 4 variants trained from
-# scratch for the same 4 minutes, 2 per GPU at once, each evaluated on 48 held-out clips (10 steps).
+# scratch for the same 3.5 minutes, 2 per GPU at once, each evaluated on 48 held-out clips (10 steps).
 set -uo pipefail
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .whl_ros/*.whl 2>&1 | tail -2
 export PYTHONPATH=/tmp/site:$PWD
