@@ -162,7 +162,9 @@ def policy_table(
         step = m[1] if measured and m else _step_s(p, tokens, fp8) * flop_scale * batch
         host = _host_per_token_gib(p) * scale * tokens * batch
         step = max(step, 2 * host / PCIE_GIBPS)
-        rows.append(PolicyFigure(p, tokens, peak, step, host, measured, p.startswith("budget")))
+        # budget:F is the compiler's; offload+attention offloads the block inputs only when compiled
+        compiled_only = p.startswith("budget") or "+" in p
+        rows.append(PolicyFigure(p, tokens, peak, step, host, measured, compiled_only))
     return sorted(rows, key=lambda r: r.step_s)
 
 
