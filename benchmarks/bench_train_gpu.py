@@ -132,6 +132,8 @@ def run_ours(
     rep = perf.optimize_for_training(
         wm.transformer, policy=policy, compile=comp, attention=attn, compile_mode=cmode
     )
+    if SMOKE and hasattr(perf.find_cosmos_transformer(wm.transformer), "_cosmos_offloader"):
+        perf.find_cosmos_transformer(wm.transformer)._cosmos_offloader.min_bytes = 0  # tiny tensors too
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3, fused=not SMOKE)
     dora = None
     if mode == "dora":
