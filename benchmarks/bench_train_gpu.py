@@ -10,8 +10,11 @@ everything also written to --out (default $OUT or ./bench_out) as train_results.
     python benchmarks/bench_train_gpu.py --baseline ... --case full --ours lora:attention:1:cudnn
 
 Variant syntax: mode:policy:compile(0/1)[:attention[:compile_mode]] (see perf.optimize_for_training), e.g.
-`lora:budget:0.5:1` or `lora:budget:0.5:1:default:reduce-overhead`. Modes: lora, dora (the trainer's
+`lora:budget:0.5:1` or `lora:budget:0.5:1:default:reduce-overhead`; in composite policies write `=` for
+the policy's own colons: `lora:offload+attention:1:cudnn`, `lora:offload=0.5+budget=0.5:1`. Modes: lora,
+lorafp8 (LoRA with the frozen base linears in FP8, `cosmos_ros.model.fp8_train`), dora (the trainer's
 per-step norm), dorapeft (peft's own DoRA forward), full, loraqkvo (the baseline's LoRA targets).
+`--loss-curve N`: N steps on one fixed batch, LoRA bf16 vs lorafp8, losses side by side (no baseline).
 `auto` picks, after the LoRA variants ran, the fastest LoRA variant within --mem-gib
 and runs DoRA and full fine-tuning with it.
 """
@@ -72,15 +75,17 @@ def parse_variant(spec: str) -> tuple[str, str, bool, str, str | None]:
     mode = parts[0]
     if parts[1] in ("blocks", "budget"):
         policy, rest = f"{parts[1]}:{parts[2]}", parts[3:]
-    else:
-        policy, rest = parts[1], parts[2:]
+    else:  # `offload=0.5+budget=0.5` -> offload:0.5+budget:0.5
+        policy, rest = parts[1].replace("=", ":"), parts[2:]
     comp = bool(int(rest[0])) if rest else True
     attn = rest[1] if len(rest) > 1 else "default"
     cmode = rest[2] if len(rest) > 2 else None  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
     return mode, policy, comp, attn, cmode
 
 
-def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> dict[str, Any]:
+def run_ours(
+    spec: str, latent: tuple[int, int, int], steps: int, warm: int, lr: float = 1e-4, curve: bool = False
+) -> dict[str, Any]:
     from diffusers import CosmosTransformer3DModel
 
     from cosmos_ros.model import perf
@@ -91,6 +96,7 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
 
     mode, policy, comp, attn, cmode = parse_variant(spec)
     cleanup()
+    torch.manual_seed(0)  # the same random model and adapters for every variant (loss curves compare)
     cfg = TINY_TRANSFORMER_CONFIG if SMOKE else COSMOS_2B_CONFIG
     dev, dtype = ("cpu", torch.float32) if SMOKE else ("cuda", torch.bfloat16)
     if not SMOKE:
@@ -110,14 +116,25 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
     ).to(dev)
     if mode == "loraqkvo":  # the baseline's own LoRA targets (q/k/v/out only), for an equal-work comparison
         acfg = AdapterConfig(mode="lora", target_modules=["to_q", "to_k", "to_v", "to_out.0"])
+    elif mode == "lorafp8":
+        acfg = AdapterConfig(mode="lora")
     else:  # dorapeft: peft's own DoRA forward (dora: the trainer's per-step norm, cosmos_ros.model.dora)
         acfg = AdapterConfig(mode="dora" if mode == "dorapeft" else mode)
     params = apply_adapters(wm, acfg)
+    if mode == "lorafp8":
+        from cosmos_ros.model.fp8_train import convert_frozen_linears_to_fp8
+
+        convert_frozen_linears_to_fp8(wm.transformer, emulate=SMOKE)
+        if not SMOKE:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()  # the bf16 weights it released were the peak so far
     t0 = time.perf_counter()
     rep = perf.optimize_for_training(
         wm.transformer, policy=policy, compile=comp, attention=attn, compile_mode=cmode
     )
-    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=1e-3, fused=not SMOKE)
+    if SMOKE and hasattr(perf.find_cosmos_transformer(wm.transformer), "_cosmos_offloader"):
+        perf.find_cosmos_transformer(wm.transformer)._cosmos_offloader.min_bytes = 0  # tiny tensors too
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3, fused=not SMOKE)
     dora = None
     if mode == "dora":
         from cosmos_ros.model.dora import enable_step_norm_dora
@@ -172,6 +189,15 @@ def run_ours(spec: str, latent: tuple[int, int, int], steps: int, warm: int) -> 
         loss=round(losses[-1], 4),
         summary=rep.summary(),
     )
+    off = getattr(perf.find_cosmos_transformer(wm.transformer), "_cosmos_offloader", None)
+    if off is not None:  # what went to the host in the last step
+        r.update(
+            offload_gib=round(off.stats.bytes / 2**30, 2),
+            offload_tensors=off.stats.tensors,
+            offload_on_demand=off.stats.on_demand,
+        )
+    if curve:
+        r["losses"] = [round(x, 5) for x in losses]
     if dora is not None:  # what the per-step norm refresh itself costs (CUDA graph replay on GPUs)
         rt = []
         for _ in range(5):
@@ -322,6 +348,45 @@ def table(case: str) -> None:
             )
 
 
+def loss_curve(steps: int, latent: tuple[int, int, int], lr: float) -> None:
+    """LoRA bf16 vs LoRA with FP8 base linears: `steps` steps on one fixed batch, same init, same order.
+
+    Why: FP8 changes the forward and the input gradients; the adapters must still learn the same. Prints
+    both curves side by side and the largest relative gap.
+    """
+    runs = {}
+    for spec in ("lora:none:0", "lorafp8:none:0"):
+        try:
+            r = run_ours(spec, latent, steps, 0, lr=lr, curve=True)
+        except Exception as e:
+            traceback.print_exc()
+            r = dict(kind="train", who="ours", variant=spec, error=f"{type(e).__name__}: {e}"[:500])
+        emit(dict(r, kind="loss_curve"))
+        runs[spec] = r.get("losses")
+        cleanup()
+    a, b = runs["lora:none:0"], runs["lorafp8:none:0"]
+    if not a or not b:
+        print("loss curve: a run failed (see above)", flush=True)
+        return
+    print(f"\n== loss on one fixed batch, latent {list(latent)}, lr {lr:g}: bf16 vs fp8 base linears")
+    print(f"{'step':>5} {'bf16':>10} {'fp8':>10} {'rel diff':>9}")
+    gaps = []
+    for i, (x, y) in enumerate(zip(a, b, strict=True)):
+        gaps.append(abs(y - x) / max(abs(x), 1e-12))
+        print(f"{i:5d} {x:10.5f} {y:10.5f} {gaps[-1]:9.4f}")
+    emit(
+        dict(
+            kind="loss_curve_summary",
+            first=[a[0], b[0]],
+            last=[a[-1], b[-1]],
+            drop_bf16=round(a[0] - a[-1], 5),
+            drop_fp8=round(b[0] - b[-1], 5),
+            max_rel_gap=round(max(gaps), 4),
+            mean_rel_gap=round(sum(gaps) / len(gaps), 4),
+        )
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     global OUT, SMOKE, PROFILE
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -337,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn-probe", action="store_true", help="time SDPA kernels at this case's length first")
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, no baseline: checks the script")
     ap.add_argument("--profile", action="store_true", help="kernel time table of one step per variant")
+    ap.add_argument("--loss-curve", type=int, default=0, help="N: bf16 vs fp8 LoRA loss curve, then exit")
+    ap.add_argument("--curve-latent", default="4,32,40", help="T,H,W latents of the loss-curve batch")
+    ap.add_argument("--curve-lr", type=float, default=1e-3)
     a = ap.parse_args(argv)
 
     SMOKE = a.smoke
@@ -353,6 +421,10 @@ def main(argv: list[str] | None = None) -> int:
             latent=list(latent),
         )
     )
+    if a.loss_curve:
+        cl = (4, 8, 10) if SMOKE else tuple(int(x) for x in a.curve_latent.split(","))
+        loss_curve(a.loss_curve, cl, a.curve_lr)  # type: ignore[arg-type]
+        return 0
     if SMOKE:
         a.baseline_modes = ""
     elif a.attn_probe:

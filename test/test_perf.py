@@ -109,6 +109,59 @@ def test_policy_keeps_loss_and_gradients(
     _close(grads, ref_grads)
 
 
+@pytest.mark.parametrize("policy", ["offload", "offload:0.5", "offload+attention"])
+def test_offload_keeps_loss_and_gradients_and_moves_tensors(
+    reference: tuple, batch: dict[str, torch.Tensor], policy: str
+) -> None:
+    """Offloaded blocks: saved tensors leave as copies and come back (prefetched) with the same values."""
+    mode, pristine, (ref_loss, ref_grads) = reference
+    wm = copy.deepcopy(pristine)
+    rep = perf.optimize_for_training(wm.transformer, policy=policy, compile=False)
+    tr = perf.find_cosmos_transformer(wm.transformer)
+    assert rep.offloaded_blocks == [0]  # 2 blocks: the first offloaded, the last saved or checkpointed
+    assert rep.checkpointed_blocks == ([1] if policy == "offload:0.5" else [])
+    off = tr._cosmos_offloader
+    off.min_bytes = 0  # the tiny model's tensors are all below the 1 MiB default
+    loss, grads = _step(wm, batch)
+    assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss)), (mode, policy, loss, ref_loss)
+    _close(grads, ref_grads)
+    if policy == "offload+attention":
+        import inspect
+
+        from torch.utils.checkpoint import checkpoint
+
+        if "respect_saved_tensors_hooks" not in inspect.signature(checkpoint).parameters:
+            return  # older torch, eager: the checkpoint keeps what it saves (compile offloads it)
+        assert off.stats.tensors >= 1  # what SAC saves (the attention outputs) went through the hooks
+    else:
+        assert off.stats.tensors > 10 and off.stats.bytes > 0, off.stats
+        assert off.stats.kept > 0  # parameters (the frozen weights saved by linears) stay in place
+    assert off.stats.on_demand == 1  # the first unpack fetches its whole group; nothing else stalls
+
+
+def test_offloader_prefetches_the_previous_group() -> None:
+    """Three offloaded groups: unpacking group 2 prefetches group 1, group 1 prefetches group 0."""
+    from cosmos_ros.model.offload import ActivationOffloader
+
+    lin = torch.nn.Linear(8, 8)
+    off = ActivationOffloader(lin, min_bytes=0)
+    x = torch.randn(4, 8, requires_grad=True)
+    h = x
+    for i in range(3):
+        with off.group(i):
+            h = torch.tanh(lin(h)) * h  # tanh saves its output, mul saves both inputs
+    h.sum().backward()
+    ref_x = x.detach().clone().requires_grad_(True)
+    r = ref_x
+    for _ in range(3):
+        r = torch.tanh(lin(r)) * r
+    lin.zero_grad()
+    r.sum().backward()
+    assert torch.equal(x.grad, ref_x.grad)
+    assert off.stats.on_demand == 1  # group 2 on demand; 1 and 0 were prefetched ahead of their use
+    assert all(g.prefetched for g in off._groups.values())
+
+
 def test_eager_cudnn_attention_processor_keeps_gradients(
     reference: tuple, batch: dict[str, torch.Tensor]
 ) -> None:
@@ -156,6 +209,13 @@ def test_bad_arguments_are_clear_errors() -> None:
         perf.optimize_for_training(wm.transformer, policy="budget:0.5", compile=False)
     with pytest.raises(ValueError, match="unknown"):
         perf.optimize_for_training(wm.transformer, policy="blocks:99", compile=False)
+    bad_specs = ["offload:0", "offload:1.5", "offload:x", "offload+full", "none+attention"]
+    bad_specs.append("offload+budget:2")
+    for bad in bad_specs:
+        with pytest.raises(ValueError, match=r"offload|unknown"):
+            perf.optimize_for_training(wm.transformer, policy=bad, compile=False)
+    with pytest.raises(ValueError, match="compile=True"):
+        perf.optimize_for_training(wm.transformer, policy="offload+budget:0.5", compile=False)
     with pytest.raises(ValueError, match="attention backend"):
         perf.set_attention_backend("fastest")
     with pytest.raises(TypeError, match="CosmosTransformer3DModel"):

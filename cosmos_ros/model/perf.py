@@ -24,6 +24,14 @@ each of which keeps the computed function the same (up to float rounding):
    - `attention`: save only attention outputs (the costly op at long sequences), recompute the rest;
    - `budget:F` (needs `compile`): AOTAutograd's memory-budget partitioner keeps about F (0..1) of the
      activations a block would save and chooses what to recompute by estimated runtime;
+   - `offload` / `offload:F`: the first F (0..1, default 1) of the blocks run without recompute and their
+     saved tensors go to pinned CPU memory, copied asynchronously on a side stream and prefetched back in
+     the backward pass (`cosmos_ros.model.offload`); the other blocks are fully checkpointed. With F = 1
+     the last block is saved on the GPU instead (its backward follows at once: a copy out and back would
+     only stall). Append `+P` to choose what each offloaded block saves: `+budget:B` (needs compile),
+     `+attention` or `+selective` (e.g. `offload+attention`: recompute all but attention, and keep even
+     the attention outputs off the GPU; the selective policies are offloaded only when compiled, where
+     what they save becomes ordinary saved tensors). Host memory: about what those blocks save;
    - `auto`: `budget:0.5` with compile on CUDA, `selective` on CUDA without compile, `none` on CPU.
      Measured on one H100, 480x640 (9600 tokens), LoRA r32 on the six DESIGN targets + action MLPs:
      `budget:0.5` + compile 0.366 s/step at 23.3 GiB; `none` + compile 0.362 s at 35.5 GiB;
@@ -42,6 +50,7 @@ The function is safe on CPU: it validates arguments, applies the frame modulatio
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +63,16 @@ from cosmos_ros.model.attention import CosmosSelfAttnProcessor, eager_cudnn_sdpa
 
 LOG = logging.getLogger(__name__)
 
-POLICIES = ("auto", "none", "full", "selective", "attention", "blocks:K", "budget:F")
+POLICIES = (
+    "auto",
+    "none",
+    "full",
+    "selective",
+    "attention",
+    "blocks:K",
+    "budget:F",
+    "offload[:F][+budget:B]",
+)
 ATTENTION_BACKENDS = ("default", "cudnn", "flash", "efficient", "cudnn_eager")
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -299,12 +317,16 @@ def _parse_policy(policy: str, num_blocks: int, cuda: bool, compile_: bool) -> t
     if p in ("none", "full", "selective", "attention"):
         return p, 0.0
     kind, _, val = p.partition(":")
-    if kind in ("blocks", "budget") and val:
+    if kind == "offload" and not val:
+        return kind, 1.0
+    if kind in ("blocks", "budget", "offload") and val:
         try:
             x = float(val)
         except ValueError:
             x = -1.0
         if kind == "blocks" and x.is_integer() and 0 <= x <= num_blocks:
+            return kind, x
+        if kind == "offload" and 0.0 < x <= 1.0:
             return kind, x
         if kind == "budget" and 0.0 <= x <= 1.0:
             if not compile_:
@@ -315,8 +337,40 @@ def _parse_policy(policy: str, num_blocks: int, cuda: bool, compile_: bool) -> t
             return kind, x
     raise ValueError(
         f"memory policy {policy!r} unknown; use one of {', '.join(POLICIES)} "
-        f"(K an integer 0..{num_blocks}, F a fraction 0..1)"
+        f"(K an integer 0..{num_blocks}, F a fraction 0..1; offload:F needs F > 0)"
     )
+
+
+def _split_inner(policy: str, compile_: bool) -> tuple[str, str | None, float | None]:
+    """`offload:F+P` -> ("offload:F", P's kind, P's value); a policy without `+` -> (policy, None, None).
+
+    P, what each offloaded block saves: `budget:B` (the compiler's partitioner, needs compile),
+    `attention` or `selective` (the selective-checkpointing policies of the same names).
+    """
+    head, plus, tail = policy.strip().lower().partition("+")
+    if not plus:
+        return head, None, None
+    kind, _, val = tail.partition(":")
+    ok_head = head == "offload" or head.startswith("offload:")
+    b = -1.0
+    if kind == "budget":
+        try:
+            b = float(val)
+        except ValueError:
+            b = -1.0
+    ok_tail = (kind == "budget" and 0.0 <= b <= 1.0) or (tail in ("attention", "selective"))
+    if not ok_head or not ok_tail:
+        raise ValueError(
+            f"memory policy {policy!r}: only offload[:F] combines with another policy, as "
+            "offload[:F]+budget:B (B a fraction 0..1), offload[:F]+attention or offload[:F]+selective "
+            "(e.g. offload+attention, offload:0.8+budget:0.5)"
+        )
+    if kind == "budget" and not compile_:
+        raise ValueError(
+            f"policy {policy!r} uses the compiler's memory-budget partitioner: set compile=True, "
+            "or use offload[:F] alone"
+        )
+    return head, kind, (b if kind == "budget" else None)
 
 
 @dataclass
@@ -328,11 +382,13 @@ class PerfReport:
     frame_modulation: int
     attention: str
     checkpointed_blocks: list[int] = field(default_factory=list)
+    offloaded_blocks: list[int] = field(default_factory=list)
 
     def summary(self) -> str:
         return (
             f"policy={self.policy} compile={self.compiled} frame_modulation={self.frame_modulation} "
             f"attention={self.attention} checkpointed={len(self.checkpointed_blocks)} blocks"
+            + (f" offloaded={len(self.offloaded_blocks)} blocks" if self.offloaded_blocks else "")
         )
 
 
@@ -360,9 +416,10 @@ def optimize_for_training(
     cuda = next(tr.parameters()).device.type == "cuda"
     do_compile = cuda if compile is None else bool(compile)
     blocks = list(tr.transformer_blocks)
-    kind, val = _parse_policy(policy, len(blocks), cuda, do_compile)
+    head, inner, inner_budget = _split_inner(policy, do_compile)
+    kind, val = _parse_policy(head, len(blocks), cuda, do_compile)
     if attention == "cudnn_eager":
-        if kind in ("selective", "attention"):
+        if kind in ("selective", "attention") or inner in ("selective", "attention"):
             raise ValueError(
                 "attention='cudnn_eager' breaks the compiled graph at each attention call, which "
                 "selective checkpointing cannot span; use policy budget:F, none, full or blocks:K"
@@ -373,17 +430,20 @@ def optimize_for_training(
     else:
         set_attention_backend(attention)
     n_frame = enable_frame_modulation(tr) if frame_modulation else 0
+    name = kind if kind in ("none", "full", "selective", "attention") else f"{kind}:{val:g}"
     report = PerfReport(
-        policy=kind if kind in ("none", "full", "selective", "attention") else f"{kind}:{val:g}",
+        policy=name
+        if inner is None
+        else f"{name}+{inner}" + ("" if inner_budget is None else f":{inner_budget:g}"),
         compiled=do_compile,
         frame_modulation=n_frame,
         attention=attention,
     )
-    if kind == "budget":
+    if kind == "budget" or inner == "budget":
         import torch._functorch.config as fconfig
 
         # read when the backward graph is partitioned (first step); process-wide, like the compile cache
-        fconfig.activation_memory_budget = val
+        fconfig.activation_memory_budget = val if inner != "budget" else float(inner_budget or 0.0)
     elif do_compile:
         import torch._functorch.config as fconfig
 
@@ -399,11 +459,19 @@ def optimize_for_training(
     from torch.utils.checkpoint import checkpoint, create_selective_checkpoint_contexts
 
     model_dim = int(tr.config.num_attention_heads * tr.config.attention_head_dim)
+    offloaded: dict[int, int] = {}  # id(block) -> index, for the offloaded blocks
     if kind in ("selective", "attention"):
         ctx_fn: Callable[[], Any] | None = functools.partial(
             create_selective_checkpoint_contexts, _selective_policy(model_dim, kind == "attention")
         )
         chosen = set(range(len(blocks)))
+    elif kind == "offload":
+        ctx_fn = None
+        n = len(blocks)
+        k = n - 1 if val >= 1.0 else max(1, round(val * n))
+        offloaded = {id(blocks[i]): i for i in range(min(k, n))}
+        chosen = set(range(k, n)) if val < 1.0 else set()
+        report.offloaded_blocks = list(range(min(k, n)))
     else:
         ctx_fn = None
         chosen = set(range(len(blocks))) if kind == "full" else set(_spread(int(val), len(blocks)))
@@ -418,12 +486,44 @@ def optimize_for_training(
     def run_plain(block: nn.Module, *args: Any) -> Any:
         return block(*args)
 
+    # offloaded blocks with `+attention` / `+selective`: that policy's checkpoint inside the offload hooks.
+    # Compiled, the block is one autograd function whose saved tensors (what the policy keeps, and the
+    # block inputs the recompute needs) pass through the hooks. Eager, SAC keeps its tensors outside the
+    # autograd graph: torch >= 2.14 routes them through the hooks when asked (respect_saved_tensors_hooks),
+    # older versions keep them on the GPU (correct, not offloaded); the block inputs stay with the
+    # checkpoint either way.
+    sac_fn: Callable[[], Any] | None = None
+    sac_kw: dict[str, Any] = {}
+    if inner in ("attention", "selective"):
+        sac_fn = functools.partial(
+            create_selective_checkpoint_contexts, _selective_policy(model_dim, inner == "attention")
+        )
+        if not do_compile and "respect_saved_tensors_hooks" in inspect.signature(checkpoint).parameters:
+            sac_kw["respect_saved_tensors_hooks"] = True
+
+    def run_inner(block: nn.Module, *args: Any) -> Any:
+        return checkpoint(block, *args, use_reentrant=False, context_fn=sac_fn, **sac_kw)
+
     if do_compile:
         run_ckpt = torch.compile(run_ckpt, dynamic=False, mode=compile_mode)
         run_plain = torch.compile(run_plain, dynamic=False, mode=compile_mode)
+        run_inner = torch.compile(run_inner, dynamic=False, mode=compile_mode)
+    run_offloaded = run_inner if sac_fn is not None else run_plain
+
+    offloader = None
+    if offloaded:
+        from cosmos_ros.model.offload import ActivationOffloader
+
+        offloader = ActivationOffloader(tr)
+        tr._cosmos_offloader = offloader  # the benchmark reads its stats
 
     def ckpt_func(block: nn.Module, *args: Any) -> Any:
-        return run_ckpt(block, *args) if id(block) in chosen_ids else run_plain(block, *args)
+        if id(block) in chosen_ids:
+            return run_ckpt(block, *args)
+        if offloader is not None and id(block) in offloaded:
+            with offloader.group(offloaded[id(block)]):
+                return run_offloaded(block, *args)
+        return run_offloaded(block, *args)  # the last block of `offload` (F = 1): saved on the GPU
 
     tr.enable_gradient_checkpointing(gradient_checkpointing_func=ckpt_func)
     return report

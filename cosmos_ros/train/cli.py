@@ -22,9 +22,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", default=None, help="training YAML (see config/train.yaml)")
     ap.add_argument("overrides", nargs="*", help="section.key=value overrides")
     ap.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    args = ap.parse_args(argv)
+    ap.add_argument(
+        "--max-memory",
+        default=None,
+        metavar="GiB|auto",
+        help="GPU memory budget: the trainer picks the fastest memory policy that fits and logs it "
+        "(same as model.max_memory; docs/training.md has the table)",
+    )
+    args = ap.parse_intermixed_args(argv)  # overrides before or after the options
+    overrides = list(args.overrides)
+    if args.max_memory is not None:
+        overrides.append(f"model.max_memory={args.max_memory}")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except (OSError, ValueError) as e:
         print(f"train: error: {e}", file=sys.stderr)
         return 1

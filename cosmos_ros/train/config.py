@@ -36,7 +36,8 @@ class ModelSection:
     action_hidden_dim: int | None = None  # default 4 x model width (NVIDIA's)
     gradient_checkpointing: bool = True  # False: keep every activation (policy "none")
     # Activation memory policy (cosmos_ros.model.perf): auto | none | full | selective | attention |
-    # blocks:K | budget:F. auto = budget:0.5 with compile on CUDA (LoRA r32, 480x640: 23 GiB), none on CPU.
+    # blocks:K | budget:F | offload[:F][+P]. auto = budget:0.5 with compile on CUDA (LoRA r32, 480x640:
+    # 23 GiB), none on CPU.
     memory_policy: str = "auto"
     compile: bool | None = None  # torch.compile each transformer block; None = on CUDA without FSDP
     # Self-attention kernel (cosmos_ros.model.perf): auto | default | cudnn | flash | efficient | cudnn_eager.
@@ -44,6 +45,32 @@ class ModelSection:
     # cuDNN in some compiles and FlashAttention-2 in others (0.37 vs 0.50 s per LoRA step on an H100,
     # benchmarks/NOTES_gpu.md).
     attention: str = "auto"
+    # GPU memory budget in GiB, or "auto" (this GPU's memory): the trainer then picks the fastest memory
+    # policy whose peak fits (cosmos_ros.train.memory_plan; docs/training.md has the table) and logs
+    # why, instead of memory_policy. None: memory_policy decides.
+    max_memory: float | str | None = None
+    # FP8 GEMMs for the frozen base linears (forward and input gradient; LoRA only; CUDA compute capability
+    # >= 8.9). An error elsewhere, not a silent bf16 fallback: the speed and memory you chose it for would
+    # not be what you get.
+    fp8: bool = False
+
+
+def parse_max_memory(value: float | str | None) -> float | str | None:
+    """`model.max_memory` as None, "auto" or GiB > 0; raises ValueError naming the accepted forms."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        return None
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        gib = float(str(value).strip().lower().removesuffix("gib").removesuffix("g"))
+    except ValueError:
+        gib = -1.0
+    if not gib > 0 or gib != gib or gib == float("inf"):
+        raise ValueError(
+            f"invalid training config: model.max_memory={value!r}: give GiB > 0 (e.g. 24), auto (this "
+            "GPU's memory) or null (use model.memory_policy)"
+        )
+    return gib
 
 
 @dataclass
@@ -166,6 +193,19 @@ class TrainConfig:
         for ok, msg in checks:
             if not ok:
                 raise ValueError(f"invalid training config: {msg}")
+        self.model.max_memory = parse_max_memory(self.model.max_memory)
+        if self.model.max_memory is not None and self.model.memory_policy != "auto":
+            raise ValueError(
+                f"invalid training config: model.max_memory={self.model.max_memory} picks the memory "
+                f"policy, but model.memory_policy={self.model.memory_policy!r} sets one too; keep one "
+                "(memory_policy=auto lets max_memory choose)"
+            )
+        if self.model.fp8 and self.adapter.mode != "lora":
+            raise ValueError(
+                f"invalid training config: model.fp8 runs the frozen base weights in FP8, which "
+                f"adapter.mode={self.adapter.mode} does not have (full trains them, DoRA's norm reads "
+                "them in bf16); use adapter.mode=lora or model.fp8=false"
+            )
 
 
 def _coerce(f: dataclasses.Field, value: Any) -> Any:
@@ -173,7 +213,7 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     t = str(f.type)
     if value is False and f.name == "mixed_precision":
         return "no"  # YAML 1.1 reads an unquoted `no` as false
-    if isinstance(value, str) and t.startswith("float"):
+    if isinstance(value, str) and t.startswith("float") and "str" not in t:  # max_memory: GiB or auto
         try:
             return float(value)
         except ValueError:

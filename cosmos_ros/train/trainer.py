@@ -381,6 +381,67 @@ class Trainer:
             "loading the latent cache", lambda: self._load_latent_cache(ldir, train_ds, val_ds)
         )
 
+    def _plan_memory(self, compile_blocks: bool) -> str:
+        """The fastest memory policy whose estimated peak fits model.max_memory (memory_plan); logged.
+
+        Tokens per sample come from the latent cache's clip shape and the transformer's patch size.
+        """
+        import os
+
+        from cosmos_ros.model.perf import find_cosmos_transformer
+        from cosmos_ros.train.memory_plan import REF_LAYERS, REF_WIDTH, choose_policy
+
+        cfg = self.cfg
+        tr = find_cosmos_transformer(self.wm.transformer)
+        c = tr.config
+        p_t, p_h, p_w = c.patch_size
+        _, _, t, h, w = self.train_set.latents.shape
+        tokens = (int(t) // p_t) * (int(h) // p_h) * (int(w) // p_w)
+        width, layers = int(c.num_attention_heads * c.attention_head_dim), int(c.num_layers)
+        dev = self.accel.device
+        budget = cfg.model.max_memory
+        if budget == "auto":
+            if dev.type != "cuda":
+                raise ValueError(
+                    f"model.max_memory=auto reads the GPU's memory, but this run is on {dev}: give GiB "
+                    "(e.g. model.max_memory=24) or leave it unset"
+                )
+            total = torch.cuda.get_device_properties(dev).total_memory / 2**30
+            budget = round(0.92 * total, 1)  # CUDA context, cuBLAS/cuDNN workspaces, fragmentation
+        static = None
+        if (width, layers) != (REF_WIDTH, REF_LAYERS):  # not the calibrated 2B: this model's own state
+            static = sum(p.numel() * p.element_size() for p in self.wm.transformer.parameters()) / 2**30
+            static += 12 * self._trainable_numel() / 2**30
+        try:
+            host = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+        except (ValueError, OSError, AttributeError):
+            host = None
+        choice, table = choose_policy(
+            float(budget),
+            tokens,
+            batch=cfg.optim.batch_size,
+            width=width,
+            layers=layers,
+            static_gib=static,
+            fp8=cfg.model.fp8,
+            compile_=compile_blocks,
+            host_gib=host,
+        )
+        self.memory_plan = (choice, table)
+        if self.is_main:
+            faster = [r.line() for r in table if r.step_s < choice.step_s]
+            print(
+                f"train: max_memory {float(budget):g} GiB, {cfg.optim.batch_size} x {tokens} tokens per "
+                f"step: memory policy {choice.policy} ({choice.line()})"
+                + (f"; faster but over budget: {'; '.join(faster)}" if faster else "; the fastest of all"),
+                flush=True,
+            )
+        return choice.policy
+
+    def _trainable_numel(self) -> int:
+        """Trainable parameters now (adapters injected): their grads and AdamW states cost 12 B each."""
+        return sum(p.numel() for p in self.wm.transformer.parameters() if p.requires_grad)
+
     def _build_latent_cache(self, ldir: Path) -> tuple[Any, Any]:
         """Rank 0: (re)build each split's cache that is missing or stale; returns the datasets (every rank).
 
@@ -498,8 +559,21 @@ class Trainer:
         # memory policy instead of all-or-nothing checkpointing. Adapters must already be injected.
         cuda = self.accel.device.type == "cuda"
         compile_blocks = cfg.model.compile if cfg.model.compile is not None else (cuda and not self._fsdp())
+        if cfg.model.fp8:
+            if self._fsdp():
+                raise ValueError(
+                    "model.fp8 with FSDP is not supported (FSDP flattens the blocks' weights, the FP8 "
+                    "layers hold theirs as buffers): train on one GPU or with DDP, or set model.fp8=false"
+                )
+            from cosmos_ros.model.fp8_train import convert_frozen_linears_to_fp8
+
+            n_fp8 = convert_frozen_linears_to_fp8(self.wm.transformer)
+            if self.is_main:
+                print(f"train: fp8: {n_fp8} frozen block linears compute in float8_e4m3fn", flush=True)
         policy = cfg.model.memory_policy if cfg.model.gradient_checkpointing else "none"
-        if policy == "auto" and cuda and not compile_blocks:
+        if cfg.model.max_memory is not None and cfg.model.gradient_checkpointing:
+            policy = self._plan_memory(compile_blocks)
+        elif policy == "auto" and cuda and not compile_blocks:
             policy = "selective"
         attention = cfg.model.attention
         if attention == "auto":  # cuDNN's fused attention takes bf16/fp16 only: float32 keeps SDPA's choice
