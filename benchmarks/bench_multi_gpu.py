@@ -389,7 +389,8 @@ def table(out: Path) -> None:
     print("\n== training (samples/s = processes x batch / median step s; peak GiB per GPU)")
     for part, r in train.items():
         print(
-            f"{part:11} procs {r.get('processes')} step {r.get('step_s')} s  samples/s {r.get('samples_per_s')}  "
+            f"{part:11} procs {r.get('processes')} step {r.get('step_s')} s  "
+            f"samples/s {r.get('samples_per_s')}  "
             f"peak {r.get('peak_gib_per_rank')}  first step {r.get('first_step_s')} s  "
             f"build {r.get('build_s')} s"
         )
