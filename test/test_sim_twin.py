@@ -166,3 +166,18 @@ def test_a_run_in_parts_reuses_a_vae_and_continues_a_stopped_transformer(tmp_pat
     card = json.loads((out / "sim_twin" / "cosmos_ros_card.json").read_text())
     assert card["vae"]["reused_from"] == "sim_twin" and card["pipeline"]["latents"] == {"train": 6, "val": 3}
     assert "VAE reused from `sim_twin`" in (out / "sim_twin" / "README.md").read_text()
+
+
+def test_patch_size_is_a_config_key_and_a_bad_one_stops_the_run_before_any_stage(tmp_path, capsys) -> None:
+    """`transformer.patch_size` reaches the diffusers config ([1, 1, 1]: one token per latent pixel); a bad
+    value is named with the fix (the CLI's error exit) before the data stage writes anything."""
+    from cosmos_ros.train.sim_twin import main, transformer_config
+
+    cfg = {"transformer": {"patch_size": [1, 1, 1]}, "vae": {"z_dim": 16}}
+    assert transformer_config(cfg, 64)["patch_size"] == (1, 1, 1)
+    assert transformer_config({"vae": {"z_dim": 16}}, 64)["patch_size"] == (1, 2, 2)
+    out = tmp_path / "run"
+    rc = main(["--smoke", "--out", str(out), "transformer.patch_size=[2,2,2]"])
+    assert rc == 1
+    assert "transformer.patch_size=[2, 2, 2]" in capsys.readouterr().err
+    assert not (out / "data").exists()

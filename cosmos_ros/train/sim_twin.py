@@ -231,9 +231,24 @@ def transformer_config(cfg: dict[str, Any], text_channels: int) -> dict[str, Any
         adaln_lora_dim=int(t.get("adaln_lora_dim", 64)),
         crossattn_proj_in_channels=text_channels,
         latent_channels=z,
-        # (1, 2, 2) as Cosmos; (1, 1, 1) gives one token per latent pixel (8x8 image pixels): 4x the tokens
-        patch_size=tuple(t.get("patch_size", (1, 2, 2))),
+        patch_size=_patch_size(t.get("patch_size", (1, 2, 2))),
     )
+
+
+def _patch_size(value: Any) -> tuple[int, int, int]:
+    """``transformer.patch_size``: (1, 2, 2) as Cosmos; (1, 1, 1) gives one token per latent pixel (8x8
+    image pixels at the twin's 8x VAE): 4x the tokens, a finer arm (docs/sim_twin.md, architecture probe).
+    The time patch stays 1: the action conditioning adds one vector per latent frame."""
+    try:
+        p = tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        p = ()
+    if len(p) != 3 or p[0] != 1 or p[1] not in (1, 2) or p[2] not in (1, 2):
+        raise ValueError(
+            f"transformer.patch_size={value!r}: give [1, 2, 2] (Cosmos) or [1, 1, 1] (one token per latent "
+            "pixel), e.g. 'transformer.patch_size=[1,1,1]'"
+        )
+    return p  # type: ignore[return-value]
 
 
 def write_base(cfg: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -696,6 +711,7 @@ def run(
     unknown = [s for s in stages if s not in fns]
     if unknown:
         raise ValueError(f"unknown stages {unknown}; use some of {', '.join(STAGES)}")
+    _patch_size(cfg.get("transformer", {}).get("patch_size", (1, 2, 2)))  # before any stage spends time
     for name in STAGES:
         if name not in stages:
             continue
