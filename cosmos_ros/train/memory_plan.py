@@ -132,9 +132,13 @@ class PolicyFigure:
     needs_compile: bool
 
     def line(self) -> str:
-        src = "measured" if self.measured else "estimated"
         host = f", {self.host_gib:.0f} GiB host" if self.host_gib else ""
-        return f"{self.policy}: {self.peak_gib:.1f} GiB, {self.step_s:.3f} s/step{host} ({src})"
+        return f"{self.policy}: {self.peak_gib:.1f} GiB, {self.step_s:.3f} s/step{host} ({self.source})"
+
+    @property
+    def source(self) -> str:
+        """Where the figures come from: a benchmark run (NOTES_gpu.md) or the scaling estimate."""
+        return "measured" if self.measured else "estimated"
 
 
 def policy_table(
@@ -172,8 +176,7 @@ def format_table(rows: list[PolicyFigure]) -> str:
     """The table as markdown (docs/training.md is written from this for the two benchmark cases)."""
     out = ["| policy | peak GiB | step s | host GiB | source |", "|---|---|---|---|---|"]
     for r in rows:
-        src = "measured" if r.measured else "estimated"
-        out.append(f"| `{r.policy}` | {r.peak_gib:.1f} | {r.step_s:.3f} | {r.host_gib:.0f} | {src} |")
+        out.append(f"| `{r.policy}` | {r.peak_gib:.1f} | {r.step_s:.3f} | {r.host_gib:.0f} | {r.source} |")
     return "\n".join(out)
 
 
