@@ -4,7 +4,10 @@ Random weights of the size config/sim_twin.yaml gives (speed does not depend on 
 context, `steps` transformer forwards of the batch, decode 8 clips. What `check_collision` of 8 candidates
 costs before the checker itself. Once the twin is shipped, pass `--model sim_twin` to time the real one.
 
-    nice -n 10 python benchmarks/bench_sim_twin_serve_cpu.py [--steps 10 5] [--threads 1]
+    nice -n 10 python benchmarks/bench_sim_twin_serve_cpu.py [--steps 10 5] [--threads 1] [--compile]
+
+`--compile` compiles the transformer blocks on the CPU (the predictor node's `compile: true`; inductor needs a
+C++ compiler, and the first request pays the compilation: tens of seconds on 2 cores).
 """
 
 from __future__ import annotations
@@ -59,13 +62,16 @@ def main() -> None:
     ap.add_argument("--steps", type=int, nargs="+", default=[10, 5])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from cosmos_ros.model.inference_speedups import OptimizeOptions
     from cosmos_ros.predict.core import Predictor
 
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or str(random_twin(Path(tmp)))
-        p = Predictor.load(model, device="cpu", height=64, width=80)
+        optimize = OptimizeOptions(compile=bool(args.compile))
+        p = Predictor.load(model, device="cpu", height=64, width=80, optimize=optimize)
         n = sum(x.numel() for x in p.model.parameters())
         ctx = np.zeros((1, p.height, p.width, 3), np.uint8)
         acts = np.random.default_rng(0).normal(0, 0.02, (8, 12, 3)).astype(np.float32)
@@ -78,7 +84,7 @@ def main() -> None:
                 best = min(best, time.perf_counter() - t0)
             print(
                 f"predict 8 candidates, {steps} steps: {best:.2f} s ({n / 1e6:.2f}M params, "
-                f"{args.threads} thread(s), load average {os.getloadavg()[0]:.1f})",
+                f"{args.threads} thread(s), compile {args.compile}, load average {os.getloadavg()[0]:.1f})",
                 flush=True,
             )
 

@@ -67,6 +67,7 @@ class Twin:
     fps: float
     fit: str  # build_clips' resize policy the twin was trained with
     num_bins: int  # action quantization of its tokenizer (0: none)
+    action_mode: str  # its tokenizer's action representation (delta, absolute, ...)
     prompt: str  # the task prompt in its prompt cache
     trained: str  # one line on how it was trained (from its card)
 
@@ -104,6 +105,7 @@ def load_twin(base: str) -> Twin:
         fps=float(pre.get("fps", 10.0)),
         fit=str(pre.get("fit", "crop")),
         num_bins=int(tok.get("num_bins") or 0),
+        action_mode=str(tok.get("mode") or "delta"),
         prompt=str(prompts[0] or "The robot arm moves in its cell."),
         trained=f"{training.get('steps', '?')} training steps, "
         f"{(card.get('dataset') or {}).get('num_train_clips', '?')} clips",
@@ -160,8 +162,11 @@ class Demo:
         self.logs.mkdir(parents=True, exist_ok=True)
         return self.logs / f"{name}.log"
 
-    def run_tool(self, stage: str, exe: str, *args: str, timeout: float = 1800) -> str:
-        """Run an installed executable (as `ros2 run cosmos_ros <exe>`), streaming its output to a log."""
+    def run_tool(
+        self, stage: str, exe: str, *args: str, timeout: float = 1800, ok_codes: tuple[int, ...] = (0,)
+    ) -> str:
+        """Run an installed executable (as `ros2 run cosmos_ros <exe>`), streaming its output to a log;
+        StageError on an exit status outside ``ok_codes``."""
         log = self.log_path(stage)
         self.current_log = log
         cmd = [str(executable(exe)), *args]
@@ -191,7 +196,7 @@ class Demo:
                         proc.kill()
                         proc.wait()
         _end_progress()
-        if rc != 0:
+        if rc not in ok_codes:
             tail = "".join(lines[-8:]).rstrip()
             raise StageError(f"{exe} exited with status {rc}:\n{tail}")
         return "".join(lines)
@@ -398,6 +403,7 @@ def record(demo: Demo, twin: Twin, node: Any, executor: Any) -> tuple[Path, list
 def build_clips(demo: Demo, twin: Twin, episodes_dir: Path, episode_ids: list[str]) -> tuple[Path, dict]:
     """Clips as the twin was trained on (size, fps, fit, tokens); the last episodes go to val (held out)."""
     clips = demo.out / "clips"
+    shutil.rmtree(clips, ignore_errors=True)  # exit 1 below must not find an earlier run's clips.json
     out = demo.run_tool(
         "clips",
         "build_clips",
@@ -406,9 +412,16 @@ def build_clips(demo: Demo, twin: Twin, episodes_dir: Path, episode_ids: list[st
         *("--width", str(twin.width), "--height", str(twin.height), "--fps", f"{twin.fps:g}"),
         *("--stride", str(demo.stride), "--val-episodes", ",".join(episode_ids[-demo.heldout :])),
         *("--set", f"resize={twin.fit}", "--set", f"num_bins={twin.num_bins}"),
+        *("--set", f"action_mode={twin.action_mode}"),
         "--overwrite",
+        ok_codes=(0, 1),  # 1: some episodes gave no clips (named below); the others were built
     )
-    index = json.loads((clips / "clips.json").read_text())
+    index = json.loads((clips / "clips.json").read_text()) if (clips / "clips.json").is_file() else None
+    if index is None:
+        raise StageError(f"build_clips wrote no clips.json:\n{out[-600:]}")
+    missing = [e for e in episode_ids if e not in index.get("episodes", {})]
+    if missing:  # e.g. a camera that missed frames on a loaded machine: no 13 consecutive ones
+        print(f"    episodes without clips, left out: {', '.join(missing)} (see {demo.log_path('clips')})")
     n = {s: sum(len(sh["clips"]) for sh in index["shards"] if sh["split"] == s) for s in ("train", "val")}
     print(f"    {n['train']} train clips, {n['val']} held-out (val) clips", flush=True)
     for split in ("train", "val"):
@@ -600,7 +613,13 @@ def plan(demo: Demo, twin: Twin, node: Any, executor: Any, region: str) -> dict[
     simulator's truth (and the checker on the frames the simulator renders for the plan)."""
     import numpy as np
 
-    from cosmos_ros.demo_plans import START_POSE, candidate_plans, render_plan, simulator_truth
+    from cosmos_ros.demo_plans import (
+        START_POSE,
+        candidate_plans,
+        plan_positions,
+        render_plan,
+        simulator_truth,
+    )
     from cosmos_ros.msg import ActionSequence
     from cosmos_ros.predict.checkers import KeepOutRegionChecker
     from cosmos_ros.sim.arm import JOINT_NAMES
@@ -611,13 +630,16 @@ def plan(demo: Demo, twin: Twin, node: Any, executor: Any, region: str) -> dict[
     plans = candidate_plans(count=demo.candidates)
     req = CheckCollision.Request(request_id="demo-plan", return_frames=False, seed=demo.seed)
     for p in plans:
+        # joint targets, which the node turns into the model's own actions (deltas or targets) from the
+        # joint state it last received, as a planner would send them
+        targets = plan_positions(start, p.deltas)
         req.candidates.append(
             ActionSequence(
-                kind=ActionSequence.KIND_JOINT_POSITION_DELTA,
+                kind=ActionSequence.KIND_JOINT_POSITION,
                 names=list(JOINT_NAMES),
                 dim=len(JOINT_NAMES),
-                num_steps=len(p.deltas),
-                values=p.deltas.ravel().tolist(),
+                num_steps=len(targets),
+                values=targets.ravel().tolist(),
             )
         )  # header.stamp 0: the latest camera frame, which shows the arm at the start pose
     res = call_service(node, executor, CheckCollision, "/predictor/check_collision", req, timeout=300)

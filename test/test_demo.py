@@ -164,3 +164,38 @@ def test_demo_rejects_an_unusable_output_folder(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["--out", str(blocker / "demo")]) == 2
+
+
+@requires_ros
+def test_demo_clips_go_on_without_an_episode_that_gives_none(
+    tmp_path: Path, ros_env: dict[str, str], smoke_twin: Path, capsys
+) -> None:
+    """A training episode too short for one clip (a camera that dropped frames on a loaded machine) is
+    named and left out; the demo goes on with the others instead of failing at the clips stage."""
+    from cosmos_ros.demo import Demo, build_clips, load_twin
+    from cosmos_ros.sim.dataset import GenerateConfig, generate
+
+    twin = load_twin(str(smoke_twin / "sim_twin"))
+    data = tmp_path / "data"
+    for first, count, seconds in ((0, 1, 0.8), (1, 2, 2.6)):  # episode 0: 8 frames, fewer than a clip's 13
+        generate(
+            GenerateConfig(
+                output=str(data),
+                variant_set="demo",
+                num_episodes=count,
+                first_episode=first,
+                episode_seconds=seconds,
+                width=twin.width,
+                height=twin.height,
+                workers=1,
+            ),
+            progress=False,
+        )
+    ids = sorted(p.name for p in (data / "demo").iterdir() if p.is_dir())
+    assert len(ids) == 3
+    demo = Demo(out=tmp_path / "demo", env=ros_env, episodes=3, heldout=1, episode_seconds=2.6)
+    clips, counts = build_clips(demo, twin, data / "demo", ids)
+    assert f"episodes without clips, left out: {ids[0]}" in capsys.readouterr().out
+    index = json.loads((clips / "clips.json").read_text())
+    assert sorted(index["episodes"]) == ids[1:] and index["action_mode"] == twin.action_mode
+    assert counts["train"] > 0 and counts["val"] > 0

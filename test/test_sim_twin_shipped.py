@@ -57,6 +57,8 @@ def heldout_clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "num_bins=0",
         "--set",
         "progress=false",
+        "--set",
+        f"action_mode={card['tokenizer']['mode']}",  # the twin's own action representation
     ]
     assert clips_main(args) == 0
     return out

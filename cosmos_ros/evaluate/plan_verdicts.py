@@ -37,7 +37,7 @@ from cosmos_ros.demo_plans import arm_in_region, plan_positions
 from cosmos_ros.evaluate.metrics import bootstrap_ci
 from cosmos_ros.evaluate.verdicts import agreement_figures
 from cosmos_ros.predict.checkers import KeepOutRegionChecker
-from cosmos_ros.sim.arm import ArmConfig, forward_kinematics
+from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig, forward_kinematics
 from cosmos_ros.sim.variants import VARIANT_SETS, Cell, cell_for
 
 
@@ -124,11 +124,11 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
 
     arm = ArmConfig()
     pred = Predictor.load(study.model, device=study.device)
-    if pred.tokenizer is None or pred.tokenizer.mode != "delta":
+    if pred.tokenizer is None or pred.tokenizer.mode not in ("delta", "absolute"):
         raise ValueError(
-            f"model {study.model!r}: the study sends joint-position deltas per frame; it needs a model "
-            "whose card has a 'delta' action tokenizer over the sim arm's joints (the sim twin or an adapter "
-            "on it)"
+            f"model {study.model!r}: the study sends joint-position plans of the sim arm; it needs a model "
+            "whose card has a 'delta' or 'absolute' action tokenizer over the sim arm's joints (the sim twin "
+            "or an adapter on it)"
         )
     h, w = pred.height, pred.width
     rng = np.random.default_rng(study.seed)
@@ -149,16 +149,20 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
         if not keep:
             continue
         context = render(cell, start, h, w)
+        # the joint positions the arm will pass (clamped at its limits, as the simulator does), turned into
+        # the model's own actions by the predictor, as check_collision turns a joint-target request
+        targets = np.stack([plan_positions(start, deltas[i], arm) for i in keep])
+        actions = pred.absolute_to_actions(targets, list(JOINT_NAMES), start)
         t1 = time.time()
         with torch.no_grad():
             frames, seen = pred.predict(
-                context, deltas[keep], num_steps=study.num_steps, seed=study.seed + scene, with_context=True
+                context, actions, num_steps=study.num_steps, seed=study.seed + scene, with_context=True
             )
         predict_s += time.time() - t1
         for j, i in enumerate(keep):
             spec, meant = regions[i]  # type: ignore[misc]
             checker = KeepOutRegionChecker([spec], study.pixel_threshold, study.area_threshold)
-            positions = plan_positions(start, deltas[i], arm)
+            positions = targets[j]
             inside = arm_in_region(positions, spec, cell.camera, h, w)
             rendered = np.stack([render(cell, q, h, w) for q in positions])
             on_twin = checker.check(seen[-1], frames[j : j + 1])[0]

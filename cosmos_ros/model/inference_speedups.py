@@ -25,7 +25,8 @@ function (FP8 up to its rounding); test/test_fast_rollout.py checks each one on 
   prompt does not recompile).
 
 `compile` and `fp8` default to `auto`: on where the device supports them (CUDA; FP8 also needs compute
-capability >= 8.9 and bf16 weights), off on CPU; `fast=None` turns the exact hooks/processors on for CUDA.
+capability >= 8.9 and bf16 weights), off on CPU; `fast=None` turns the exact hooks/processors on for CUDA,
+and on a CPU where `compile=True` is asked for (compiled without them is slower there).
 Caches live only inside `with handle.request():` (one planning request); outside it every forward
 recomputes them, so a stale prompt can never leak into another request.
 """
@@ -85,7 +86,7 @@ class OptimizeOptions:
     # `torch._scaled_mm`, "epilogue" after a unit-scale GEMM; same values up to bf16 rounding
     fp8_scaling: str = "rowwise"
     # VAE decode (cosmos_ros.model.vae_perf): fused norm+SiLU kernels / channels-last 3-D convolutions /
-    # spatial padding inside the convolutions; None = on for CUDA devices
+    # spatial padding inside the convolutions; None = on (any device; the norm is compiled on CUDA only)
     vae_fuse_norms: bool | None = None
     vae_channels_last: bool | None = None
     vae_conv_padding: bool | None = None
@@ -108,7 +109,9 @@ class OptimizeOptions:
         dev = torch.device(device)
         cuda = dev.type == "cuda"
         lowp = dtype in (torch.bfloat16, torch.float16)
-        fast = cuda if self.fast is None else bool(self.fast)
+        # compile asked for on a CPU: the fast hooks too (the sim twin on 2 cores, 8 candidates x 5 steps:
+        # compiled alone 5.7 s, compiled with them 3.7-4.4 s, neither 6.5 s; docs/sim_twin.md)
+        fast = (cuda or self.compile is True) if self.fast is None else bool(self.fast)
         fp8 = self.fp8
         if fp8 == "auto":
             fp8 = fp8_supported(dev) and dtype == torch.bfloat16
@@ -128,9 +131,11 @@ class OptimizeOptions:
             compile=cuda if self.compile == "auto" else self.compile,
             fp8=fp8,
             attention=attention,
-            vae_fuse_norms=cuda if self.vae_fuse_norms is None else self.vae_fuse_norms,
-            vae_channels_last=cuda if self.vae_channels_last is None else self.vae_channels_last,
-            vae_conv_padding=cuda if self.vae_conv_padding is None else self.vae_conv_padding,
+            # exact up to float rounding on every device; on a 2-core CPU they take the sim twin's
+            # check_collision of 8 candidates from 6.5 to 5.2 s (docs/sim_twin.md), on CUDA see NOTES_gpu.md
+            vae_fuse_norms=True if self.vae_fuse_norms is None else self.vae_fuse_norms,
+            vae_channels_last=True if self.vae_channels_last is None else self.vae_channels_last,
+            vae_conv_padding=True if self.vae_conv_padding is None else self.vae_conv_padding,
         )
 
     def summary(self) -> str:

@@ -10,10 +10,10 @@ Layout under ``<work>``:
 - ``clips/original``: the twin's held-out cells, every clip in the train split (evaluated with split all).
 
 Episodes come from the ROS-free generator (`cosmos_ros.sim.dataset`) and clips from the project's
-``build_clips``, at the twin's frame size, fps, resize policy and action bins (from its card, read as the
-demo reads it), so the clips match what the twin was trained on. Each product is remade only when the
-settings that made it change (a ``.study.json`` beside it), under a lock: rows started in parallel (one per
-GPU) wait for one preparation instead of racing.
+``build_clips``, at the twin's frame size, fps, resize policy, action bins and action mode (from its card,
+read as the demo reads it), so the clips match what the twin was trained on. Each product is remade only
+when the settings that made it change (a ``.study.json`` beside it), under a lock: rows started in
+parallel (one per GPU) wait for one preparation instead of racing.
 """
 
 from __future__ import annotations
@@ -112,6 +112,8 @@ def _clips(twin: Twin, cfg: StudyConfig, dest: Path, inputs: list[Path], val_ids
         f"resize={twin.fit}",
         "--set",
         f"num_bins={twin.num_bins}",
+        "--set",
+        f"action_mode={twin.action_mode}",
     ]
     args += ["--set", "progress=false"]
     args += ["--val-episodes", ",".join(val_ids)] if val_ids else ["--set", "val_fraction=0"]
