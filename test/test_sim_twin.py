@@ -181,3 +181,29 @@ def test_patch_size_is_a_config_key_and_a_bad_one_stops_the_run_before_any_stage
     assert rc == 1
     assert "transformer.patch_size=[2, 2, 2]" in capsys.readouterr().err
     assert not (out / "data").exists()
+
+
+def test_verdict_study_sends_joint_targets_that_a_delta_twin_takes_too(tmp_path) -> None:
+    """The shipped twin takes absolute joint targets; a twin trained on delta actions (the clip builder's
+    default) must go through the verdict study as well: the plans are converted by the predictor."""
+    from cosmos_ros.evaluate.plan_verdicts import VerdictStudy, run_study
+    from cosmos_ros.predict.core import Predictor
+    from cosmos_ros.train import sim_twin
+
+    torch.set_num_threads(1)
+    cfg = sim_twin.load_config(
+        REPO / "config" / "sim_twin.yaml",
+        smoke=True,
+        overrides=["progress=false", "clips.action_mode=delta", "data.heldout_episodes=0"],
+    )
+    out = tmp_path / "run"
+    sim_twin.run(cfg, out, stages=tuple(s for s in sim_twin.STAGES if s != "evaluate"), log=lambda _: None)
+    twin = out / "sim_twin"
+    pred = Predictor.load(str(twin), device="cpu")
+    assert pred.tokenizer.mode == "delta"
+    # joint targets -> the per-frame deltas the twin was trained on
+    targets = np.array([[[0.1, 0.2, 0.3], [0.15, 0.1, 0.3]]], np.float32)
+    actions = pred.absolute_to_actions(targets, ["joint1", "joint2", "joint3"], np.zeros(3))
+    np.testing.assert_allclose(actions[0], [[0.1, 0.2, 0.3], [0.05, -0.1, 0.0]], atol=1e-6)
+    report = run_study(VerdictStudy(model=str(twin), plans=2, per_scene=2, num_steps=1), log=lambda _: None)
+    assert report["plans"] == 2 and len(report["rows"]) == 2

@@ -149,5 +149,5 @@ def test_plan_verdict_study_scores_the_twin_against_the_simulator(tmp_path) -> N
     floor = report["checker_on_rendered_vs_simulator"]
     assert floor["n"] == 6 and floor["agreement"] >= 4 / 6
     assert 0.0 <= report["twin_vs_simulator"]["agreement"] <= 1.0
-    # the CLI refuses a model without a delta tokenizer with a message, not a traceback
+    # the CLI refuses a folder that is no model with a message, not a traceback
     assert main(["--model", str(tmp_path / "nothing"), "--plans", "1", "--out", str(tmp_path / "o")]) == 1

@@ -14,6 +14,8 @@ region. This study makes that question directly, on the simulated arm, with the 
   through the cell's camera), and the checker on the frames the simulator renders for the plan (the
   checker's own floor);
 - the twin: one `Predictor.predict` call per scene (all its plans in one batch, as check_collision does),
+  each plan given as the joint positions it passes and turned into the model's own actions (deltas or
+  targets, whichever its tokenizer has) by the predictor, as check_collision turns a joint-target request;
   the keep-out checker on the predicted frames against the context as the model decodes it.
 
 Reported: agreement with the simulator (bootstrap CI), precision/recall of "collision", how many plans of
