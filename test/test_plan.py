@@ -190,6 +190,31 @@ def test_keep_out_sees_the_fingers_a_world_model_does_not_draw_through_the_read_
     assert collision(frame, arm_region_distance) >= 1.0, "the read pose's geometry sees them"
 
 
+def test_mppi_weights_favour_low_costs_and_the_update_reaches_a_goal_in_closed_loop() -> None:
+    from cosmos_ros.plan.cem import mppi_weights
+
+    w = mppi_weights(np.array([1.0, 2.0, np.inf, 1.5]), temperature=0.5)
+    assert w.sum() == pytest.approx(1.0) and w[2] == 0.0 and w[0] > w[3] > w[1] > 0.0
+    # the temperature is in units of the costs' spread: scaling every cost leaves the weights alone
+    np.testing.assert_allclose(mppi_weights(np.array([10.0, 20.0, np.inf, 15.0]), 0.5), w)
+    assert np.allclose(mppi_weights(np.full(4, np.inf), 0.5), 0.25)  # nothing finite: the mean stays put
+    with pytest.raises(ValueError, match="update 'mpc'"):
+        CemConfig(update="mpc")
+    with pytest.raises(ValueError, match="temperature"):
+        CemConfig(update="mppi", temperature=0.0)
+    planner = _planner(SimOracle(), horizon=8, candidates=12, iterations=2, update="mppi")
+    planner.reset(Goal(joint_target={"joint1": 0.5, "joint2": 0.2}))
+    sim = ArmSim(command_timeout=0.0)
+    for _ in range(12):
+        res = planner.plan(render_frame(sim.q, 80, 64), sim.q.copy())
+        for cmd in res.plan[:3]:
+            sim.command(cmd)
+            for _ in range(5):
+                sim.step(0.02)
+        planner.advance(3)
+    assert np.abs(sim.q[:2] - [0.5, 0.2]).max() < 0.1, sim.q
+
+
 def test_cem_plans_to_a_goal_in_closed_loop_with_a_warm_start() -> None:
     oracle = SimOracle()
     planner = _planner(oracle, horizon=8, candidates=12, iterations=2, elites=3)

@@ -32,6 +32,13 @@ PARAMETERS: tuple[Param, ...] = (
     Param("candidates", 16, "CEM candidates per iteration.", (2, 1024)),
     Param("iterations", 2, "CEM iterations per replanning step.", (1, 50)),
     Param("elites", 4, "CEM elites refitted per iteration.", (1, 1024)),
+    Param(
+        "update",
+        "cem",
+        "Sampler refit per iteration: cem (elites' mean/std) or mppi (all candidates, cost-weighted).",
+        choices=("cem", "mppi"),
+    ),
+    Param("temperature", 0.5, "MPPI weights' temperature, in units of the costs' spread.", (1e-3, 100.0)),
     Param("execute_steps", 3, "Commands of the best plan sent (one per frame) before re-planning.", (1, 200)),
     Param("seed", 0, "Seed of the CEM sampling.", (0, 2**31 - 1)),
     Param("time_limit", 20.0, "Default time limit of a goal [s].", (0.1, 3600.0)),

@@ -39,12 +39,38 @@ class CemConfig:
     explore_std: float = 1.0
     waypoint_fraction: float = 0.25  # share of first-iteration candidates through random waypoints
     seed: int = 0
+    # how each iteration refits the sampling Gaussian: "cem" = mean/std of the elites; "mppi" = every
+    # candidate weighted by exp(-(cost - best) / (temperature x the costs' spread)) (MPPI's path-integral
+    # update: no hard cut, all samples inform the mean)
+    update: str = "cem"
+    temperature: float = 0.5
 
     def __post_init__(self) -> None:
         if self.horizon < 1 or self.candidates < 2 or self.iterations < 1:
             raise ValueError("CEM needs horizon >= 1, candidates >= 2 and iterations >= 1")
         if not 1 <= self.elites <= self.candidates:
             raise ValueError(f"elites {self.elites} must be in 1..candidates ({self.candidates})")
+        if self.update not in UPDATES:
+            raise ValueError(f"update {self.update!r}: use one of {', '.join(UPDATES)}")
+        if not self.temperature > 0:
+            raise ValueError(f"temperature {self.temperature} must be > 0 (the MPPI update's softness)")
+
+
+UPDATES = ("cem", "mppi")
+
+
+def mppi_weights(costs: np.ndarray, temperature: float) -> np.ndarray:
+    """Normalised weights exp(-(c - min c) / (temperature x std c)) over the finite costs (0 elsewhere).
+    Scaling by the spread keeps the temperature unit-free: the same value works whatever the cost terms'
+    sizes. All costs infinite (every candidate rejected): uniform weights, the mean stays where it is."""
+    finite = np.isfinite(costs)
+    if not finite.any():
+        return np.full(len(costs), 1.0 / len(costs))
+    c = costs[finite]
+    z = (c - c.min()) / max(float(c.std()), 1e-9)
+    w = np.zeros(len(costs))
+    w[finite] = np.exp(-z / temperature)
+    return w / w.sum()
 
 
 @dataclass
@@ -197,10 +223,16 @@ class CemPlanner:
                 )
                 best_u = u[i]
             history.append(best.cost)
-            elite = u[np.argsort(costs)[: cfg.elites]]
+            if cfg.update == "mppi":
+                w = mppi_weights(costs, cfg.temperature)
+                fit_mean = np.tensordot(w, u, axes=1)
+                fit_std = np.sqrt(np.tensordot(w, (u - fit_mean) ** 2, axes=1))
+            else:
+                elite = u[np.argsort(costs)[: cfg.elites]]
+                fit_mean, fit_std = elite.mean(axis=0), elite.std(axis=0)
             a = cfg.smoothing
-            mean = a * mean + (1 - a) * elite.mean(axis=0)
-            std = np.maximum(a * std + (1 - a) * elite.std(axis=0), cfg.min_std)
+            mean = a * mean + (1 - a) * fit_mean
+            std = np.maximum(a * std + (1 - a) * fit_std, cfg.min_std)
             if on_iteration is not None:
                 on_iteration(it, best.cost, best)
         assert best is not None

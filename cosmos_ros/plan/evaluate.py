@@ -73,6 +73,7 @@ def build_planner(model: PlanModel, args: argparse.Namespace, cell: Cell | None 
             iterations=args.iterations,
             elites=max(1, min(6, args.candidates // 4)),
             seed=args.seed,
+            update=args.update,
         ),
         plan_joints=("joint1", "joint2"),
         max_step=MAX_STEP,
@@ -230,6 +231,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--horizon", type=int, default=12)
     ap.add_argument("--candidates", type=int, default=32)
     ap.add_argument("--iterations", type=int, default=3)
+    ap.add_argument("--update", default="cem", choices=("cem", "mppi"), help="refit: CEM elites or MPPI")
     ap.add_argument("--num-steps", type=int, default=4, help="sampling steps of the world model")
     ap.add_argument("--execute-steps", type=int, default=3, help="commands executed per replanning step")
     ap.add_argument("--time-limit", type=float, default=8.0, help="sim seconds per task")
@@ -316,7 +318,12 @@ def main(argv: list[str] | None = None) -> int:
         "model": args.model,
         "adapter": args.adapter,
         "device": args.device,
-        "cem": {"horizon": args.horizon, "candidates": args.candidates, "iterations": args.iterations},
+        "cem": {
+            "horizon": args.horizon,
+            "candidates": args.candidates,
+            "iterations": args.iterations,
+            "update": args.update,
+        },
         "num_steps": args.num_steps,
         "execute_steps": args.execute_steps,
         "time_limit": args.time_limit,

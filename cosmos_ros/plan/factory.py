@@ -111,6 +111,8 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
             iterations=int(p["iterations"]),
             elites=int(p["elites"]),
             seed=int(p["seed"]),
+            update=str(p["update"]),
+            temperature=float(p["temperature"]),
         ),
         plan_joints=tuple(p["plan_joints"]),
         max_step=tuple(float(v) for v in p["max_step"]),
