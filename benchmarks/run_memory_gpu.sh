@@ -18,13 +18,7 @@ mkdir -p "$OUT/logs"
 START=$(date +%s)
 DEADLINE="${DEADLINE:-530}"  # seconds for everything after the install
 EXTRA="${EXTRA:-}"  # e.g. EXTRA=--smoke: a CPU dry run of this script (tiny model, no baseline)
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl .whl_ros/*.whl 2>&1 | tail -2
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source benchmarks/device_wheels.sh  # offline wheels + PYTHONPATH
 nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpus.csv" 2>&1 || true
 free -g >> "$OUT/gpus.csv" 2>&1 || true
 BASE="${BASE:-.bench_shared/cosmos_peft_baseline.py}"  # the carried copy of ../shared/bench

@@ -8,13 +8,7 @@
 set -u
 OUT="${OUT:-$PWD/mgpu_out}"
 mkdir -p "$OUT"
-if compgen -G ".whl/*.whl" > /dev/null; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl .whl_ros/*.whl 2>&1 | tail -2
-  export PYTHONPATH="/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-fi
+source benchmarks/device_wheels.sh  # offline wheels + PYTHONPATH
 nvidia-smi --query-gpu=index,name,memory.total --format=csv > "$OUT/gpus.csv" 2>&1 || true
 python3 benchmarks/bench_multi_gpu.py all --out "$OUT" --deadline "${DEADLINE:-540}" "$@" \
   > >(tee "$OUT/summary.txt") 2>&1

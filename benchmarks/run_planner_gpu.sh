@@ -24,13 +24,7 @@ MODEL_WORKERS=${MODEL_WORKERS:-12}
 DEVICE=${DEVICE:-cuda}
 EVAL_ARGS=${EVAL_ARGS:-}
 
-if [ -d .whl ]; then  # the device has no network: the project's wheels, installed offline
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-    .whl/*.whl $(ls .whl_ros/*.whl 2>/dev/null) 2>&1 | tail -2
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+source benchmarks/device_wheels.sh  # offline wheels + PYTHONPATH
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader 2>/dev/null
 nproc
 echo "setup done at ${SECONDS}s"

@@ -11,9 +11,7 @@
 # For the plain one-GPU recipe use tools/train_sim_twin.sh.
 set -uo pipefail
 PHASE=${1:?usage: run_twin_pair_gpu.sh a|b}
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-  .whl/*.whl .whl_ros/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
+source benchmarks/device_wheels.sh  # offline wheels + PYTHONPATH
 T=runs/t6
 C="progress=false data.train_episodes=1280 vae.reuse=models/sim_twin transformer.patch_size=[1,1,1]"
 declare -A V=([D]="clips.action_mode=delta" [S]="clips.action_mode=absolute")

@@ -3,8 +3,7 @@
 # Twin architecture probe (2 GPUs): shared data (640 cells, run-4 VAE reused), then 4 variants trained from
 # scratch for the same 3.5 minutes, 2 per GPU at once, each evaluated on 48 held-out clips (10 steps).
 set -uo pipefail
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl .whl_ros/*.whl 2>&1 | tail -2
-export PYTHONPATH=/tmp/site:$PWD
+source benchmarks/device_wheels.sh  # offline wheels + PYTHONPATH
 nvidia-smi --query-gpu=name,memory.used,memory.total --format=csv,noheader
 P=runs/tx/prep
 C="progress=false data.train_episodes=640 vae.reuse=models/sim_twin train.run.max_minutes=3.5 evaluate.max_clips=48 evaluate.verdict_plans=0 evaluate.grid_clips=2"
