@@ -55,8 +55,13 @@ def test_choose_policy_is_the_fastest_that_fits() -> None:
     assert not choice.needs_compile and choice.peak_gib <= 24
     big = memory_plan.policy_table(84480)
     assert next(r for r in big if r.policy == "attention").measured
-    choice, _ = memory_plan.choose_policy(24, 84480, host_gib=128)
-    assert choice.peak_gib <= 24 and choice.host_gib <= 0.7 * 128
+    choice, _ = memory_plan.choose_policy(26, 84480, host_gib=128)
+    assert choice.policy == "offload+attention" and choice.measured
+    assert choice.peak_gib <= 26 and choice.host_gib <= 0.7 * 128
+    # 93 frames 704x1280 with the MLP adapters measured 24.9 GiB at best: a 24 GiB budget is an error
+    # that names the way out (fewer LoRA targets), not a policy that would not fit
+    with pytest.raises(ValueError, match="fewer LoRA targets"):
+        memory_plan.choose_policy(24, 84480, host_gib=128)
     with pytest.raises(ValueError, match="below what any memory policy needs"):
         memory_plan.choose_policy(3, 84480)
     with pytest.raises(ValueError, match="GiB > 0"):

@@ -36,6 +36,9 @@ MEASURED: dict[str, tuple[int, float, float]] = {
     "budget:0.5": (9600, 0.3655, 23.26),
     "selective": (9600, 0.3864, 24.92),
     "attention": (84480, 12.26, 48.15),
+    # H200, run_memory_gpu.sh (issue 21, benchmarks/results_gpu/memory_run1.jsonl); with the baseline's
+    # q/k/v/out targets only: 12.24 s at 18.86 GiB (memory_run3_full_qkvo.jsonl)
+    "offload+attention": (84480, 12.256, 24.92),
 }
 POLICIES = (
     "none",
@@ -210,6 +213,7 @@ def choose_policy(
         raise ValueError(
             f"model.max_memory={max_memory_gib:g} GiB is below what any memory policy needs for "
             f"{batch} x {tokens} tokens per step: the smallest is {least.line()}. Lower optim.batch_size "
-            f"or the clip size (frames, resolution), or raise model.max_memory"
+            f"or the clip size (frames, resolution), train fewer LoRA targets (adapter.target_modules: "
+            f"the MLP layers' adapters hold the most activation memory), or raise model.max_memory"
         )
     return fits[0], table
