@@ -62,8 +62,8 @@ PARTS: dict[str, tuple[str, str, int, bool]] = {
 }
 # seconds each part may take on 2 x H200 (model build + compile + steps); `all` also stops at --deadline
 LIMITS = {
-    "robot_1gpu": 110,
-    "robot_ddp": 100,
+    "robot_1gpu": 140,
+    "robot_ddp": 150,
     "robot_fsdp": 110,
     "serve": 150,
     "full_fsdp": 150,
@@ -369,6 +369,9 @@ def _launch(part: str, a: argparse.Namespace, work: Path, port: int) -> list[str
     warm, steps = (1, 1) if _case == "full" else (a.warm, a.steps)  # ~15 s per 93-frame step
     args = ["--out", a.out, "--work", str(work), "--warm", str(warm), "--steps", str(steps)]
     args += ["--batch", str(1 if _case == "full" else a.batch)] + (["--smoke"] if a.smoke else [])
+    args += ["--mode", a.mode, "--full-policy", a.full_policy]  # what `all` was given reaches every part
+    for kv in a.set or []:
+        args += ["--set", kv]
     if part == "serve":
         return [sys.executable, *me, "serve", *args, "--candidates", str(a.candidates)]
     args += ["--part", part, "--case", _case, "--launcher", launcher] + (["--resume"] if resume else [])
@@ -468,6 +471,9 @@ def all_parts(a: argparse.Namespace) -> int:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
                 proc.wait()
+                # torchrun's workers can outlive their launcher's group (seen on 2 x H200: a killed DDP
+                # part's worker held 83 GiB of GPU 1 and the next part ran out of memory)
+                subprocess.run(["pkill", "-9", "-f", "--", f"--part {part} "], check=False)
                 rc = "timeout"
         emit(
             out,
@@ -479,6 +485,9 @@ def all_parts(a: argparse.Namespace) -> int:
                 limit_s=round(limit),
             ),
         )
+        # `--set run.profile_steps=N`: each process's profile table comes back with the logs
+        for f in sorted((work / "runs" / part / "profile").glob("rank-*.txt")):
+            shutil.copy(f, out / "logs" / f"{part}-profile-{f.name}")
         if part in ("robot_ddp", "robot_fsdp"):
             shutil.rmtree(work / "runs" / part, ignore_errors=True)  # checkpoints of 2B adapters: disk
     table(out)

@@ -128,3 +128,24 @@ def test_clear_errors(setup: dict[str, Any], tmp_path: Path, capsys: pytest.Capt
     assert "model.fp8 needs FP8 matmuls" in capsys.readouterr().err
     with pytest.raises(ValueError, match=r"adapter\.mode=lora"):
         TrainConfig.from_dict({"model": {"fp8": True}, "adapter": {"mode": "dora"}})
+
+
+def test_profile_steps_write_a_table_per_process(setup: dict[str, Any], tmp_path: Path) -> None:
+    """run.profile_steps: after profile_skip steps the next ones are profiled and rank-0.txt says where the
+    time went (wall per step, device time, operators); training goes on to max_steps unchanged."""
+    cfg = train_config(
+        setup["model"],
+        tmp_path,
+        setup["root"] / "latents",
+        optim={"max_steps": 4, "batch_size": 2},
+        run={"profile_steps": 2, "profile_skip": 1},
+    )
+    result = Trainer(cfg, setup["train"], setup["val"]).train()
+    assert result.step == 4
+    text = (tmp_path / "profile" / "rank-0.txt").read_text()
+    assert text.startswith("rank 0: 2 steps profiled after 1")
+    wall = float(text.split("wall per step ")[1].split(" s")[0])
+    assert wall > 0
+    assert "by host time:" in text and "aten::" in text  # the operator table, not an empty profile
+    with pytest.raises(ValueError, match="profile_steps"):
+        train_config(setup["model"], tmp_path / "x", setup["root"] / "latents", run={"profile_steps": -1})

@@ -154,7 +154,7 @@ class WorldModelPlanModel(PlanModel):
         self._q: np.ndarray | None = None
 
     def begin(self, frame: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Encode the camera frame once; returns the context as the model decodes it (what
+        """Encode the camera frame once; returns the scene as the model renders it (what
         ``Predictor.predict(..., with_context=True)`` calls ``seen``), not the camera frame: the VAE's
         round trip is no change of the scene, but a checker comparing predicted frames with the raw frame
         counts it as one (on the shipped sim twin, 2.4% of the 64x80 pixels of a sim-cell frame differ by
@@ -165,9 +165,9 @@ class WorldModelPlanModel(PlanModel):
         self._context = np.repeat(ctx[None], p.num_context_frames, axis=0)
         self._latents = p.encode_context(self._context)
         self._q = np.asarray(positions, np.float64).copy()
-        # the conditioning latents decoded alone: the causal decoder gives the very frames a prediction
-        # starts with (one latent frame: a tenth of a second at 64x80 on the CPU)
-        seen = p.model.decode_latents(self._latents)[0]
+        # the scene held still as the decoder renders predicted frames (Predictor.reference_frames: the
+        # context's own decode goes through the causal VAE's first-frame path, which differs)
+        seen = p.reference_frames(self._context)
         return seen[-1].cpu().numpy()
 
     def rollout(self, plans: np.ndarray, seed: int = 0) -> Rollout:

@@ -475,11 +475,11 @@ class Predictor:
         tensors then runs there, and nothing is copied to the host that is not needed).
         `context_latents` (from :meth:`encode_context` of this same context) skips the first chunk's VAE
         encode: a planner scoring several batches from one camera frame encodes it once.
-        `with_context=True` returns ``(frames, context_seen)``: the context frames as the model renders them
-        (decoded from its conditioning latents, uint8 [C, H, W, 3], same kind as the frames). Compare
-        predicted frames with that, not with the camera frame: the VAE's reconstruction error is no change
-        of the scene (a keep-out checker against the raw frame flags it as one; measured on the demo cell, a
-        third of a small object's pixels differ by more than 40/255 after a VAE round trip at 64x80).
+        `with_context=True` returns ``(frames, context_seen)``: the context as the model renders predicted
+        frames (:meth:`reference_frames`, uint8 [C, H, W, 3], same kind as the frames). Compare predicted
+        frames with that, not with the camera frame: the VAE's reconstruction error is no change of the
+        scene (a keep-out checker against the raw frame flags it as one; measured on the demo cell, a third
+        of a small object's pixels differ by more than 40/255 after a VAE round trip at 64x80).
         """
         if output not in ("numpy", "tensor"):
             raise ValueError(f"output {output!r}: use 'numpy' or 'tensor'")
@@ -532,9 +532,8 @@ class Predictor:
         """`predict` on this predictor's own device, inputs already checked (what one replica runs)."""
         text = self._embeds(prompt)
         outs = []
-        seen: torch.Tensor | None = None
         for start in range(0, actions.shape[0], self.batch_size):
-            frames, seen_now = self._predict_batch(
+            frames = self._predict_batch(
                 context,
                 actions[start : start + self.batch_size],
                 text,
@@ -545,10 +544,14 @@ class Predictor:
                 context_latents,
             )
             outs.append(frames)
-            seen = seen_now if seen is None else seen
         frames = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
+        seen = None
+        if with_context:
+            with ctx.stage("decode"):
+                seen = self.reference_frames(context)
         if output == "numpy":
-            frames, seen = frames.cpu().numpy(), seen.cpu().numpy()
+            frames = frames.cpu().numpy()
+            seen = None if seen is None else seen.cpu().numpy()
         return (frames, seen) if with_context else frames
 
     def _predict_batch(
@@ -561,10 +564,8 @@ class Predictor:
         seed: int,
         ctx: Any,
         context_latents: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One model batch through the steps of the module docstring: uint8 frames [B, N, H, W, 3] and the
-        context as the model decodes it [C, H, W, 3] (the first chunk's conditioning frames, row 0: every
-        candidate starts from the same ones)."""
+    ) -> torch.Tensor:
+        """One model batch through the steps of the module docstring: uint8 frames [B, N, H, W, 3]."""
         from cosmos_ros.model.sampler import sample_latents
 
         _b, n, _ = actions.shape
@@ -610,11 +611,26 @@ class Predictor:
                     )
                     _sync(self.device)
                 ctx.check()
-                if k == 0:
-                    seen = video[0, : self.num_context_frames]
                 frames_out.append(video[:, self.num_context_frames :])
                 cur_context = video[:, -self.num_context_frames :]  # the next chunk's context
-        return torch.cat(frames_out, dim=1)[:, :n], seen
+        return torch.cat(frames_out, dim=1)[:, :n]
+
+    @torch.no_grad()
+    def reference_frames(self, context: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """The unchanged scene as this model renders predicted frames: a checker's reference.
+
+        context: uint8 [C, H, W, 3] -> uint8 [C, H, W, 3] on this device: the last C frames of the decoded
+        clip "context, then its last frame held for 4 frames". Why not the context's own decode: the
+        causal VAE decodes a clip's first frame alone and every later frame from groups of 4, and the two
+        paths differ. With the shipped sim twin's VAE, true frames round-tripped and compared with the
+        decoded first frame changed more than 5% of a keep-out strip in 3 of 24 held-out clips in which
+        nothing entered it (false collisions from the decoder alone); against this reference, 0 of 24.
+        Costs one encode of C + 4 frames and one decode per call, shared by every candidate."""
+        context = torch.as_tensor(context, device=self.device)
+        c = context.shape[0]
+        hold = torch.cat([context, context[-1:].expand(4, *context.shape[1:])], dim=0)
+        video = self.model.decode_latents(self.model.encode_frames(hold[None]))
+        return video[0, -c:]
 
     def split_bounds(self, n: int) -> list[tuple[int, int]]:
         """Candidate ranges [start, end) per device (this one first), in order, none empty.
@@ -651,8 +667,9 @@ class Predictor:
             rep = workers[i]
             guard = torch.cuda.device(rep.device) if rep.device.type == "cuda" else nullcontext()
             lat = None if context_latents is None else context_latents.to(rep.device)
+            want = with_context and i == 0  # the checker's reference: once, on the first device
             with guard, torch.no_grad():
-                return rep._predict_here(
+                out = rep._predict_here(
                     context,
                     actions[start:end],
                     prompt,
@@ -662,8 +679,9 @@ class Predictor:
                     ctx,
                     output,
                     lat,
-                    True,
+                    want,
                 )
+            return out if want else (out, None)
 
         futures = [self._pool.submit(run, i, s, e) for i, (s, e) in enumerate(parts)]
         results = [f.result() for f in futures]  # the first failure is raised here, as on one device

@@ -131,6 +131,10 @@ class RunSection:
     resume: str = "auto"  # auto (latest checkpoint if any) | never | <checkpoint dir>
     progress: bool = True
     trace_data: bool = False  # each process appends the clip ids of its batches to data_trace/rank-<r>.jsonl
+    # torch.profiler over profile_steps steps after profile_skip steps: <output_dir>/profile/rank-<r>.txt per
+    # process (wall vs device time, NCCL share, top operators; cosmos_ros.train.profiling). 0: off
+    profile_steps: int = 0
+    profile_skip: int = 3
 
 
 @dataclass
@@ -180,6 +184,10 @@ class TrainConfig:
             (r.preview_format in ("gif", "mp4"), "run.preview_format: gif | mp4"),
             (r.keep_checkpoints >= 1, "run.keep_checkpoints must be >= 1"),
             (r.val_twin_clips >= 0, "run.val_twin_clips must be >= 0"),
+            (
+                r.profile_steps >= 0 and r.profile_skip >= 0,
+                "run.profile_steps and run.profile_skip must be >= 0",
+            ),
             (r.max_minutes >= 0, "run.max_minutes must be >= 0 (0: no time budget)"),
             (
                 self.model.dtype in ("float32", "bfloat16", "float16"),

@@ -1028,10 +1028,17 @@ class Trainer:
         self._budget_start = t0
         self.model.train()
         b, k = o.batch_size, o.grad_accum
+        from cosmos_ros.train.profiling import StepProfiler
+
+        r = cfg.run
+        profiler = StepProfiler(
+            r.output_dir, self.rank, self.step + r.profile_skip, r.profile_steps, self.accel.device
+        )
         try:
             while self.step < min(o.max_steps, stop_at or o.max_steps):
                 if self._stop_requested(stop) or self._out_of_time():  # a resumed run may have spent it
                     break
+                profiler.before_step(self.step)
                 step_loss = torch.zeros((), device=self.accel.device)
                 for m in range(k):
                     positions = [((self.step * k + m) * self.world + self.rank) * b + i for i in range(b)]
@@ -1060,6 +1067,7 @@ class Trainer:
                 self.lr_scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
+                profiler.after_step(self.step)
                 losses[self.step] = mean_loss
                 if writer is not None and (self.step % cfg.run.log_every == 0 or self.step == 1):
                     writer.add_scalar("train/loss", mean_loss, self.step)
