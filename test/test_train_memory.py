@@ -62,6 +62,11 @@ def test_choose_policy_is_the_fastest_that_fits() -> None:
     # that names the way out (fewer LoRA targets), not a policy that would not fit
     with pytest.raises(ValueError, match="fewer LoRA targets"):
         memory_plan.choose_policy(24, 84480, host_gib=128)
+    # ... and with q/k/v/out targets only it fits: the measured 18.9 GiB row, not an estimate
+    choice, table = memory_plan.choose_policy(24, 84480, host_gib=128, mlp_adapters=False)
+    assert choice.policy == "offload+attention" and choice.measured and choice.peak_gib < 19
+    default = {r.policy: r.peak_gib for r in big}
+    assert all(r.peak_gib < default[r.policy] for r in table)  # no MLP adapters: less memory everywhere
     with pytest.raises(ValueError, match="below what any memory policy needs"):
         memory_plan.choose_policy(3, 84480)
     with pytest.raises(ValueError, match="GiB > 0"):

@@ -40,6 +40,18 @@ MEASURED: dict[str, tuple[int, float, float]] = {
     # q/k/v/out targets only: 12.24 s at 18.86 GiB (memory_run3_full_qkvo.jsonl)
     "offload+attention": (84480, 12.256, 24.92),
 }
+# The same with LoRA on q/k/v/out only (`adapter.target_modules` without the MLP layers, the baseline's
+# targets; 95 M trainable instead of 113 M): the MLP adapters' backward holds 4x-wide tensors, so without
+# them every policy keeps less. 9600 tokens: H100, benchmarks/results_gpu/train_robot_run4_qkvo.jsonl;
+# 84480: H200, memory_run3_full_qkvo.jsonl. Other policies: the default targets' estimate x the factors below.
+MEASURED_NO_MLP: dict[str, tuple[int, float, float]] = {
+    "none": (9600, 0.3463, 30.03),
+    "budget:0.5": (9600, 0.3942, 18.47),
+    "offload+attention": (84480, 12.238, 18.86),
+}
+STATIC_NO_MLP_GIB = STATIC_GIB - 18.4e6 * 16 / 2**30  # 18.4 M fewer trainable: weights, grads, AdamW states
+NO_MLP_ACT = (30.03 - STATIC_NO_MLP_GIB) / (MEASURED["none"][2] - STATIC_GIB)  # 0.83 at `none`
+NO_MLP_TIME = 0.3463 / MEASURED["none"][1]  # 0.96 at `none`
 POLICIES = (
     "none",
     "budget:0.5",
@@ -151,22 +163,29 @@ def policy_table(
     layers: int = REF_LAYERS,
     static_gib: float | None = None,
     fp8: bool = False,
+    mlp_adapters: bool = True,
 ) -> list[PolicyFigure]:
     """Every policy's figures for `batch` samples of `tokens` tokens, fastest first.
 
     `static_gib`: the model's own weights + trainable state (default: the 2B calibration's). Rows are
     `measured` only where NOTES_gpu.md has that exact case (2B, batch 1, same tokens, bf16).
+    `mlp_adapters`: whether LoRA/DoRA targets include the MLP layers (`ff.*`, the default); without them
+    the activations are smaller (MEASURED_NO_MLP, NO_MLP_ACT).
     """
     scale = width * layers / (REF_WIDTH * REF_LAYERS)
     flop_scale = (width / REF_WIDTH) * scale  # linears ~ width^2 x depth (attention less; an estimate)
-    static = STATIC_GIB if static_gib is None else static_gib
+    act_scale, time_scale = (1.0, 1.0) if mlp_adapters else (NO_MLP_ACT, NO_MLP_TIME)
+    default_static = STATIC_GIB if mlp_adapters else STATIC_NO_MLP_GIB
+    static = default_static if static_gib is None else static_gib
     ref = (width, layers, batch) == (REF_WIDTH, REF_LAYERS, 1) and static_gib is None and not fp8
+    table = MEASURED if mlp_adapters else MEASURED_NO_MLP
     rows = []
     for p in POLICIES:
-        m = MEASURED.get(p)
+        m = table.get(p)
         measured = bool(ref and m is not None and m[0] == tokens)
-        peak = m[2] if measured and m else static + _act_per_token_gib(p) * scale * tokens * batch
-        step = m[1] if measured and m else _step_s(p, tokens, fp8) * flop_scale * batch
+        act = _act_per_token_gib(p) * act_scale * scale * tokens * batch
+        peak = m[2] if measured and m else static + act
+        step = m[1] if measured and m else _step_s(p, tokens, fp8) * time_scale * flop_scale * batch
         host = _host_per_token_gib(p) * scale * tokens * batch
         step = max(step, 2 * host / PCIE_GIBPS)
         # budget:F is the compiler's; offload+attention offloads the block inputs only when compiled
@@ -193,6 +212,7 @@ def choose_policy(
     fp8: bool = False,
     compile_: bool = True,
     host_gib: float | None = None,
+    mlp_adapters: bool = True,
 ) -> tuple[PolicyFigure, list[PolicyFigure]]:
     """The fastest policy whose peak fits `max_memory_gib` (and whose host copies fit `host_gib`).
 
@@ -201,7 +221,7 @@ def choose_policy(
     """
     if not (max_memory_gib > 0 and math.isfinite(max_memory_gib)):
         raise ValueError(f"model.max_memory={max_memory_gib!r}: give GiB > 0 or auto")
-    table = policy_table(tokens, batch, width, layers, static_gib, fp8)
+    table = policy_table(tokens, batch, width, layers, static_gib, fp8, mlp_adapters)
     usable = [r for r in table if compile_ or not r.needs_compile]
     fits = [
         r

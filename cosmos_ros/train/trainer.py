@@ -426,6 +426,9 @@ class Trainer:
             fp8=cfg.model.fp8,
             compile_=compile_blocks,
             host_gib=host,
+            # full fine-tuning has no adapters: the default calibration (its static state is counted above)
+            mlp_adapters=cfg.adapter.mode == "full"
+            or any(t.startswith("ff.") for t in cfg.adapter.target_modules),
         )
         self.memory_plan = (choice, table)
         if self.is_main:
