@@ -76,11 +76,12 @@ def main() -> None:
         ctx = np.zeros((1, p.height, p.width, 3), np.uint8)
         acts = np.random.default_rng(0).normal(0, 0.02, (8, 12, 3)).astype(np.float32)
         for steps in args.steps:
-            p.predict(ctx, acts, num_steps=steps)
+            # with_context: check_collision's call (the frames + the checker's reference, one more decode)
+            p.predict(ctx, acts, num_steps=steps, with_context=True)
             best = float("inf")
             for _ in range(args.repeats):
                 t0 = time.perf_counter()
-                p.predict(ctx, acts, num_steps=steps)
+                p.predict(ctx, acts, num_steps=steps, with_context=True)
                 best = min(best, time.perf_counter() - t0)
             print(
                 f"predict 8 candidates, {steps} steps: {best:.2f} s ({n / 1e6:.2f}M params, "

@@ -163,11 +163,11 @@ class WorldModelPlanModel(PlanModel):
         ctx = p.fit_frame(np.asarray(frame))
         # the causal VAE's context is 1 + 4k frames; a single camera frame repeated fills it
         self._context = np.repeat(ctx[None], p.num_context_frames, axis=0)
-        self._latents = p.encode_context(self._context)
+        # the conditioning latents and the scene held still as the decoder renders predicted frames
+        # (Predictor.reference_frames: the context's own decode takes the causal VAE's first-frame path,
+        # which differs), from one encode
+        self._latents, seen = p.encode_context_and_reference(self._context)
         self._q = np.asarray(positions, np.float64).copy()
-        # the scene held still as the decoder renders predicted frames (Predictor.reference_frames: the
-        # context's own decode goes through the causal VAE's first-frame path, which differs)
-        seen = p.reference_frames(self._context)
         return seen[-1].cpu().numpy()
 
     def rollout(self, plans: np.ndarray, seed: int = 0) -> Rollout:

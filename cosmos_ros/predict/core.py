@@ -627,10 +627,24 @@ class Predictor:
         nothing entered it (false collisions from the decoder alone); against this reference, 0 of 24.
         Costs one encode of C + 4 frames and one decode per call, shared by every candidate."""
         context = torch.as_tensor(context, device=self.device)
-        c = context.shape[0]
+        return self._decode_reference(self._encode_hold(context), context.shape[0])
+
+    def _encode_hold(self, context: torch.Tensor) -> torch.Tensor:
+        """Latents of the clip "context, then its last frame 4 more times" [1, 16, n_cond + 1, h, w]."""
         hold = torch.cat([context, context[-1:].expand(4, *context.shape[1:])], dim=0)
-        video = self.model.decode_latents(self.model.encode_frames(hold[None]))
-        return video[0, -c:]
+        return self.model.encode_frames(hold[None])
+
+    def _decode_reference(self, hold_latents: torch.Tensor, c: int) -> torch.Tensor:
+        return self.model.decode_latents(hold_latents)[0, -c:]
+
+    @torch.no_grad()
+    def encode_context_and_reference(self, context: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`encode_context` and :meth:`reference_frames` from one VAE encode: the causal encoder's
+        first latent frames are those of the context alone (bit for bit on the CPU), so a planner encodes
+        each camera frame once per replanning step."""
+        frames = torch.as_tensor(self._checked_context(context), device=self.device)
+        latents = self._encode_hold(frames)
+        return latents[:, :, : self.num_cond_latent], self._decode_reference(latents, frames.shape[0])
 
     def split_bounds(self, n: int) -> list[tuple[int, int]]:
         """Candidate ranges [start, end) per device (this one first), in order, none empty.
@@ -696,6 +710,10 @@ class Predictor:
     def encode_context(self, context: np.ndarray) -> torch.Tensor:
         """Conditioning latents [1, C, n_cond, h, w] of a uint8 context [C, H, W, 3], for
         ``predict(..., context_latents=...)``: encode a camera frame once, score many batches from it."""
+        context = self._checked_context(context)
+        return self.model.encode_frames(torch.as_tensor(context, device=self.device)[None])
+
+    def _checked_context(self, context: np.ndarray) -> np.ndarray:
         context = np.asarray(context)
         if context.ndim == 3:
             context = context[None]
@@ -707,7 +725,7 @@ class Predictor:
                 f"context must be uint8 [{self.num_context_frames}, {self.height}, {self.width}, 3], "
                 f"got {context.dtype} {context.shape}"
             )
-        return self.model.encode_frames(torch.as_tensor(context, device=self.device)[None])
+        return context
 
     def warmup(self, num_steps: int = 2, guidance: float = 0.0, batch: int | None = None) -> None:
         """One full prediction (compiles kernels, allocates memory) so the first request pays no extra.
