@@ -122,7 +122,17 @@ def test_check_collision_compares_with_the_context_as_the_twin_decodes_it() -> N
     frame = render_plan(hold, START_POSE, DEMO_CELL, pred.height, pred.width)[0]
     frames, seen = pred.predict(frame, hold.deltas[None] * 0.0, num_steps=5, with_context=True)
     assert seen.shape == (pred.num_context_frames, pred.height, pred.width, 3) and seen.dtype == np.uint8
+    # on the CPU `auto` is the context's own decode (free); `held` the reference_frames (one more VAE pass)
+    with torch.no_grad():
+        decoded = pred.model.decode_latents(pred.encode_context(frame))[0, : pred.num_context_frames]
+    assert np.abs(decoded.cpu().numpy().astype(int) - seen.astype(int)).max() <= 1
+    checker = KeepOutRegionChecker([keepout_region(DEMO_CELL, pred.height, pred.width)])
+    assert not checker.check(seen[-1], frames)[0].collision
+    pred.checker_reference = "held"
+    frames, seen = pred.predict(frame, hold.deltas[None] * 0.0, num_steps=5, with_context=True)
     assert np.array_equal(seen, pred.reference_frames(frame[None]).cpu().numpy())
+    with pytest.raises(ValueError, match="checker_reference 'sometimes'"):
+        pred.checker_reference = "sometimes"
     checker = KeepOutRegionChecker([keepout_region(DEMO_CELL, pred.height, pred.width)])
     verdict = checker.check(seen[-1], frames)[0]
     assert not verdict.collision, verdict.reasons

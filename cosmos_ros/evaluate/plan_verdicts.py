@@ -126,6 +126,7 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
 
     arm = ArmConfig()
     pred = Predictor.load(study.model, device=study.device)
+    pred.checker_reference = "held"  # as the evaluation command (runner._load_predictor)
     if pred.tokenizer is None or pred.tokenizer.mode not in ("delta", "absolute"):
         raise ValueError(
             f"model {study.model!r}: the study sends joint-position plans of the sim arm; it needs a model "

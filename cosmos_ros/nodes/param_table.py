@@ -116,6 +116,14 @@ PREDICTOR_PARAMETERS: tuple[Param, ...] = (
     Param("collision_checker", "keepout", "Checker: 'keepout', an entry-point name, or 'module:Class'."),
     Param("checker_params_file", "", "YAML mapping of keyword options for a plugin checker."),
     Param(
+        "checker_reference",
+        "auto",
+        "What predicted frames are compared with: 'held' (the context held still, decoded as predicted "
+        "frames are: fewer false collisions; one more VAE encode + decode per request, +0.8 s on a 2-core "
+        "CPU at 64x80), 'decoded' (the context's own decode, free), 'auto' (held on CUDA, decoded on CPU).",
+        choices=("auto", "held", "decoded"),
+    ),
+    Param(
         "keepout_regions",
         [""],
         "Keep-out boxes 'name:x0,y0,x1,y1' in normalised image coordinates of the predicted camera "

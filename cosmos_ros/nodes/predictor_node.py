@@ -550,6 +550,7 @@ class PredictorNode(LifecycleNode):
             height=int(p["height"]) or None,
             width=int(p["width"]) or None,
         )
+        predictor.checker_reference = str(p["checker_reference"])
         limits = predictor.request_limits(
             max_horizon=int(p["max_horizon"]),
             max_candidates=int(p["max_candidates"]),
