@@ -480,8 +480,9 @@ class Predictor:
         tensors then runs there, and nothing is copied to the host that is not needed).
         `context_latents` (from :meth:`encode_context` of this same context) skips the first chunk's VAE
         encode: a planner scoring several batches from one camera frame encodes it once.
-        `with_context=True` returns ``(frames, context_seen)``: the context as the model renders predicted
-        frames (:meth:`reference_frames`, uint8 [C, H, W, 3], same kind as the frames). Compare predicted
+        `with_context=True` returns ``(frames, context_seen)``: the context as the model renders it, uint8
+        [C, H, W, 3], same kind as the frames: :meth:`reference_frames` (rendered as predicted frames are)
+        or the context's own decode, as `checker_reference` says (`held_reference`). Compare predicted
         frames with that, not with the camera frame: the VAE's reconstruction error is no change of the
         scene (a keep-out checker against the raw frame flags it as one; measured on the demo cell, a third
         of a small object's pixels differ by more than 40/255 after a VAE round trip at 64x80).
