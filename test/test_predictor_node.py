@@ -385,15 +385,18 @@ def test_burst_beyond_the_queue_gets_busy_without_memory_growth(served: dict[str
             time.sleep(0.05)
         return [f.result().code for f in futs]
 
-    codes1 = burst(12)
+    # two bursts first: one-time allocations (malloc arenas of the executor's threads, first deadline and
+    # BUSY paths) landed in the second burst in 2 of about 8 full-suite runs (+78 and +101 MiB); a leak grows
+    # with every burst, so the third must not add more
+    all_codes = [burst(12), burst(12)]
     rss1 = _rss(pid)
-    codes2 = burst(12)
+    all_codes.append(burst(12))
     rss2 = _rss(pid)
-    for codes in (codes1, codes2):
+    for codes in all_codes:
         assert set(codes) <= {OK, BUSY, DEADLINE_EXCEEDED}, codes
         # queue_size 2 (+1 running): at least 9 of a 12-request burst are turned away at once
         assert codes.count(BUSY) >= 9, codes
-    assert rss2 - rss1 < 64 * 2**20, f"RSS grew by {(rss2 - rss1) / 2**20:.1f} MiB over a second burst"
+    assert rss2 - rss1 < 64 * 2**20, f"RSS grew by {(rss2 - rss1) / 2**20:.1f} MiB over a third burst"
 
     # a deadline that cannot be met: DEADLINE_EXCEEDED, and the node still answers afterwards
     resp = probe.call(
