@@ -133,7 +133,6 @@ def test_check_collision_compares_with_the_context_as_the_twin_decodes_it() -> N
     assert np.array_equal(seen, pred.reference_frames(frame[None]).cpu().numpy())
     with pytest.raises(ValueError, match="checker_reference 'sometimes'"):
         pred.checker_reference = "sometimes"
-    checker = KeepOutRegionChecker([keepout_region(DEMO_CELL, pred.height, pred.width)])
     verdict = checker.check(seen[-1], frames)[0]
     assert not verdict.collision, verdict.reasons
 

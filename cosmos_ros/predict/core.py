@@ -537,6 +537,14 @@ class Predictor:
     ) -> Any:
         """`predict` on this predictor's own device, inputs already checked (what one replica runs)."""
         text = self._embeds(prompt)
+        held = with_context and self.held_reference()
+        hold_latents = None
+        if held and context_latents is None:
+            # one encode gives the conditioning latents (its first latent frames) and the reference's
+            with ctx.stage("encode"):
+                frames_t = torch.as_tensor(context, device=self.device)
+                hold_latents = self._encode_hold(frames_t)
+                context_latents = hold_latents[:, :, : self.num_cond_latent]
         outs = []
         decoded: torch.Tensor | None = None  # the context's own decode (row 0 of the first batch)
         for start in range(0, actions.shape[0], self.batch_size):
@@ -553,13 +561,12 @@ class Predictor:
             outs.append(frames)
             decoded = first if decoded is None else decoded
         frames = outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
-        seen = None
-        if with_context:
-            if self.held_reference():
-                with ctx.stage("decode"):
-                    seen = self.reference_frames(context)
-            else:
-                seen = decoded
+        seen = decoded if with_context and not held else None
+        if held:
+            with ctx.stage("decode"):
+                if hold_latents is None:  # the caller's context latents: the reference needs its own encode
+                    hold_latents = self._encode_hold(torch.as_tensor(context, device=self.device))
+                seen = self._decode_reference(hold_latents, context.shape[0])
         if output == "numpy":
             frames = frames.cpu().numpy()
             seen = None if seen is None else seen.cpu().numpy()

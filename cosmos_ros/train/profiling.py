@@ -55,6 +55,12 @@ class StepProfiler:
         self.path.write_text(self.report(self._prof, wall))
         self._prof, self.done = None, True
 
+    def close(self) -> None:
+        """Stop a profile the loop left running (a run stopped or failed inside the window): no report."""
+        if self._prof is not None:
+            self._prof.__exit__(None, None, None)
+            self._prof, self.done = None, True
+
     def report(self, prof: Any, wall_s: float) -> str:
         avgs = prof.key_averages()
         n = self.steps

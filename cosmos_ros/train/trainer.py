@@ -1111,6 +1111,7 @@ class Trainer:
                         saved_step = self.step
                     break
         finally:
+            profiler.close()
             if bar is not None:
                 bar.close()
             if writer is not None:
