@@ -76,6 +76,18 @@ def test_the_plan_puts_every_row_in_one_batch_of_at_most_25_gpu_minutes() -> Non
                 assert all(sum(row_seconds(cfg, r, recipe) for r in p) <= room for p in split)
 
 
+def test_the_batch_expects_a_row_to_last_as_its_method_did_in_this_call() -> None:
+    """The budget check of ``study.batch``: before any row of a method has finished, the plan's estimate times
+    the rows sharing a GPU; then the median of that method's finished rows (which shared the GPU as well)."""
+    from cosmos_ros.study.batch import expected_seconds
+
+    cfg = load_study_config(CONFIG)
+    row = cfg.row("new_arm-lora16-e30-s0")
+    assert expected_seconds(cfg, row, 4, {}) == pytest.approx(4 * row_seconds(cfg, row))
+    assert expected_seconds(cfg, row, 4, {"dora": [500.0]}) == pytest.approx(4 * row_seconds(cfg, row))
+    assert expected_seconds(cfg, row, 4, {"lora": [200.0, 260.0, 900.0]}) == 260.0
+
+
 def test_intervals_over_seeds_and_clips_are_paired_with_the_base() -> None:
     rng = np.random.default_rng(0)
     base = rng.uniform(0.1, 0.5, (1, 40))  # clips differ a lot from each other...

@@ -10,7 +10,10 @@ cut short by the device's time limit is simply run again. The episodes and clips
 before any row starts; then each row runs as ``python -m cosmos_ros.study.run --row ID`` in its own process
 (a clean CUDA context: its peak memory and step time are its own), ``--per-gpu`` of them per GPU (default 1:
 more share a GPU and inflate each other's step times, which the rows' JSON then records), its output in
-``<results>/logs/<id>.log``. ``--budget-minutes`` starts no row whose estimate would end past the budget.
+``<results>/logs/<id>.log``. ``--budget-minutes`` starts no row whose expected end lies past the budget,
+counted from this command's start (the data preparation included: a device call's limit is wall time). The
+expected duration of a row is the median of the rows of its method already finished in this call (they ran
+sharing the GPU as this one will), else the plan's estimate times ``--per-gpu`` (sharing slows each row).
 Exit status: 0 when every row ran (or was skipped), 1 when one failed or was left out, 2 bad arguments.
 """
 
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from statistics import median
 from typing import IO
 
 import cosmos_ros
@@ -52,11 +56,24 @@ def row_command(args: argparse.Namespace, row: Row, results: Path) -> list[str]:
     return cmd + (["--smoke"] if args.smoke else []) + list(args.overrides)
 
 
-def run_rows(args: argparse.Namespace, cfg: StudyConfig, rows: list[Row], results: Path) -> dict[str, str]:
-    """Run the rows over the slots (GPU x per_gpu); returns row id -> ok | failed (rc) | left out."""
+def expected_seconds(cfg: StudyConfig, row: Row, per_gpu: int, seen: dict[str, list[float]]) -> float:
+    """How long ``row`` will take here: the median of its method's rows finished in this call, else the plan's
+    estimate times the rows sharing a GPU (a conservative guess before anything has finished)."""
+    if seen.get(row.method):
+        return median(seen[row.method])
+    return row_seconds(cfg, row) * per_gpu
+
+
+def run_rows(
+    args: argparse.Namespace, cfg: StudyConfig, rows: list[Row], results: Path, t_start: float
+) -> dict[str, str]:
+    """Run the rows over the slots (GPU x per_gpu); returns row id -> ok | failed (rc) | left out.
+
+    ``t_start`` is when the command started (``time.monotonic``): the budget counts from there."""
     slots = [(gpu, k) for gpu in range(max(args.gpus, 1)) for k in range(args.per_gpu)]
     free = list(slots)
-    running: dict[tuple[int, int], tuple[Row, subprocess.Popen, IO[str]]] = {}
+    running: dict[tuple[int, int], tuple[Row, subprocess.Popen, IO[str], float]] = {}
+    seen: dict[str, list[float]] = {}
     outcome: dict[str, str] = {}
     pending = list(rows)
     logs = results / "logs"
@@ -64,12 +81,13 @@ def run_rows(args: argparse.Namespace, cfg: StudyConfig, rows: list[Row], result
     env = dict(os.environ, **{SHARING_ENV: str(args.per_gpu)})
     src = str(Path(cosmos_ros.__file__).resolve().parent.parent)  # the package, imported as here
     env["PYTHONPATH"] = src + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    t0 = time.monotonic()
+    t0 = t_start
     while pending or running:
         while pending and free:
             row = pending.pop(0)
             elapsed = time.monotonic() - t0
-            if args.budget_minutes and elapsed + row_seconds(cfg, row) > 60 * args.budget_minutes:
+            expected = expected_seconds(cfg, row, args.per_gpu, seen)
+            if args.budget_minutes and elapsed + expected > 60 * args.budget_minutes:
                 outcome[row.id] = "left out (budget)"
                 continue
             slot = free.pop(0)
@@ -80,9 +98,9 @@ def run_rows(args: argparse.Namespace, cfg: StudyConfig, rows: list[Row], result
             proc = subprocess.Popen(
                 row_command(args, row, results), env=slot_env, stdout=log, stderr=subprocess.STDOUT
             )
-            running[slot] = (row, proc, log)
+            running[slot] = (row, proc, log, time.monotonic())
             print(f"batch: {row.id} started on GPU {slot[0]} (log {logs / (row.id + '.log')})", flush=True)
-        for slot, (row, proc, log) in list(running.items()):
+        for slot, (row, proc, log, started) in list(running.items()):
             rc = proc.poll()
             if rc is None:
                 continue
@@ -90,6 +108,8 @@ def run_rows(args: argparse.Namespace, cfg: StudyConfig, rows: list[Row], result
             del running[slot]
             free.append(slot)
             outcome[row.id] = "ok" if rc == 0 else f"failed ({rc})"
+            if rc == 0:
+                seen.setdefault(row.method, []).append(time.monotonic() - started)
             print(f"batch: {row.id} {outcome[row.id]} after {time.monotonic() - t0:.0f} s", flush=True)
         if running:
             time.sleep(0.5)  # polling child processes
@@ -98,6 +118,8 @@ def run_rows(args: argparse.Namespace, cfg: StudyConfig, rows: list[Row], result
 
 def main(argv: list[str] | None = None) -> int:
     from cosmos_ros.study.run import add_common, load
+
+    t_start = time.monotonic()
 
     ap = argparse.ArgumentParser(prog="python -m cosmos_ros.study.batch", description=__doc__.split("\n")[0])
     what = ap.add_mutually_exclusive_group(required=True)
@@ -140,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
             counts = [r.episodes or cfg.data.train_episodes for r in todo]
             prepare(cfg, load_twin(cfg.base), args.work, sorted({r.cell for r in todo}), counts)
-        outcome = run_rows(args, cfg, todo, results)
+        outcome = run_rows(args, cfg, todo, results, t_start)
     except (ValueError, FileNotFoundError, RuntimeError, OSError) as exc:
         print(f"batch: error: {exc}", file=sys.stderr)
         return 1
