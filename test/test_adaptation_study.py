@@ -83,8 +83,8 @@ def test_the_batch_expects_a_row_to_last_as_its_method_did_in_this_call() -> Non
 
     cfg = load_study_config(CONFIG)
     row = cfg.row("new_arm-lora16-e30-s0")
-    assert expected_seconds(cfg, row, 4, {}) == pytest.approx(4 * row_seconds(cfg, row))
-    assert expected_seconds(cfg, row, 4, {"dora": [500.0]}) == pytest.approx(4 * row_seconds(cfg, row))
+    assert expected_seconds(cfg, row, 4, {}) == pytest.approx(1.3 * row_seconds(cfg, row))
+    assert expected_seconds(cfg, row, 4, {"dora": [500.0]}) == pytest.approx(1.3 * row_seconds(cfg, row))
     assert expected_seconds(cfg, row, 4, {"lora": [200.0, 260.0, 900.0]}) == 260.0
 
 

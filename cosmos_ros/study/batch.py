@@ -61,7 +61,7 @@ def expected_seconds(cfg: StudyConfig, row: Row, per_gpu: int, seen: dict[str, l
     estimate times the rows sharing a GPU (a conservative guess before anything has finished)."""
     if seen.get(row.method):
         return median(seen[row.method])
-    return row_seconds(cfg, row) * per_gpu
+    return row_seconds(cfg, row) * (1.0 + 0.1 * (per_gpu - 1))
 
 
 def run_rows(
@@ -70,7 +70,7 @@ def run_rows(
     """Run the rows over the slots (GPU x per_gpu); returns row id -> ok | failed (rc) | left out.
 
     ``t_start`` is when the command started (``time.monotonic``): the budget counts from there."""
-    slots = [(gpu, k) for gpu in range(max(args.gpus, 1)) for k in range(args.per_gpu)]
+    slots = [(gpu, k) for k in range(args.per_gpu) for gpu in range(max(args.gpus, 1))]  # GPUs in turn
     free = list(slots)
     running: dict[tuple[int, int], tuple[Row, subprocess.Popen, IO[str], float]] = {}
     seen: dict[str, list[float]] = {}
