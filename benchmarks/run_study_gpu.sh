@@ -15,7 +15,7 @@ nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-4}  # per row process: several rows share the host's cores
 R=runs/adaptation_study/results_call
 rm -rf $R
-timeout -s INT 585 python3 -m cosmos_ros.study.batch ${ROWS:---all} --gpus "$NG" --per-gpu "${PER_GPU:-5}" \
+timeout -s INT "${CALL_S:-585}" python3 -m cosmos_ros.study.batch ${ROWS:---all} --gpus "$NG" --per-gpu "${PER_GPU:-5}" \
   --work runs/adaptation_study --results $R --skip-done docs/adaptation/results \
   --budget-minutes "${BUDGET_MIN:-9.2}" "$@"
 echo "batch rc=$? at ${SECONDS}s"

@@ -181,3 +181,11 @@ def test_smoke_rows_run_end_to_end_and_the_report_shows_them(tmp_path: Path) -> 
     change = summary["new_arm|lora|4|2"]["pose_change"]
     assert change["lo"] <= change["mean"] <= change["hi"] and change["clips"] == 2
     assert (assets / "forgetting.png").is_file()
+
+    # Conclusions written by a person (docs/adaptation/conclusions.md) replace the template, across rebuilds.
+    (assets / "conclusions.md").write_text("### Claim 1\n\nSupported: lora r4 beats none.\n")
+    assert (
+        report.main(["--smoke", "--config", str(CONFIG), "--results", str(results), "--doc", str(doc)]) == 0
+    )
+    page = doc.read_text()
+    assert "## Conclusions\n\n### Claim 1\n\nSupported: lora r4 beats none." in page and "<...>" not in page

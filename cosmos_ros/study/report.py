@@ -4,8 +4,9 @@ template: ``python -m cosmos_ros.study.report --results docs/adaptation/results`
 Every figure in the page comes from the rows' JSON (`cosmos_ros.study.row`); the page writes no number of
 its own. Rows of one configuration (cell, method, rank, episodes) are its seeds; their per-clip values give
 the intervals (`cosmos_ros.study.stats`: over seeds and clips, differences from the base twin paired clip by
-clip). The conclusions are a template with placeholders, to be written by a person from the tables: the
-builder cannot know which differences matter. The raw JSON stays beside the page: the row files in
+clip). The conclusions are written by a person from the tables, in ``docs/adaptation/conclusions.md`` (kept
+across rebuilds and put in the page as it is); without that file the page gets a template with placeholders:
+the builder cannot know which differences matter. The raw JSON stays beside the page: the row files in
 ``docs/adaptation/results/`` (copied there when the results folder is elsewhere) and the tables' figures in
 ``docs/adaptation/summary.json``.
 """
@@ -395,12 +396,18 @@ def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: 
                 lines += [f"![{captions[name]}]({rel}/{name})", "", captions[name], ""]
             else:
                 (assets / name).unlink(missing_ok=True)
-    lines += ["## Conclusions", "", *conclusions_template()]
+    written = assets / "conclusions.md"
+    if written.is_file():
+        lines += ["## Conclusions", "", written.read_text().strip(), ""]
+    else:
+        lines += ["## Conclusions", "", *conclusions_template()]
     lines += [
         "## Running the batches",
         "",
-        "On the lent H200 (docs/sim_twin.md: diffusers and rosbags with their dependencies are not "
-        "installed there; carry their wheels and install them as that page says). Nothing needs ROS or a "
+        "On the lent GPUs: `bash benchmarks/run_study_gpu.sh` runs the rows not yet in "
+        "`docs/adaptation/results/` in plan order, several per GPU (`PER_GPU`, default 5), in one device "
+        "call, and returns their JSON as `rows.tgz`. Diffusers and rosbags with their dependencies are not "
+        "installed there: carry their wheels (docs/sim_twin.md). Nothing needs ROS or a "
         "colcon build: the commands run from the repository root. Use `--work runs/adaptation_study` "
         "(ignored by git, kept between calls while the machine stays warm, so later calls skip the data "
         "preparation). After each call, copy its `results/*.json` into `docs/adaptation/results/` and "
