@@ -183,6 +183,39 @@ def test_patch_size_is_a_config_key_and_a_bad_one_stops_the_run_before_any_stage
     assert not (out / "data").exists()
 
 
+def test_a_three_level_vae_compresses_4x_and_the_world_model_sizes_its_latents_by_it() -> None:
+    """`vae.dim_mult` with three entries: a 4x spatial VAE (16x20 latents at 64x80, still 4x in time), its
+    factor in the diffusers config, and a WorldModel that takes it from there (with or without the VAE
+    loaded) for the latent shape and the frame-size check, which names the VAE factor and the patch."""
+    from diffusers import AutoencoderKLWan, CosmosTransformer3DModel
+
+    from cosmos_ros.model.action_cond import ActionConditionedTransformer
+    from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG
+    from cosmos_ros.model.world_model import ModelSource, WorldModel
+    from cosmos_ros.train.vae import VaeTrainConfig
+
+    cfg = VaeTrainConfig(base_dim=8, decoder_base_dim=8, dim_mult=[1, 2, 4])
+    cfg.validate()
+    vae = AutoencoderKLWan(**cfg.architecture()).eval()
+    assert cfg.spatial_factor == vae.config.scale_factor_spatial == 4
+    with torch.no_grad():
+        z = vae.encode(torch.zeros(1, 3, 13, 64, 80)).latent_dist.mode()
+        assert tuple(z.shape) == (1, 16, 4, 16, 20)
+        assert tuple(vae.decode(z).sample.shape) == (1, 3, 13, 64, 80)
+    tr = CosmosTransformer3DModel(**TINY_TRANSFORMER_CONFIG)  # patch 1x2x2
+    src = ModelSource("t", None, {})
+    for loaded, factor in ((vae, None), (None, 4)):  # from the VAE, or given as from_pretrained reads it
+        wm = WorldModel(
+            ActionConditionedTransformer(tr, None), loaded, {}, torch.zeros(16), torch.ones(16), src, factor
+        )
+        assert wm.spatial_factor == 4
+        assert wm.latent_shape(13, 64, 80) == (16, 4, 16, 20)
+        with pytest.raises(ValueError, match=r"multiple of 8x8 \(4x VAE, 2x2 transformer patch\)"):
+            wm.latent_shape(13, 60, 80)
+    with pytest.raises(ValueError, match="dim_mult has 4 entries"):
+        VaeTrainConfig(dim_mult=[1, 2]).validate()
+
+
 def test_verdict_study_sends_joint_targets_that_a_delta_twin_takes_too(tmp_path) -> None:
     """The shipped twin takes absolute joint targets; a twin trained on delta actions (the clip builder's
     default) must go through the verdict study as well: the plans are converted by the predictor."""

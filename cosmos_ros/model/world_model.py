@@ -93,7 +93,6 @@ def pixel_frames(num_latent_frames: int) -> int:
 class WorldModel(nn.Module):
     """Cosmos Predict 2.5 parts plus action conditioning; see the module docstring for conventions."""
 
-    spatial_factor = 8
     temporal_factor = 4
 
     def __init__(
@@ -104,10 +103,15 @@ class WorldModel(nn.Module):
         latents_mean: torch.Tensor,
         latents_std: torch.Tensor,
         source: ModelSource,
+        spatial_factor: int | None = None,
     ) -> None:
         super().__init__()
         self.transformer = transformer
         self.vae = vae
+        if spatial_factor is None:  # from the VAE when there is one; a model without one: Wan's 8
+            cfg = getattr(vae, "config", None)
+            spatial_factor = getattr(cfg, "scale_factor_spatial", None) if cfg is not None else None
+        self._spatial_factor = int(spatial_factor or 8)
         self.scheduler_config = dict(scheduler_config)
         self.register_buffer("latents_mean", latents_mean.view(1, -1, 1, 1, 1).float(), persistent=False)
         self.register_buffer("latents_std", latents_std.view(1, -1, 1, 1, 1).float(), persistent=False)
@@ -172,6 +176,7 @@ class WorldModel(nn.Module):
             torch.tensor(vae_cfg["latents_mean"]),
             torch.tensor(vae_cfg["latents_std"]),
             ModelSource(base, rev, _plain_config(transformer.config)),
+            spatial_factor=int(vae_cfg.get("scale_factor_spatial") or 8),
         )
         return wm.to(device)
 
@@ -194,12 +199,24 @@ class WorldModel(nn.Module):
         emb = self.transformer.action_embedder
         return None if emb is None else emb.action_dim
 
+    @property
+    def spatial_factor(self) -> int:
+        """Pixels per latent pixel along each image axis: the VAE's spatial compression, from its config
+        (8 for the Wan 2.1 VAE of Cosmos Predict 2.5; a small VAE trained for a twin may compress less).
+        Known without the VAE loaded (training on cached latents reads it from vae/config.json)."""
+        return self._spatial_factor
+
     def latent_shape(self, num_pixel_frames: int, height: int, width: int) -> tuple[int, int, int, int]:
-        """(C, t, h, w) of the latents of a clip; checks divisibility by the VAE factors and the patch."""
-        f = self.spatial_factor * 2  # 8x VAE, then the transformer's 2x2 patch
-        if height % f or width % f:
-            raise ValueError(f"frame size {height}x{width} must be a multiple of {f} (8x VAE, 2x2 patch)")
-        return (self.latent_channels, latent_frames(num_pixel_frames), height // 8, width // 8)
+        """(C, t, h, w) of the latents of a clip; checks divisibility by the VAE factor and the patch."""
+        vae_f = self.spatial_factor
+        patch = tuple(self.transformer.config.patch_size)[1:]
+        fh, fw = vae_f * int(patch[0]), vae_f * int(patch[1])
+        if height % fh or width % fw:
+            raise ValueError(
+                f"frame size {height}x{width} must be a multiple of {fh}x{fw} ({vae_f}x VAE, "
+                f"{patch[0]}x{patch[1]} transformer patch): resize the clips (build_clips --size)"
+            )
+        return (self.latent_channels, latent_frames(num_pixel_frames), height // vae_f, width // vae_f)
 
     @property
     def device(self) -> torch.device:

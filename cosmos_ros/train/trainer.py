@@ -1173,8 +1173,8 @@ class Trainer:
             "geometry": {
                 "latent_shape": list(self.train_set.latents.shape[1:]),
                 "num_frames": 4 * (int(self.train_set.latents.shape[2]) - 1) + 1,
-                "height": int(self.train_set.latents.shape[3]) * 8,
-                "width": int(self.train_set.latents.shape[4]) * 8,
+                "height": int(self.train_set.latents.shape[3]) * self.wm.spatial_factor,
+                "width": int(self.train_set.latents.shape[4]) * self.wm.spatial_factor,
                 "num_cond_latent_frames": self.cfg.data.num_cond_latent_frames,
             },
             "training": {
@@ -1212,8 +1212,8 @@ class Trainer:
             return replace(spec, tokenizer=self.tokenizer_dict or spec.tokenizer).to_dict()
         tok = self.tokenizer_dict or {}
         return PreprocessSpec(
-            height=int(self.train_set.latents.shape[3]) * 8,
-            width=int(self.train_set.latents.shape[4]) * 8,
+            height=int(self.train_set.latents.shape[3]) * self.wm.spatial_factor,
+            width=int(self.train_set.latents.shape[4]) * self.wm.spatial_factor,
             fps=float(tok.get("fps") or 10.0),
             action_mode=str(tok.get("mode") or "delta"),
             tokenizer=self.tokenizer_dict,
