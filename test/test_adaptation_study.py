@@ -86,6 +86,15 @@ def test_the_batch_expects_a_row_to_last_as_its_method_did_in_this_call() -> Non
     assert expected_seconds(cfg, row, 4, {}) == pytest.approx(1.3 * row_seconds(cfg, row))
     assert expected_seconds(cfg, row, 4, {"dora": [500.0]}) == pytest.approx(1.3 * row_seconds(cfg, row))
     assert expected_seconds(cfg, row, 4, {"lora": [200.0, 260.0, 900.0]}) == 260.0
+    # what a finished row cost of its GPU, for the plan: its wall time over the rows that shared the GPU
+    from cosmos_ros.study.plan import measured_from_rows
+
+    def done(method: str, total: float, sharing: int | None) -> dict:
+        env = {} if sharing is None else {"rows_per_gpu": sharing}
+        return {"row": {"method": method}, "seconds": {"total": total}, "environment": env}
+
+    rows = [done("lora", 250.0, 5), done("lora", 200.0, 5), done("lora", 40.0, None), done("full", 90.0, 3)]
+    assert measured_from_rows([*rows, {"row": {"method": "dora"}}]) == {"lora": 40.0, "full": 30.0}
 
 
 def test_intervals_over_seeds_and_clips_are_paired_with_the_base() -> None:

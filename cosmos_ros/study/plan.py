@@ -50,15 +50,28 @@ def row_seconds(cfg: StudyConfig, row: Row, recipe: Recipe = Recipe()) -> float:
 
 
 def measured_seconds(results: Path) -> dict[str, float]:
-    """Median measured seconds of a row per method, from the rows' JSON in ``results`` (calibration)."""
-    by_method: dict[str, list[float]] = {}
+    """Median measured GPU-seconds of a row per method, from the rows' JSON in ``results`` (calibration)."""
+    rows = []
     for path in sorted(results.glob("*.json")):
         try:
-            data = json.loads(path.read_text())
-            method, seconds = data["row"]["method"], float(data["seconds"]["total"])
-        except (OSError, ValueError, KeyError, TypeError):
+            rows.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
             continue
-        by_method.setdefault(method, []).append(seconds)
+    return measured_from_rows(rows)
+
+
+def measured_from_rows(rows: list[dict]) -> dict[str, float]:
+    """Median GPU-seconds of a row per method: its wall time divided by the rows that shared its GPU
+    (``environment.rows_per_gpu``; `cosmos_ros.study.batch --per-gpu`), which is what a row costs of a GPU
+    when several run on it at once; rows without the figures are skipped."""
+    by_method: dict[str, list[float]] = {}
+    for data in rows:
+        try:
+            method, seconds = data["row"]["method"], float(data["seconds"]["total"])
+            sharing = max(int((data.get("environment") or {}).get("rows_per_gpu") or 1), 1)
+        except (KeyError, TypeError, ValueError):
+            continue
+        by_method.setdefault(method, []).append(seconds / sharing)
     return {m: median(v) for m, v in by_method.items()}
 
 
@@ -124,7 +137,11 @@ def plan_markdown(
     for row, s in est:
         per_method.setdefault(row.method, s)
     total = sum(s for _, s in est) / 60.0
-    basis = f"measured medians for {', '.join(sorted(measured))}" if measured else "estimates"
+    basis = (
+        f"measured medians for {', '.join(sorted(measured))}: a row's wall time over the rows sharing its GPU"
+        if measured
+        else "estimates"
+    )
     r = recipe
     lines = [
         f"{len(est)} rows, about **{total:.0f} GPU-minutes** on one H200 in {len(plan)} batches of at most "
@@ -139,7 +156,7 @@ def plan_markdown(
         f"{r.call_margin_s:.0f} s spare. Batch 1's measured rows replace the assumptions: "
         "`python -m cosmos_ros.study.plan --calibrate docs/adaptation/results`.",
         "",
-        "| method | GPU-seconds per row (estimate) |",
+        f"| method | GPU-seconds per row ({'measured' if measured else 'estimate'}) |",
         "|---|---|",
         *(f"| {m} | {s:.0f} |" for m, s in per_method.items()),
         "",

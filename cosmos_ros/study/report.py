@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cosmos_ros.study.config import StudyConfig
-from cosmos_ros.study.plan import plan_markdown
+from cosmos_ros.study.plan import estimate, measured_from_rows, plan_markdown
 from cosmos_ros.study.plots import method_label, plot_curves, plot_data, plot_forgetting, plot_ranks, row_key
 from cosmos_ros.study.row import ROW_FORMAT
 from cosmos_ros.study.stats import paired_difference, ratio_statistic, seed_clip_ci
@@ -329,6 +329,25 @@ def conclusions_template() -> list[str]:
     return lines
 
 
+def remaining_lines(cfg: StudyConfig, rows: list[dict[str, Any]]) -> list[str]:
+    """What is left to run, at the measured GPU-seconds per method (none when nothing has run yet)."""
+    measured = measured_from_rows(rows)
+    if not measured:
+        return []
+    done = {r["row"]["id"] for r in rows if isinstance(r.get("row"), dict)}
+    left = [(row, s) for row, s in estimate(cfg, measured=measured) if row.id not in done]
+    if not left:
+        return ["Every planned row has run.", ""]
+    minutes = sum(s for _, s in left) / 60.0
+    groups = sorted({row.group for row, _ in left})
+    return [
+        f"Rows run: {len(cfg.rows()) - len(left)} of {len(cfg.rows())}. Left: {len(left)} rows (groups "
+        f"{', '.join(groups)}), about {minutes:.0f} GPU-minutes at the measured rates; "
+        "`bash benchmarks/run_study_gpu.sh` runs them in plan order, skipping the rows already here.",
+        "",
+    ]
+
+
 def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: Path) -> dict[str, Any]:
     """docs/adaptation.md and its assets (plots, summary.json); returns the summary."""
     from cosmos_ros.evaluate.report import json_safe
@@ -363,8 +382,9 @@ def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: 
         "",
         "## Plan: GPU-minutes and batches",
         "",
-        plan_markdown(cfg),
+        plan_markdown(cfg, measured=measured_from_rows(rows) or None),
         "",
+        *remaining_lines(cfg, rows),
         "## Results",
         "",
     ]
