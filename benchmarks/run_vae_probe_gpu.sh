@@ -3,30 +3,35 @@
 # from the recipe's data, in one device call of <= 10 minutes, then judged by their round trips of held-out, demo
 # and study cells (benchmarks/bench_vae_roundtrip.py) next to the shipped twin's VAE. No transformer is trained.
 #   bash benchmarks/run_vae_probe_gpu.sh             # on nvidia-h200-x2, $OUT set, wheels carried (.whl, .whl_ros)
-#   VAE_MIN=6 A="vae.max_minutes=6" B="vae.dim_mult=[1,2,4]" bash benchmarks/run_vae_probe_gpu.sh
+#   VAE_MIN=5.5 A="" B="vae.dim_mult=[1,2,4]" bash benchmarks/run_vae_probe_gpu.sh
 # A = the recipe's 8x VAE given VAE_MIN minutes (run 3's had 4); B = 4x spatial compression (three levels), the same
-# minutes. SMOKE=1: the CPU plumbing check (tiny counts, one variant after the other).
+# minutes (a twin on B needs transformer.patch_size=[1,2,2] to keep today's tokens). Logs go straight to $OUT, so a
+# call cut short still returns them. SMOKE=1: the CPU plumbing check (tiny counts, one variant after the other).
 set -uo pipefail
+set -f  # overrides such as vae.dim_mult=[1,2,4] are not globs
+CALL_S=${CALL_S:-590}
 source benchmarks/device_wheels.sh  # offline wheels + PYTHONPATH
 T=${T:-runs/vae_probe}
-MIN=${VAE_MIN:-6}
-if [ "${SMOKE:-0}" = 1 ]; then S="--smoke"; G0=""; G1=""; else S=""; G0=0; G1=1; fi
+O=${OUT:-$T/out}
+MIN=${VAE_MIN:-5.5}
+if [ "${SMOKE:-0}" = 1 ]; then S="--smoke"; else S=""; fi
 C="progress=false vae.max_minutes=$MIN"
 declare -A V=([A]="${A:-}" [B]="${B:-vae.dim_mult=[1,2,4]}")
+left() { echo $((CALL_S - SECONDS - ${1:-0})); }
 twin() { python3 -m cosmos_ros.train.sim_twin $S "$@"; }
-mkdir -p $T/A $T/B
+mkdir -p $T/A $T/B "$O"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
-twin --out $T/A --stages generate,clips $C > $T/prep.log 2>&1
+timeout -s INT "$(left 400)" python3 -m cosmos_ros.train.sim_twin $S --out $T/A --stages generate,clips $C \
+  > "$O/prep.log" 2>&1
 echo "generate,clips rc=$? at ${SECONDS}s"
 A_ABS=$(cd $T/A && pwd)
-for x in data clips clips_heldout; do [ -e $T/B/$x ] || ln -s $A_ABS/$x $T/B/$x; done
-run_vae() {  # variant gpu
-  CUDA_VISIBLE_DEVICES=$2 OMP_NUM_THREADS=8 twin --out $T/$1 --stages vae $C ${V[$1]} > $T/$1/vae.log 2>&1
-  echo "$1 vae rc=$? at ${SECONDS}s: $(grep -o '"psnr[^,]*,[^,]*' $T/$1/vae.log | tail -1)"
+for x in data clips clips_heldout; do [ -e $T/B/$x ] || ln -s "$A_ABS/$x" $T/B/$x; done
+run_vae() {  # variant gpu: the VAE stage stops itself at vae.max_minutes; the timeout is the call's guard
+  CUDA_VISIBLE_DEVICES=$2 OMP_NUM_THREADS=8 timeout -s INT "$(left 45)" \
+    python3 -m cosmos_ros.train.sim_twin $S --out $T/$1 --stages vae $C ${V[$1]} > "$O/vae_$1.log" 2>&1
+  echo "$1 vae rc=$? at ${SECONDS}s: $(grep -o '"psnr[^,]*,[^,]*' "$O/vae_$1.log" | tail -1)"
 }
-if [ "${SMOKE:-0}" = 1 ]; then run_vae A ""; run_vae B ""; else run_vae A $G0 & run_vae B $G1 & wait; fi
-python3 benchmarks/bench_vae_roundtrip.py --vae models/sim_twin --vae $T/A/vae --vae $T/B/vae --size 64x80 \
-  --clips ${CLIPS:-16} > $T/roundtrip.txt 2> $T/roundtrip.err
-echo "roundtrip rc=$? at ${SECONDS}s"; tail -18 $T/roundtrip.txt
-mkdir -p "${OUT:-$T/out}"
-cp $T/prep.log $T/roundtrip.txt "${OUT:-$T/out}/"; for v in A B; do cp $T/$v/vae.log "${OUT:-$T/out}/vae_$v.log"; done
+if [ "${SMOKE:-0}" = 1 ]; then run_vae A ""; run_vae B ""; else run_vae A 0 & run_vae B 1 & wait; fi
+timeout "$(left 5)" python3 benchmarks/bench_vae_roundtrip.py --vae models/sim_twin --vae $T/A/vae \
+  --vae $T/B/vae --size 64x80 --clips "${CLIPS:-16}" > "$O/roundtrip.txt" 2>&1
+echo "roundtrip rc=$? at ${SECONDS}s"; grep "^|" "$O/roundtrip.txt"

@@ -244,3 +244,19 @@ def test_time_budget_continues_across_a_resume(setup: dict[str, Any], tmp_path: 
     expected = 0.5 * (1 + math.cos(math.pi * min(1.0, resumed._budget_prior / 30.0)))
     assert resumed.lr_scheduler.lr_lambdas[0](resumed.step) == pytest.approx(expected, abs=0.05)
     assert resumed.lr_scheduler.lr_lambdas[0](resumed.step) * lr0 < lr0
+
+
+def test_frozen_action_mlps_need_a_base_that_trained_them(setup: dict[str, Any], tmp_path: Path) -> None:
+    """adapter.train_action_mlps=false keeps a base's trained action MLPs; the tiny base has none (its MLPs
+    start at zero), so the trainer refuses it before any step with the fix, instead of training an adapter
+    that can never see the actions."""
+    from cosmos_ros.train.trainer import Trainer
+
+    cfg = train_config(
+        setup["model"],
+        tmp_path / "frozen",
+        setup["root"] / "latents",
+        adapter={"mode": "lora", "rank": 8, "alpha": 8, "train_action_mlps": False},
+    )
+    with pytest.raises(ValueError, match="train_action_mlps=true"):
+        Trainer(cfg, setup["train"])

@@ -58,10 +58,15 @@ class AdapterConfig:
     alpha: float = 32.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    train_action_mlps: bool = True  # False: lora/dora leave the base's (trained) action MLPs as they are
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"adapter mode {self.mode!r} unknown; use one of {', '.join(MODES)}")
+        if self.mode == "full" and not self.train_action_mlps:
+            raise ValueError(
+                "adapter.train_action_mlps=false is for lora/dora (full fine-tuning trains every weight)"
+            )
         if self.mode != "full" and (self.rank < 1 or not self.target_modules):
             raise ValueError(f"{self.mode}: rank ({self.rank}) must be >= 1 and target_modules non-empty")
         if not 0.0 <= self.dropout < 1.0:
@@ -102,7 +107,7 @@ def apply_adapters(wm: WorldModel, cfg: AdapterConfig) -> list[nn.Parameter]:
     else:
         base.requires_grad_(True)
     if wm.transformer.action_embedder is not None:
-        wm.transformer.action_embedder.requires_grad_(True)
+        wm.transformer.action_embedder.requires_grad_(cfg.train_action_mlps)
     params = [p for p in wm.transformer.parameters() if p.requires_grad]
     for p in params:
         if p.dtype in (torch.bfloat16, torch.float16) and cfg.mode != "full":

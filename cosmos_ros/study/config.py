@@ -18,8 +18,19 @@ from typing import Any
 from cosmos_ros.sim.variants import STUDY_CELLS
 from cosmos_ros.yaml_config import load_yaml_config
 
-METHODS = ("none", "lora", "dora", "full")
-LOW_RANK = ("lora", "dora")
+METHODS = ("none", "lora", "dora", "full", "lora-fa", "dora-fa")
+LOW_RANK = ("lora", "dora", "lora-fa", "dora-fa")
+#: Controls: LoRA/DoRA with the twin's action MLPs kept as trained ("frozen actions"). Every other training
+#: method trains those MLPs in full, so a difference between LoRA/DoRA and full fine-tuning (forgetting
+#: above all) could sit in them; these rows tell. Their policy is that of the method they vary.
+FROZEN_ACTIONS = {"lora-fa": "lora", "dora-fa": "dora"}
+
+
+def adapter_mode(method: str) -> str:
+    """The trainer's ``adapter.mode`` of a study method (``lora-fa`` trains as ``lora``)."""
+    return FROZEN_ACTIONS.get(method, method)
+
+
 DEFAULT_CONFIG = "config/adaptation_study.yaml"
 
 #: Every count and size cut down so that rows run on a CPU in about a minute (the plumbing check).
@@ -53,7 +64,7 @@ class Row:
     """One run of the study."""
 
     cell: str  # a target cell (cosmos_ros.sim.variants.STUDY_CELLS)
-    method: str  # none | lora | dora | full
+    method: str  # none | lora | dora | full | lora-fa | dora-fa (FROZEN_ACTIONS)
     rank: int = 0  # LoRA/DoRA rank (0: full, none)
     episodes: int = 0  # training episodes of the cell: its first N (0: none)
     seed: int = 0  # training seed (data order, noise, adapter init)
@@ -165,7 +176,10 @@ class StudyConfig:
         policy_keys = {f.name for f in fields(MethodPolicy)}
         for method, over in self.methods.items():
             if method not in METHODS[1:]:
-                raise ValueError(f"methods.{method}: use lora, dora or full (none trains nothing)")
+                raise ValueError(
+                    f"methods.{method}: use {', '.join(METHODS[1:])} (none trains nothing; lora-fa and "
+                    "dora-fa take lora's and dora's policy unless they state their own)"
+                )
             bad = set(over or {}) - policy_keys
             if bad:
                 raise ValueError(
@@ -192,7 +206,7 @@ class StudyConfig:
         t = self.training
         base = {k: getattr(t, k) for k in ("steps", "batch_size", "warmup_steps", "lr_schedule")}
         base.update(weight_decay=t.weight_decay, grad_clip=t.grad_clip)
-        over = dict(self.methods.get(method) or {})
+        over = dict(self.methods.get(method) or self.methods.get(adapter_mode(method)) or {})
         if "lr" not in over:
             raise ValueError(
                 f"methods.{method}.lr is not set: every training method states its learning rate"

@@ -13,7 +13,14 @@ import numpy as np
 
 from cosmos_ros.study.config import LOW_RANK
 
-COLOURS = {"none": "black", "lora": "tab:blue", "dora": "tab:orange", "full": "tab:green"}
+COLOURS = {
+    "none": "black",
+    "lora": "tab:blue",
+    "dora": "tab:orange",
+    "full": "tab:green",
+    "lora-fa": "tab:cyan",
+    "dora-fa": "tab:red",
+}
 POSE_LABEL = "pose error, new cell [rad]"
 
 

@@ -30,7 +30,7 @@ from cosmos_ros.study.plots import method_label, plot_curves, plot_data, plot_fo
 from cosmos_ros.study.row import ROW_FORMAT
 from cosmos_ros.study.stats import paired_difference, ratio_statistic, seed_clip_ci
 
-METHOD_ORDER = {"none": 0, "lora": 1, "dora": 2, "full": 3}
+METHOD_ORDER = {"none": 0, "lora": 1, "dora": 2, "full": 3, "lora-fa": 4, "dora-fa": 5}
 
 
 def load_rows(folder: Path) -> list[dict[str, Any]]:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from cosmos_ros.demo import Twin, load_twin
-from cosmos_ros.study.config import LOW_RANK, Row, StudyConfig
+from cosmos_ros.study.config import FROZEN_ACTIONS, LOW_RANK, Row, StudyConfig, adapter_mode
 from cosmos_ros.study.curves import ValCurve, step_seconds, time_to_gain
 from cosmos_ros.study.data import RowData, row_data
 
@@ -80,9 +80,11 @@ def train_config(cfg: StudyConfig, row: Row, clips: Path, out: Path) -> Any:
     p = cfg.policy(row.method)
     t = cfg.training
     cuda = _cuda()
-    adapter: dict[str, Any] = {"mode": row.method}
+    adapter: dict[str, Any] = {"mode": adapter_mode(row.method)}
     if row.method in LOW_RANK:
         adapter.update(rank=row.rank, alpha=float(row.rank))  # alpha = rank: the update's scale is 1
+    if row.method in FROZEN_ACTIONS:
+        adapter["train_action_mlps"] = False  # the control: only the LoRA/DoRA weights learn
     return TrainConfig.from_dict(
         {
             "model": {
@@ -149,7 +151,7 @@ def train_row(cfg: StudyConfig, row: Row, clips: Path, out: Path) -> tuple[Path,
     figures = {
         "trainable_params": int(trainer.n_trainable),
         "total_params": int(trainer.n_total),
-        "action_params": int(action_params),  # the action MLPs: trained in full by every method
+        "action_params": int(action_params),  # action MLPs: trained in full (none in the -fa controls)
         "adapter_params": int(trainer.n_trainable - action_params),  # LoRA/DoRA weights, or every weight
         "train_clips": len(trainer.train_set),
         "val_clips": 0 if trainer.val_set is None else len(trainer.val_set),

@@ -80,6 +80,9 @@ class AdapterSection:
     alpha: float = 32.0
     dropout: float = 0.0
     target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_TARGET_MODULES))
+    # lora/dora: also train the action MLPs (the default: a base without trained ones has zero MLPs to
+    # learn). False keeps a base's trained MLPs (the sim twin's) as they are: only the adapter learns.
+    train_action_mlps: bool = True
 
 
 @dataclass

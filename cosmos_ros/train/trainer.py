@@ -40,7 +40,7 @@ from cosmos_ros.model.dora import StepNormDoRA, enable_step_norm_dora
 from cosmos_ros.model.perf import optimize_for_training
 from cosmos_ros.model.registry import hub_revision
 from cosmos_ros.model.text_cache import PromptCache
-from cosmos_ros.model.world_model import WorldModel
+from cosmos_ros.model.world_model import ACTION_CONDITIONING_FILE, WorldModel
 from cosmos_ros.train.config import TrainConfig
 from cosmos_ros.train.latent_cache import (
     LatentSet,
@@ -553,6 +553,12 @@ class Trainer:
                 f"encoder; rebuild it with embed_prompts --base {self.base}"
             )
         self.adapter_cfg = AdapterConfig(**vars(cfg.adapter))
+        if not self.adapter_cfg.train_action_mlps and not Path(self.base, ACTION_CONDITIONING_FILE).is_file():
+            raise ValueError(
+                f"adapter.train_action_mlps=false keeps the base's trained action MLPs, but {self.base} has "
+                f"none ({ACTION_CONDITIONING_FILE}): its MLPs start at zero and would stay there; train "
+                "them (adapter.train_action_mlps=true) or use a base trained with actions (sim_twin)"
+            )
         params = apply_adapters(self.wm, self.adapter_cfg)
         if self._fsdp():
             # FSDP flattens each wrapped block into one tensor: one dtype per block (adapters in the base
