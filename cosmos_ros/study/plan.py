@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from statistics import median
 
-from cosmos_ros.study.config import Row, StudyConfig
+from cosmos_ros.study.config import Row, StudyConfig, adapter_mode
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,11 @@ def estimate(
 ) -> list[tuple[Row, float]]:
     """(row, estimated seconds) in plan order; a method with measured rows takes their median instead."""
     measured = measured or {}
-    return [(r, measured.get(r.method, row_seconds(cfg, r, recipe))) for r in cfg.rows()]
+
+    def seconds(r: Row) -> float:  # a control (lora-fa) costs what its method does until it has run
+        return measured.get(r.method, measured.get(adapter_mode(r.method), row_seconds(cfg, r, recipe)))
+
+    return [(r, seconds(r)) for r in cfg.rows()]
 
 
 def batches(rows: list[tuple[Row, float]], budget_minutes: float = 25.0) -> list[Batch]:
