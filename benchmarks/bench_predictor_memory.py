@@ -1,11 +1,11 @@
 """Does the predictor node's memory keep growing? RSS after each of many request bursts (a leak hunt).
 
-Starts the installed `sim_arm` and `predictor` (the shipped sim twin, CPU, its frame size) as real processes on
-a ROS domain of their own, then sends bursts of `~/predict_future` requests from this process: each burst is
-``--burst`` requests at once with a short deadline (one runs and is cut at its next check, ``queue_size`` wait
-and expire, the rest are turned away BUSY: every path a loaded server takes), followed by one request that
-runs to the end. After each burst the predictor's resident memory (process and children, psutil) is printed.
-A leak grows with every burst; allocator warm-up settles after a few.
+Starts the installed `sim_arm` and `predictor` (the shipped sim twin, CPU, its frame size) as real
+processes on a ROS domain of their own, then sends bursts of `~/predict_future` requests from this process:
+each burst is ``--burst`` requests at once with a short deadline (one runs and is cut at its next check,
+``queue_size`` wait and expire, the rest are turned away BUSY: every path a loaded server takes), followed
+by one request that runs to the end. After each burst the predictor's resident memory (process and
+children, psutil) is printed. A leak grows with every burst; allocator warm-up settles after a few.
 
     python benchmarks/bench_predictor_memory.py [--bursts 20] [--burst 12] [--work /tmp/predictor_memory]
 
