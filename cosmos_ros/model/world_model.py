@@ -5,7 +5,8 @@
 - `vae`: `AutoencoderKLWan` (may be None: the trainer works on cached latents, so the VAE is not resident);
 - `scheduler_config`: the `UniPCMultistepScheduler` config of the 2.5 pipeline (flow sigmas, Karras
   spacing, sigma_max 200, sigma_min 0.01); a fresh scheduler per `sample` call (schedulers hold state);
-- the Wan latent normalisation (`latents_mean`, `latents_std`) and the VAE geometry (4x time, 8x space).
+- the Wan latent normalisation (`latents_mean`, `latents_std`) and the VAE geometry (4x time; 8x space
+  for Wan: `spatial_factor`, from the VAE config).
 
 Everything loads with `from_pretrained` from a hub id (`nvidia/Cosmos-Predict2.5-2B`, revision
 `diffusers/base/post-trained`) or a local directory with the diffusers layout (`transformer/`, `vae/`,
@@ -233,7 +234,9 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 frames [B, T, H, W, 3] (RGB, T = 4k+1) -> normalised latents [B, 16, k+1, H/8, W/8].
+        """uint8 frames [B, T, H, W, 3] (RGB, T = 4k+1) -> normalised latents [B, 16, k+1, H/f, W/f].
+
+        f = `spatial_factor` (8 for Wan's VAE).
 
         Uses the posterior mode (deterministic), as the 2.5 pipeline does for conditioning video.
         """
@@ -250,7 +253,7 @@ class WorldModel(nn.Module):
 
     @torch.no_grad()
     def decode_latents(self, latents: torch.Tensor, shared_prefix: int = 0) -> torch.Tensor:
-        """Normalised latents [B, 16, t, h, w] -> uint8 frames [B, 4(t-1)+1, 8h, 8w, 3] (RGB).
+        """Normalised latents [B, 16, t, h, w] -> uint8 frames [B, 4(t-1)+1, f*h, f*w, 3] (RGB).
 
         `shared_prefix`: the caller guarantees that the first that many latent frames are the same in every
         row (the context of a batch of candidates); they are then decoded once, not once per row

@@ -1,9 +1,10 @@
 """Train a small Wan-class video VAE (`AutoencoderKLWan`) on robot clips; save it in the diffusers layout.
 
 Why train one: the Wan 2.1 VAE is 127M parameters, far over a CPU serving budget, and the sim cell's flat
-colours need far less capacity. A small VAE of the same class (same 8x spatial / 4x temporal causal layout,
-16 latent channels) trained on the cell's own frames keeps every downstream path unchanged
-(`WorldModel.encode_frames` / `decode_latents`, the trainer's latent cache, the predictor).
+colours need far less capacity. A small VAE of the same class (the same 4x temporal causal layout, 8x spatial
+as Wan or 4x with `dim_mult` of three levels, 16 latent channels) trained on the cell's own frames keeps every
+downstream path unchanged (`WorldModel.encode_frames` / `decode_latents`, the trainer's latent cache, the
+predictor).
 
 Loss: per-pixel L1 + L2 in [-1, 1] with pixels of the arm weighted `arm_weight` times (the arm is a few
 percent of the image but all of what the pose reader and a planner look at; its colours are known from the
