@@ -17,21 +17,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
-import signal
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def installed(exe: str) -> Path:
-    from ament_index_python.packages import get_package_prefix
-
-    return Path(get_package_prefix("cosmos_ros")) / "lib" / "cosmos_ros" / exe
+from ros_nodes import start
 
 
 def rss_mib(pid: int) -> float:
@@ -68,30 +59,16 @@ def main(argv: list[str] | None = None) -> int:
     params = work / "predictor.yaml"
     p = {"base_model": str(twin.path), "device": "cpu", "num_steps": a.num_steps, "queue_size": 2}
     params.write_text(yaml.safe_dump({"predictor": {"ros__parameters": p}}))
-    domain = random.SystemRandom().randint(1, 101)
-    env = dict(
-        os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1"
-    )
-    logs = [open(work / "sim_arm.log", "wb"), open(work / "predictor.log", "wb")]  # noqa: SIM115
     size = ["-p", f"width:={twin.width}", "-p", f"height:={twin.height}"]
-    procs = [
-        subprocess.Popen(
-            [str(installed("sim_arm")), "--ros-args", *size],
-            env=env,
-            stdout=logs[0],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            [str(installed("predictor")), "--ros-args", "--params-file", str(params)],
-            env=env,
-            stdout=logs[1],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-    ]
+    nodes = start(
+        work,
+        {
+            "sim_arm": ["sim_arm", "--ros-args", *size],
+            "predictor": ["predictor", "--ros-args", "--params-file", str(params)],
+        },
+    )
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain)
+    rclpy.init(context=ctx, domain_id=nodes.domain)
     node = Node("predictor_memory_bench", context=ctx)
     ex = SingleThreadedExecutor(context=ctx)
     ex.add_node(node)
@@ -115,8 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     series: list[dict[str, Any]] = []
     try:
         while not client.wait_for_service(timeout_sec=1.0):
-            if any(q.poll() is not None for q in procs):
-                raise RuntimeError(f"a node exited; see {work}/*.log")
+            nodes.check_alive(work)
         t_ready = time.monotonic() + 600
         while True:
             fut = client.call_async(request(0.0))
@@ -127,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             if res.code != PredictFuture.Response.NOT_READY or time.monotonic() > t_ready:
                 raise RuntimeError(f"predictor not ready (code {res.code}): {res.message}")
             time.sleep(1.0)
-        pid = procs[1].pid
+        pid = nodes.procs["predictor"].pid
         print(json.dumps({"burst": 0, "rss_mib": round(rss_mib(pid), 1)}), flush=True)
         for b in range(1, a.bursts + 1):
             codes = wait_all([client.call_async(request(a.deadline)) for _ in range(a.burst)])
@@ -144,16 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         ex.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
-        for q in procs:
-            if q.poll() is None:
-                os.killpg(q.pid, signal.SIGINT)
-        for q in procs:
-            try:
-                q.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(q.pid, signal.SIGKILL)
-        for f in logs:
-            f.close()
+        nodes.stop()
     if len(series) >= 4:
         half = series[len(series) // 2 :]
         x = np.array([r["burst"] for r in half], float)

@@ -18,23 +18,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import random
-import signal
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def installed(exe: str) -> Path:
-    from ament_index_python.packages import get_package_prefix
-
-    return Path(get_package_prefix("cosmos_ros")) / "lib" / "cosmos_ros" / exe
+from ros_nodes import start
 
 
 def write_params(path: Path, model_dir: Path, num_steps: int) -> Path:
@@ -87,29 +78,15 @@ def main(argv: list[str] | None = None) -> int:
         AutoencoderKLWan(**slim).save_pretrained(model_dir / "vae", safe_serialization=True)
         (model_dir / "slim_vae").write_text("vae/ replaced by a slimmer random AutoencoderKLWan\n")
     params = write_params(work / "predictor.yaml", model_dir, a.num_steps)
-    domain = random.SystemRandom().randint(1, 101)
-    env = dict(
-        os.environ, ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST", PYTHONUNBUFFERED="1"
+    nodes = start(
+        work,
+        {
+            "sim_arm": ["sim_arm"],
+            "predictor": ["predictor", "--ros-args", "--params-file", str(params)],
+        },
     )
-    logs = [open(work / "sim_arm.log", "wb"), open(work / "predictor.log", "wb")]  # noqa: SIM115
-    procs = [
-        subprocess.Popen(
-            [str(installed("sim_arm"))],
-            env=env,
-            stdout=logs[0],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-        subprocess.Popen(
-            [str(installed("predictor")), "--ros-args", "--params-file", str(params)],
-            env=env,
-            stdout=logs[1],
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        ),
-    ]
     ctx = Context()
-    rclpy.init(context=ctx, domain_id=domain)
+    rclpy.init(context=ctx, domain_id=nodes.domain)
     node = Node("ros_overhead_bench", context=ctx)
     from rclpy.executors import SingleThreadedExecutor
 
@@ -135,8 +112,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         while not client.wait_for_service(timeout_sec=1.0):
-            if any(p.poll() is not None for p in procs):
-                raise RuntimeError(f"a node exited; see {work}/*.log")
+            nodes.check_alive(work)
         t_ready = time.monotonic() + 1800
         while True:  # until the model is loaded and a camera frame arrived
             resp, _ = call(request(False))
@@ -173,16 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         ex.shutdown()
         node.destroy_node()
         rclpy.shutdown(context=ctx)
-        for p in procs:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGINT)
-        for p in procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(p.pid, signal.SIGKILL)
-        for f in logs:
-            f.close()
+        nodes.stop()
     print(
         "\n== predictor node ROS overhead (check_collision, 8 candidates, 13 frames 256x320, CPU tiny model)"
     )
