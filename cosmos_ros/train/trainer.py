@@ -553,7 +553,8 @@ class Trainer:
                 f"encoder; rebuild it with embed_prompts --base {self.base}"
             )
         self.adapter_cfg = AdapterConfig(**vars(cfg.adapter))
-        frozen_mlps = not self.adapter_cfg.train_action_mlps and self.wm.transformer.action_embedder is not None
+        has_mlps = self.wm.transformer.action_embedder is not None
+        frozen_mlps = has_mlps and not self.adapter_cfg.train_action_mlps
         if frozen_mlps and not Path(self.base, ACTION_CONDITIONING_FILE).is_file():
             raise ValueError(
                 f"adapter.train_action_mlps=false keeps the base's trained action MLPs, but {self.base} has "
