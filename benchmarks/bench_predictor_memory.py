@@ -42,13 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/cosmos_ros_predictor_memory")
     a = ap.parse_args(argv)
 
-    import rclpy
     import yaml
     from cosmos_ros.msg import ActionSequence
     from cosmos_ros.srv import PredictFuture
-    from rclpy.context import Context
-    from rclpy.executors import SingleThreadedExecutor
-    from rclpy.node import Node
     from rclpy.qos import QoSProfile
 
     from cosmos_ros.demo import load_twin
@@ -67,11 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             "predictor": ["predictor", "--ros-args", "--params-file", str(params)],
         },
     )
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=nodes.domain)
-    node = Node("predictor_memory_bench", context=ctx)
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
+    node, ex = nodes.probe("predictor_memory_bench")
     client = node.create_client(PredictFuture, "/predictor/predict_future", qos_profile=QoSProfile(depth=64))
 
     def request(timeout: float) -> Any:
@@ -117,9 +109,6 @@ def main(argv: list[str] | None = None) -> int:
             series.append(row)
             print(json.dumps(row), flush=True)
     finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
         nodes.stop()
     if len(series) >= 4:
         half = series[len(series) // 2 :]

@@ -55,11 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", default="/tmp/cosmos_ros_ros_overhead")
     a = ap.parse_args(argv)
 
-    import rclpy
     from cosmos_ros.msg import ActionSequence
     from cosmos_ros.srv import CheckCollision
-    from rclpy.context import Context
-    from rclpy.node import Node
 
     from cosmos_ros.model.tiny import make_tiny_world_model
 
@@ -85,13 +82,7 @@ def main(argv: list[str] | None = None) -> int:
             "predictor": ["predictor", "--ros-args", "--params-file", str(params)],
         },
     )
-    ctx = Context()
-    rclpy.init(context=ctx, domain_id=nodes.domain)
-    node = Node("ros_overhead_bench", context=ctx)
-    from rclpy.executors import SingleThreadedExecutor
-
-    ex = SingleThreadedExecutor(context=ctx)
-    ex.add_node(node)
+    node, ex = nodes.probe("ros_overhead_bench")
     client = node.create_client(CheckCollision, "/predictor/check_collision")
     rng = np.random.default_rng(0)
     rows: list[dict[str, Any]] = []
@@ -146,9 +137,6 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(json.dumps(row), flush=True)
     finally:
-        ex.shutdown()
-        node.destroy_node()
-        rclpy.shutdown(context=ctx)
         nodes.stop()
     print(
         "\n== predictor node ROS overhead (check_collision, 8 candidates, 13 frames 256x320, CPU tiny model)"

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 
 def installed(exe: str) -> Path:
@@ -29,6 +29,23 @@ class Nodes:
     domain: int
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
     logs: list[IO[bytes]] = field(default_factory=list)
+    _probe: tuple[Any, Any, Any] | None = None  # rclpy context, node, executor of this process
+
+    def probe(self, name: str) -> tuple[Any, Any]:
+        """An rclpy node of this process on the nodes' domain and the executor that spins it (closed by
+        `stop`)."""
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.node import Node
+
+        ctx = Context()
+        rclpy.init(context=ctx, domain_id=self.domain)
+        node = Node(name, context=ctx)
+        ex = SingleThreadedExecutor(context=ctx)
+        ex.add_node(node)
+        self._probe = (ctx, node, ex)
+        return node, ex
 
     def check_alive(self, work: Path) -> None:
         dead = [n for n, p in self.procs.items() if p.poll() is not None]
@@ -36,6 +53,15 @@ class Nodes:
             raise RuntimeError(f"node(s) {', '.join(dead)} exited; see {work}/<name>.log")
 
     def stop(self) -> None:
+        """The probe node first, then SIGINT to every process (SIGKILL after 15 s), then the logs."""
+        if self._probe is not None:
+            import rclpy
+
+            ctx, node, ex = self._probe
+            ex.shutdown()
+            node.destroy_node()
+            rclpy.shutdown(context=ctx)
+            self._probe = None
         for p in self.procs.values():
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGINT)

@@ -18,7 +18,6 @@ if [ "${SMOKE:-0}" = 1 ]; then S="--smoke"; else S=""; fi
 C="progress=false vae.max_minutes=$MIN"
 declare -A V=([A]="${A:-}" [B]="${B:-vae.dim_mult=[1,2,4]}")
 left() { echo $((CALL_S - SECONDS - ${1:-0})); }
-twin() { python3 -m cosmos_ros.train.sim_twin $S "$@"; }
 mkdir -p $T/A $T/B "$O"
 command -v nvidia-smi > /dev/null && nvidia-smi --query-gpu=name,memory.used --format=csv,noheader
 timeout -s INT "$(left 400)" python3 -m cosmos_ros.train.sim_twin $S --out $T/A --stages generate,clips $C \

@@ -329,9 +329,8 @@ def conclusions_template() -> list[str]:
     return lines
 
 
-def remaining_lines(cfg: StudyConfig, rows: list[dict[str, Any]]) -> list[str]:
+def remaining_lines(cfg: StudyConfig, rows: list[dict[str, Any]], measured: dict[str, float]) -> list[str]:
     """What is left to run, at the measured GPU-seconds per method (none when nothing has run yet)."""
-    measured = measured_from_rows(rows)
     if not measured:
         return []
     done = {r["row"]["id"] for r in rows if isinstance(r.get("row"), dict)}
@@ -356,6 +355,7 @@ def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: 
     summary = summarize(rows)
     (assets / "summary.json").write_text(json.dumps(json_safe(summary), indent=1, allow_nan=False))
     planned = len(cfg.rows())
+    measured = measured_from_rows(rows)  # GPU-seconds per method of the rows run: the plan and what is left
     cells = [c for c in cfg.cells if any(f["key"][0] == c for f in summary.values())]
     full_n = cfg.data.train_episodes
     counts = sorted({f["key"][3] for f in summary.values() if f["key"][1] != "none"})
@@ -382,9 +382,9 @@ def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: 
         "",
         "## Plan: GPU-minutes and batches",
         "",
-        plan_markdown(cfg, measured=measured_from_rows(rows) or None),
+        plan_markdown(cfg, measured=measured or None),
         "",
-        *remaining_lines(cfg, rows),
+        *remaining_lines(cfg, rows, measured),
         "## Results",
         "",
     ]
