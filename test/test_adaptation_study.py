@@ -160,6 +160,40 @@ def test_intervals_over_seeds_and_clips_are_paired_with_the_base() -> None:
         paired_difference(adapted, base[:, :39])
 
 
+def _row(method: str, rank: int, seed: int, new: np.ndarray, old: np.ndarray) -> dict:
+    rid = f"new_arm-{method}{rank or ''}-e30-s{seed}"
+    row = {"id": rid, "cell": "new_arm", "method": method, "rank": rank, "episodes": 30, "seed": seed}
+    return {"row": row, "new_cell": _section(new), "original_cell": _section(old)}
+
+
+def _section(pose: np.ndarray) -> dict:
+    return {"clip_ids": [f"c{i}" for i in range(len(pose))], "per_clip": {"pose": list(pose)}}
+
+
+def test_method_contrasts_are_paired_by_clip_and_seed_with_a_seed_floor() -> None:
+    from cosmos_ros.study.report import contrasts
+
+    rng = np.random.default_rng(1)
+    new, old = rng.uniform(0.02, 0.3, 30), rng.uniform(0.02, 0.3, 30)  # clips differ a lot from each other
+    rows = [
+        _row("lora", 16, 0, new, old),
+        _row("lora", 16, 1, new + 0.002, old),  # a retrain moves every clip a little
+        _row("dora", 16, 0, new + 0.01, old - 0.02),  # one seed only: paired with lora's seed 0
+    ]
+    entries = {e["contrast"]: e for e in contrasts(rows, ["new_arm"], 30)["new_arm"]}
+    dora = entries["dora r16 - lora r16"]
+    assert dora["seeds"] == "0"
+    assert dora["new_cell"]["mean"] == pytest.approx(0.01) and dora["new_cell"]["lo"] > 0.0099
+    assert dora["original_cell"]["mean"] == pytest.approx(-0.02) and dora["original_cell"]["hi"] < 0
+    floor = entries["lora r16: seed 1 - seed 0 (the seed floor)"]
+    assert floor["seeds"] == "1 vs 0" and floor["new_cell"]["mean"] == pytest.approx(0.002)
+    assert not any("full" in name for name in entries)  # a contrast with a method not run is left out
+    other = _row("dora", 16, 0, new, old)
+    other["new_cell"]["clip_ids"][0] = "elsewhere"
+    with pytest.raises(ValueError, match="different new_cell clips"):
+        contrasts([rows[0], other], ["new_arm"], 30)
+
+
 def test_time_to_90_percent_of_the_gain_and_the_step_time() -> None:
     pts = [ValPoint(0, 0.0, 1.0), ValPoint(10, 5.0, 0.5), ValPoint(20, 7.0, 0.15), ValPoint(30, 9.0, 0.1)]
     t = time_to_gain(pts, 0.9)

@@ -128,6 +128,82 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+#: Claim 2's paired contrasts, A - B at the full episode count: (label, A, B) with A and B as (method, rank).
+CONTRASTS: tuple[tuple[str, tuple[str, int], tuple[str, int]], ...] = (
+    ("dora r16 - lora r16", ("dora", 16), ("lora", 16)),
+    ("full - lora r16", ("full", 0), ("lora", 16)),
+    ("full - dora r16", ("full", 0), ("dora", 16)),
+    ("lora r64 - lora r4", ("lora", 64), ("lora", 4)),
+    ("dora r64 - dora r4", ("dora", 64), ("dora", 4)),
+    ("dora r64 - lora r64", ("dora", 64), ("lora", 64)),
+    ("lora-fa r16 - lora r16 (action MLPs frozen - trained)", ("lora-fa", 16), ("lora", 16)),
+    ("dora-fa r16 - dora r16 (action MLPs frozen - trained)", ("dora-fa", 16), ("dora", 16)),
+)
+
+#: The seed floor: how far two seeds of one configuration land apart (seed 1 - seed 0), per method.
+SEED_FLOOR: tuple[tuple[str, int], ...] = (("lora", 16), ("dora", 16), ("full", 0))
+
+
+def _pose_difference(a: list[dict[str, Any]], b: list[dict[str, Any]], section: str) -> dict[str, Any] | None:
+    """A's pose error minus B's, clip by clip, row against row (``a[i] - b[i]``: the caller aligns them),
+    with the interval over those pairs and the clips; None when a row lacks the figure."""
+    if tuple(a[0][section]["clip_ids"]) != tuple(b[0][section]["clip_ids"]):
+        raise ValueError(f"{a[0]['row']['id']} and {b[0]['row']['id']} saw different {section} clips")
+    va, vb = per_clip(a, section, "pose"), per_clip(b, section, "pose")
+    if va is None or vb is None:
+        return None
+    return seed_clip_ci(va - vb)
+
+
+def _entry(label: str, seeds: str, a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, Any] | None:
+    new = _pose_difference(a, b, "new_cell")
+    if new is None:
+        return None
+    old = _pose_difference(a, b, "original_cell")
+    return {"contrast": label, "seeds": seeds, "new_cell": new, "original_cell": old}
+
+
+def contrasts(rows: list[dict[str, Any]], cells: list[str], episodes: int) -> dict[str, list[dict[str, Any]]]:
+    """Per cell, claim 2's paired contrasts (`CONTRASTS`) and the seed floor (`SEED_FLOOR`): the difference
+    of new-cell pose error and of forgetting (pose error on the original cells), A - B, paired by clip and
+    seed. Pairing removes the clip-to-clip spread that overlapping per-method intervals still carry, so a
+    small but consistent difference shows; the seed floor says how large a difference one retraining alone
+    makes (a contrast of one seed cannot tell its method from its seed: compare it with the floor)."""
+    groups = group_rows(rows)
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cell in cells:
+        entries = []
+        for label, (ma, ra), (mb, rb) in CONTRASTS:
+            a = {r["row"]["seed"]: r for r in groups.get((cell, ma, ra, episodes), [])}
+            b = {r["row"]["seed"]: r for r in groups.get((cell, mb, rb, episodes), [])}
+            seeds = sorted(a.keys() & b.keys())  # seed by seed: the seeds both ran
+            if seeds:
+                text = ", ".join(map(str, seeds))
+                entries.append(_entry(label, text, [a[v] for v in seeds], [b[v] for v in seeds]))
+        for method, rank in SEED_FLOOR:
+            g = {r["row"]["seed"]: r for r in groups.get((cell, method, rank, episodes), [])}
+            if 0 in g and 1 in g:
+                label = f"{method_label(method, rank)}: seed 1 - seed 0 (the seed floor)"
+                entries.append(_entry(label, "1 vs 0", [g[1]], [g[0]]))
+        if any(entries):
+            out[cell] = [e for e in entries if e]
+    return out
+
+
+def contrast_table(entries: list[dict[str, Any]]) -> list[str]:
+    """One cell's contrasts as a table (differences in rad; negative: A predicts better / forgets less)."""
+    lines = [
+        "| A - B | seeds | new-cell pose error, A - B | forgetting, A - B |",
+        "|---|---|---|---|",
+    ]
+    for e in entries:
+        lines.append(
+            f"| {e['contrast']} | {e['seeds']} | {_ci(e['new_cell'], signed=True)} | "
+            f"{_ci(e.get('original_cell'), signed=True)} |"
+        )
+    return lines
+
+
 # ---------------------------------------------------------------------------------------------- formatting
 def _ci(ci: dict[str, Any] | None, digits: int = 3, signed: bool = False) -> str:
     if not ci or ci.get("mean") is None or not np.isfinite(ci["mean"]):
@@ -259,7 +335,7 @@ def design_lines(cfg: StudyConfig) -> list[str]:
         "",
         "One policy per method (`training` + `methods` in the config): the same steps and batch for every "
         "rank and every number of episodes, cosine schedule after warm-up, alpha = rank for LoRA/DoRA, "
-        "action MLPs trained in full by every method:",
+        "action MLPs trained in full by every method but the controls (`lora-fa`, `dora-fa`: frozen):",
         "",
         "| method | learning rate | steps | batch | warm-up | weight decay |",
         "|---|---|---|---|---|---|",
@@ -398,6 +474,22 @@ def write_page(cfg: StudyConfig, rows: list[dict[str, Any]], doc: Path, assets: 
             if table:
                 lines += [f"`{cell}`: change of pose error vs none by training episodes (claim 3)", ""]
                 lines += [*table, ""]
+        paired = contrasts(rows, cells, full_n)
+        (assets / "contrasts.json").write_text(json.dumps(json_safe(paired), indent=1, allow_nan=False))
+        if paired:
+            lines += [
+                f"### Claim 2, paired: differences between methods at {full_n} episodes",
+                "",
+                "A - B clip by clip and seed by seed (the seeds both ran; 95% bootstrap over those seeds "
+                "and the clips), for the new cell's pose error and for forgetting (the change of pose error "
+                "on the original cells). Negative: A predicts the new cell better, or forgets less. Pairing "
+                "takes out the clip-to-clip spread that the tables' per-method intervals carry. A contrast "
+                "of one seed cannot tell its method from its seed: the seed-floor rows (seed 1 - seed 0 of "
+                "one configuration) show how far a retraining alone moves the figures.",
+                "",
+            ]
+            for cell, entries in paired.items():
+                lines += [f"`{cell}`", "", *contrast_table(entries), ""]
         lines += ["### Cost per method (every cell)", "", *cost_table(summary), ""]
         plots = {
             "ranks.png": plot_ranks(summary, cells, full_n, assets / "ranks.png"),
