@@ -375,6 +375,11 @@ def test_planner_from_the_params_yaml_and_goal_reached_for_each_goal_kind() -> N
         load_ee_locator("no_such_module:fn")
     with pytest.raises(ValueError, match="plan_joints"):
         make_planner({**params, "plan_joints": ["elbow"]})
+    planner.reset(Goal(joint_target={"joint1": 0.3, "joint2": 0.5}, regions=["box:0.5,0.2,0.6,0.3"]))
+    assert planner.cost.way_round is not None  # cost_to_go: true with robot sim_arm
+    off = make_planner({**params, "cost_to_go": False})
+    off.reset(Goal(joint_target={"joint1": 0.3, "joint2": 0.5}, regions=["box:0.5,0.2,0.6,0.3"]))
+    assert off.cost.way_round is None
 
 
 def test_reference_planners_split_across_processes_give_the_same_episodes(tmp_path: Path) -> None:
@@ -465,3 +470,69 @@ def test_a_cut_off_evaluation_resumes_where_it_stopped(tmp_path: Path) -> None:
     assert same(oracle[1]) == same(full["episodes"]["oracle"][1])  # the missing one ran, as before
     assert main([*args, "--resume", "--candidates", "6"]) == 2  # other settings: refused, file kept
     assert json.loads(path.read_text()) == resumed
+
+
+def test_cost_to_go_sees_round_the_box_beyond_the_horizon_and_guides_a_way_round() -> None:
+    """The navigation function over (joint1, joint2): no extra time where nothing is in the way, extra time
+    where the box blocks the straight way; its proposal reaches the target without the arm entering the
+    box; and the cost ranks a plan that goes round above one that waits in front of the box."""
+    from cosmos_ros.plan.togo import CostToGo
+
+    c = ArmConfig()
+    step = np.array([0.12, 0.16])
+    names = SimOracle.joint_names
+    for task in make_tasks(6, seed=0):
+        togo = CostToGo(("joint1", "joint2"), c.lower[:2], c.upper[:2], step)
+        target = {"joint1": task.target[0], "joint2": task.target[1]}
+        togo.build(target, [task.region], arm_region_distance, names)
+        start, goal = np.array(task.start[:2]), np.array(task.target[:2])
+        assert togo.detour(goal) == pytest.approx(0.0, abs=0.5)
+        assert togo.detour(start) > 1.0, "the box lies across the straight way: going round takes longer"
+        u = togo.guide(start, 20, step)
+        assert np.all(np.abs(u) <= 1.0 + 1e-9)
+        path = start + np.cumsum(u * step, axis=0)
+        assert np.abs(path[-1] - goal).max() < 1e-6, "the proposal ends on the target"
+        assert not arm_in_regions(np.c_[path, np.full(20, 0.5)], [task.region]).any(), task.index
+    assert np.isnan(togo.detour(np.array([np.nan, 0.0])))  # an unread pose has no value
+
+    # the cost: going round the box (the guide's first frames) beats waiting in front of it (straight until
+    # just before the box, then holding), which the joint distance alone prefers when the way round is
+    # longer than the horizon
+    task = make_tasks(1, seed=0)[0]
+    s3 = np.array(task.start)
+    line = s3 + np.linspace(0, 1, 60)[:, None] * (np.array(task.target) - s3)
+    wait = line[np.argmax(arm_in_regions(line, [task.region], margin=0.05)) - 1]
+    h = 6  # a short horizon: the way round does not reach the target within it
+    hold = np.repeat(wait[None], h, axis=0)
+    goal = Goal(joint_target={"joint1": task.target[0], "joint2": task.target[1]}, regions=[task.region])
+
+    def make_cost(with_togo: bool) -> PlanCost:
+        togo = CostToGo(("joint1", "joint2"), c.lower[:2], c.upper[:2], step) if with_togo else None
+        est = load_estimator("sim_arm")
+        cost = PlanCost(names, est, region_distance=arm_region_distance, cost_to_go=togo)
+        cost.set_goal(goal)
+        assert (cost.way_round is not None) == with_togo
+        return cost
+
+    cost = make_cost(True)
+    assert cost.way_round is not None
+    round_u = cost.way_round.guide(wait[:2], h, step)
+    round_plan = np.c_[wait[:2] + np.cumsum(round_u * step, axis=0), np.full(h, wait[2])]
+    plans = np.stack([hold, round_plan])
+    rollout = Rollout(frames=np.stack([[render_frame(q, 80, 64) for q in p] for p in plans]), poses=plans)
+    context = render_frame(s3, 80, 64)
+    total, terms = cost(context, rollout, plans, wait)
+    assert terms["detour"][0] > terms["detour"][1] and total[1] < total[0], (total, terms)
+    assert not terms["collision"][1], "the way round stays clear of the box"
+    plain = make_cost(False)
+    plain_total, plain_terms = plain(context, rollout, plans, wait)
+    assert "detour" not in plain_terms
+    assert plain_total[0] < plain_total[1], "the joint distance alone prefers waiting: the failure it fixes"
+    plain.set_goal(Goal(joint_target=goal.joint_target))  # no regions: no cost-to-go either
+    assert plain.way_round is None
+    with pytest.raises(ValueError, match="no value for planned joints"):
+        CostToGo(("joint1", "joint2"), c.lower[:2], c.upper[:2], step).build(
+            {"joint1": 0.0}, [task.region], arm_region_distance, names
+        )
+    with pytest.raises(ValueError, match="finite joint limits"):
+        CostToGo(("joint1",), [-np.inf], [1.0], [0.1])

@@ -73,6 +73,13 @@ PARAMETERS: tuple[Param, ...] = (
     Param("cost_terminal", 6.0, "Extra weight of the last step's goal terms.", (0.0, 1e6)),
     Param("cost_collision", 20.0, "Weight of the collision cost.", (0.0, 1e6)),
     Param("cost_smooth", 0.02, "Weight of the smoothness cost.", (0.0, 1e6)),
+    Param(
+        "cost_to_go",
+        True,
+        "robot sim_arm: add the extra time the way round the keep-out regions takes beyond the straight "
+        "way (a joint-grid navigation function from the arm's geometry) and one proposal that follows it.",
+    ),
+    Param("cost_detour", 0.15, "Weight of the cost-to-go: radians per frame of extra way round.", (0.0, 1e6)),
     Param("region_margin", 0.035, "Keep-out regions grown by this for the checker (normalised).", (0.0, 0.5)),
     Param("oracle_cell", "default", "Cell the oracle renders (the sim arm's `cell`).", choices=("default",)),
     Param("oracle_seed", 0, "The sim arm's seed (its scene layout) for the oracle.", (0, 2**31 - 1)),

@@ -6,8 +6,10 @@ current value. CEM samples per-step increments in units of the arm's largest ste
 candidate respects the velocity limits), with time-correlated noise, rolls the batch through the model
 (`PlanModel`), scores it (`PlanCost`), and refits a diagonal Gaussian to the elites. Each iteration also
 scores the current mean and some broad samples; the first adds a straight-at-the-goal guess and proposals
-through random waypoints. The best candidate ever seen is the plan. After the caller executes ``n`` steps,
-``advance(n)`` shifts the mean by ``n`` (warm start). MPPI was not added (docs/planning.md).
+through random waypoints, and, where the cost has a cost-to-go for the goal (`cosmos_ros.plan.togo`), one
+that follows the way round the keep-out regions. The best candidate ever seen is the plan. After the caller
+executes ``n`` steps, ``advance(n)`` shifts the mean by ``n`` (warm start). MPPI is the other refit
+(``update="mppi"``).
 """
 
 from __future__ import annotations
@@ -205,9 +207,16 @@ class CemPlanner:
             u[0] = mean  # the warm start itself is always scored
             if it == 0:
                 u[1] = self.straight_guess(start)
-                n_way = min(round(cfg.waypoint_fraction * cfg.candidates), cfg.candidates - 2)
+                first = 2
+                togo = self.cost.way_round
+                if togo is not None and cfg.candidates > 2 and set(togo.joints) == set(self.plan_joints):
+                    order = [self.plan_joints.index(j) for j in togo.joints]
+                    guided = togo.guide(start[self.idx][order], cfg.horizon, self.max_step[order])
+                    u[2][:, order] = guided  # the way round the regions (`cosmos_ros.plan.togo`)
+                    first = 3
+                n_way = min(round(cfg.waypoint_fraction * cfg.candidates), cfg.candidates - first)
                 if n_way > 0 and self.goal.joint_target:
-                    u[2 : 2 + n_way] = self.waypoint_guesses(start, n_way)
+                    u[first : first + n_way] = self.waypoint_guesses(start, n_way)
             plans = self.to_plans(u, start)
             # common random numbers across iterations too: the same noise for every candidate of the step
             rollout = self.model.rollout(plans, seed=self.calls)

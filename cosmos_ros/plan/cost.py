@@ -19,6 +19,7 @@ import numpy as np
 from cosmos_ros.evaluate.pose import PoseEstimator
 from cosmos_ros.plan.models import Rollout
 from cosmos_ros.plan.sim_arm import wrap
+from cosmos_ros.plan.togo import CostToGo
 from cosmos_ros.predict.checkers import CollisionChecker, KeepOutRegionChecker, Region
 
 #: Cost of a step whose pose (or end effector) cannot be read from the predicted frame [rad or image units]:
@@ -80,6 +81,8 @@ class CostWeights:
     region_margin: float = 0.035  # keep-out regions grown by this (normalised) for the checker
     # the geometric test (`region_distance`): a hit when the robot comes within this of a region
     pose_margin: float = 0.0175
+    # the cost-to-go (`cosmos_ros.plan.togo`): radians of joint error per frame of extra way round the regions
+    detour: float = 0.15
 
 
 class PlanCost:
@@ -94,6 +97,7 @@ class PlanCost:
         ee_locator: Callable[[np.ndarray], np.ndarray | None] | None = None,
         batch_reads: bool = True,
         region_distance: Callable[[np.ndarray, Sequence[Region]], np.ndarray] | None = None,
+        cost_to_go: CostToGo | None = None,
     ) -> None:
         """``batch_reads``: read poses and end-effector points of all frames in one call where the estimator
         (``estimate_batch``) and the locator (``batch``) offer it: the same figures, many times faster than
@@ -104,7 +108,11 @@ class PlanCost:
         as regions are grown; 0 = overlapping, NaN = no verdict), e.g. `sim_arm.arm_region_distance`. With
         it the collision term also tests the pose read from each predicted frame (or the model's exact
         pose): a world model that draws thin parts faintly or not at all (the sim twin's gripper fingers at
-        64x80) hides them from the pixel checker, not from the robot's kinematics."""
+        64x80) hides them from the pixel checker, not from the robot's kinematics.
+
+        ``cost_to_go``: with ``region_distance``, a goal with a joint target and keep-out regions adds the
+        extra time the way round the regions takes from each step's pose (`CostToGo`, built in `set_goal`):
+        the horizon alone cannot see round a box whose way round is longer than it."""
         self.batch_reads = bool(batch_reads)
         self.region_distance = region_distance
         self.joint_names = tuple(joint_names)
@@ -112,6 +120,8 @@ class PlanCost:
         self.w = weights or CostWeights()
         self.checker_factory = checker_factory or self._keepout
         self.ee_locator = ee_locator
+        self.cost_to_go = cost_to_go
+        self._togo_ready = False  # built for the current goal
         self._checker: CollisionChecker | None = None
         self._goal: Goal | None = None
         # the checker's reference: the first context frame of the goal (regions clear). Against each step's
@@ -153,6 +163,22 @@ class PlanCost:
         self._goal = goal
         self._reference = None
         self._checker = self.checker_factory(goal.regions) if goal.regions else None
+        togo = self.cost_to_go
+        self._togo_ready = bool(
+            togo is not None
+            and self.region_distance is not None
+            and goal.regions
+            and all(j in goal.joint_target for j in togo.joints)
+        )
+        if self._togo_ready:
+            assert togo is not None and self.region_distance is not None
+            togo.build(goal.joint_target, list(goal.regions), self.region_distance, self.joint_names)
+
+    @property
+    def way_round(self) -> CostToGo | None:
+        """The cost-to-go built for the current goal (None when the goal or this cost has none): the
+        planner follows it for one proposal."""
+        return self.cost_to_go if self._togo_ready else None
 
     def __call__(
         self, context: np.ndarray, rollout: Rollout, plans: np.ndarray, start: np.ndarray
@@ -174,6 +200,11 @@ class PlanCost:
             err = self.joint_errors(goal, rollout, poses)  # [B, H]
             terms["joint"] = err @ wt
             total += self.w.joint * terms["joint"]
+        togo = self.way_round
+        if togo is not None and poses is not None:
+            cols = poses[..., [self.joint_names.index(j) for j in togo.joints]]
+            terms["detour"] = np.nan_to_num(togo.detour(cols), nan=0.0) @ wt  # unread: the joint term's
+            total += self.w.detour * terms["detour"]
         if goal.goal_image is not None:
             gi = cv2.resize(goal.goal_image, (frames.shape[3], frames.shape[2]), interpolation=cv2.INTER_AREA)
             terms["image"] = IMAGE_SCALE * image_mismatch(frames, gi) @ wt

@@ -42,6 +42,7 @@ from cosmos_ros.plan.sim_arm import (
     wrap,
 )
 from cosmos_ros.plan.tasks import ReachTask, make_tasks
+from cosmos_ros.plan.togo import CostToGo
 from cosmos_ros.sim.arm import ArmConfig, ArmSim
 from cosmos_ros.sim.render import Scene, render_frame
 from cosmos_ros.sim.variants import Cell
@@ -55,14 +56,19 @@ def build_planner(model: PlanModel, args: argparse.Namespace, cell: Cell | None 
     """The MPC over ``model`` with the CLI's sizes and the sim arm's estimator, geometry and limits."""
     cfg = ArmConfig()
     camera = (cell or Cell()).camera
-    weights = CostWeights(region_margin=args.region_margin, pose_margin=args.pose_margin)
+    weights = CostWeights(region_margin=args.region_margin, pose_margin=args.pose_margin, detour=args.detour)
     geometry = partial(arm_region_distance, camera=camera) if args.keepout == "pixels+pose" else None
+    togo = None
+    if args.cost_to_go == "on" and geometry is not None:
+        margin = args.region_margin
+        togo = CostToGo(("joint1", "joint2"), cfg.lower[:2], cfg.upper[:2], MAX_STEP, margin=margin)
     cost = PlanCost(
         model.joint_names,
         SimArmPoseEstimator(camera),
         weights,
         ee_locator=SimArmEeLocator(camera),
         region_distance=geometry,
+        cost_to_go=togo,
     )
     return CemPlanner(
         model,
@@ -271,6 +277,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=CostWeights.pose_margin,
         help="--keepout pixels+pose: a hit when the arm's geometry comes within this of a box (normalised)",
+    )
+    ap.add_argument(
+        "--cost-to-go",
+        default="on",
+        choices=("on", "off"),
+        help="with --keepout pixels+pose: add the extra time the way round the box takes (a joint-grid "
+        "navigation function from the arm's geometry) and one proposal that follows it",
+    )
+    ap.add_argument(
+        "--detour",
+        type=float,
+        default=CostWeights.detour,
+        help="--cost-to-go on: radians of joint error per frame of extra way round",
     )
     ap.add_argument(
         "--twin-input",

@@ -19,6 +19,7 @@ from cosmos_ros.plan.cem import CemConfig, CemPlanner
 from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost, image_mismatch
 from cosmos_ros.plan.models import PlanModel, SimOracle, WorldModelPlanModel
 from cosmos_ros.plan.sim_arm import arm_region_distance, ee_from_frame, follow_commands, wrap
+from cosmos_ros.plan.togo import CostToGo
 from cosmos_ros.predict.checkers import Region, load_checker
 from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig
 from cosmos_ros.sim.render import Scene
@@ -78,6 +79,7 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
         collision=p["cost_collision"],
         smooth=p["cost_smooth"],
         region_margin=p["region_margin"],
+        detour=p["cost_detour"],
     )
     checker_name = p.get("collision_checker", "keepout")
 
@@ -94,6 +96,18 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
     is_sim = tuple(model.joint_names) == JOINT_NAMES
     # the sim arm's geometry at the pose read from each predicted frame joins the pixel checker
     geometry = arm_region_distance if (p.get("robot", "sim_arm") == "sim_arm" and is_sim) else None
+    plan_joints = tuple(p["plan_joints"])
+    max_step = tuple(float(v) for v in p["max_step"])
+    togo = None
+    if geometry is not None and p["cost_to_go"] and len(plan_joints) == len(max_step):
+        limits = [JOINT_NAMES.index(j) for j in plan_joints]
+        togo = CostToGo(
+            plan_joints,
+            [sim.lower[i] for i in limits],
+            [sim.upper[i] for i in limits],
+            max_step,
+            margin=weights.region_margin,
+        )
     cost = PlanCost(
         model.joint_names,
         estimator,
@@ -101,6 +115,7 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
         checker,
         load_ee_locator(p.get("ee_locator", "none")),
         region_distance=geometry,
+        cost_to_go=togo,
     )
     return CemPlanner(
         model,
@@ -114,8 +129,8 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
             update=str(p["update"]),
             temperature=float(p["temperature"]),
         ),
-        plan_joints=tuple(p["plan_joints"]),
-        max_step=tuple(float(v) for v in p["max_step"]),
+        plan_joints=plan_joints,
+        max_step=max_step,
         lower=sim.lower if is_sim else None,
         upper=sim.upper if is_sim else None,
     )
