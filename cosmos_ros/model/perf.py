@@ -392,6 +392,28 @@ class PerfReport:
         )
 
 
+#: Attributes under which wrappers keep the module they wrap: FSDP1's FullyShardedDataParallel, torch's
+#: checkpoint wrapper, torch.compile's OptimizedModule.
+_WRAPPED = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod")
+
+
+def unwrap_block(module: nn.Module) -> nn.Module:
+    """The block inside whatever wrappers distributed training or compiling put round it.
+
+    Why: the policy picks its blocks before ``accelerate.prepare``; FSDP then replaces every block in the
+    transformer's ModuleList with a FullyShardedDataParallel wrapper, and the transformer hands the wrapper to
+    the checkpoint function. Matched by the wrapper's identity, no block was ever checkpointed under FSDP
+    (123 GiB per GPU where one GPU needed 41.6, docs/training.md)."""
+    for _ in range(8):  # wrappers nest a few deep at most
+        inner = next(
+            (getattr(module, a) for a in _WRAPPED if isinstance(getattr(module, a, None), nn.Module)), None
+        )
+        if inner is None:
+            return module
+        module = inner
+    return module
+
+
 def _spread(k: int, n: int) -> list[int]:
     """k block indices spread evenly over n blocks."""
     if k <= 0:
@@ -469,14 +491,14 @@ def optimize_for_training(
         ctx_fn = None
         n = len(blocks)
         k = n - 1 if val >= 1.0 else max(1, round(val * n))
-        offloaded = {id(blocks[i]): i for i in range(min(k, n))}
+        offloaded = {id(unwrap_block(blocks[i])): i for i in range(min(k, n))}
         chosen = set(range(k, n)) if val < 1.0 else set()
         report.offloaded_blocks = list(range(min(k, n)))
     else:
         ctx_fn = None
         chosen = set(range(len(blocks))) if kind == "full" else set(_spread(int(val), len(blocks)))
     report.checkpointed_blocks = sorted(chosen)
-    chosen_ids = {id(blocks[i]) for i in chosen}
+    chosen_ids = {id(unwrap_block(blocks[i])) for i in chosen}
 
     def run_ckpt(block: nn.Module, *args: Any) -> Any:
         if ctx_fn is None:
@@ -518,10 +540,11 @@ def optimize_for_training(
         tr._cosmos_offloader = offloader  # the benchmark reads its stats
 
     def ckpt_func(block: nn.Module, *args: Any) -> Any:
-        if id(block) in chosen_ids:
+        key = id(unwrap_block(block))  # a wrapped block (FSDP) is still the block the policy chose
+        if key in chosen_ids:
             return run_ckpt(block, *args)
-        if offloader is not None and id(block) in offloaded:
-            with offloader.group(offloaded[id(block)]):
+        if offloader is not None and key in offloaded:
+            with offloader.group(offloaded[key]):
                 return run_offloaded(block, *args)
         return run_offloaded(block, *args)  # the last block of `offload` (F = 1): saved on the GPU
 
