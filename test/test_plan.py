@@ -377,6 +377,9 @@ def test_planner_from_the_params_yaml_and_goal_reached_for_each_goal_kind() -> N
         make_planner({**params, "plan_joints": ["elbow"]})
     planner.reset(Goal(joint_target={"joint1": 0.3, "joint2": 0.5}, regions=["box:0.5,0.2,0.6,0.3"]))
     assert planner.cost.way_round is not None  # cost_to_go: true with robot sim_arm
+    one = make_planner({**params, "plan_joints": ["joint1"], "max_step": [0.12]})  # the arm needs both
+    one.reset(Goal(joint_target={"joint1": 0.3, "joint2": 0.5}, regions=["box:0.5,0.2,0.6,0.3"]))
+    assert one.cost.way_round is None
     off = make_planner({**params, "cost_to_go": False})
     off.reset(Goal(joint_target={"joint1": 0.3, "joint2": 0.5}, regions=["box:0.5,0.2,0.6,0.3"]))
     assert off.cost.way_round is None
@@ -528,11 +531,13 @@ def test_cost_to_go_sees_round_the_box_beyond_the_horizon_and_guides_a_way_round
     plain_total, plain_terms = plain(context, rollout, plans, wait)
     assert "detour" not in plain_terms
     assert plain_total[0] < plain_total[1], "the joint distance alone prefers waiting: the failure it fixes"
-    plain.set_goal(Goal(joint_target=goal.joint_target))  # no regions: no cost-to-go either
-    assert plain.way_round is None
+    cost.set_goal(Goal(joint_target=goal.joint_target))  # the next goal has no regions: no cost-to-go
+    assert cost.way_round is None
     with pytest.raises(ValueError, match="no value for planned joints"):
         CostToGo(("joint1", "joint2"), c.lower[:2], c.upper[:2], step).build(
             {"joint1": 0.0}, [task.region], arm_region_distance, names
         )
     with pytest.raises(ValueError, match="finite joint limits"):
         CostToGo(("joint1",), [-np.inf], [1.0], [0.1])
+    with pytest.raises(ValueError, match="blocked_cost"):
+        CostToGo(("joint1",), [-1.0], [1.0], [0.1], blocked_cost=0.5)

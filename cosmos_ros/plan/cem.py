@@ -209,7 +209,9 @@ class CemPlanner:
                 u[1] = self.straight_guess(start)
                 first = 2
                 togo = self.cost.way_round
-                if togo is not None and cfg.candidates > 2 and set(togo.joints) == set(self.plan_joints):
+                usable = togo is not None and set(togo.joints) == set(self.plan_joints)
+                if usable and cfg.candidates > 2 and np.isfinite(start[self.idx]).all():
+                    assert togo is not None
                     order = [self.plan_joints.index(j) for j in togo.joints]
                     guided = togo.guide(start[self.idx][order], cfg.horizon, self.max_step[order])
                     u[2][:, order] = guided  # the way round the regions (`cosmos_ros.plan.togo`)

@@ -164,15 +164,15 @@ class PlanCost:
         self._reference = None
         self._checker = self.checker_factory(goal.regions) if goal.regions else None
         togo = self.cost_to_go
-        self._togo_ready = bool(
+        self._togo_ready = False  # a failed build must not leave the previous goal's field in use
+        if (
             togo is not None
             and self.region_distance is not None
             and goal.regions
             and all(j in goal.joint_target for j in togo.joints)
-        )
-        if self._togo_ready:
-            assert togo is not None and self.region_distance is not None
+        ):
             togo.build(goal.joint_target, list(goal.regions), self.region_distance, self.joint_names)
+            self._togo_ready = True
 
     @property
     def way_round(self) -> CostToGo | None:

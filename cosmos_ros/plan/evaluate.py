@@ -353,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
         "pose_margin": args.pose_margin,
         "twin_input": args.twin_input,
         "camera_size": list(args.camera_size),
+        "cost_to_go": args.cost_to_go,
+        "detour": args.detour,
     }
     writer = ReportWriter(out, settings, tasks, [args.model, *refs], args.gif_task)
     done: dict[str, set[int]] = {n: set() for n in writer.names}

@@ -99,7 +99,10 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
     plan_joints = tuple(p["plan_joints"])
     max_step = tuple(float(v) for v in p["max_step"])
     togo = None
-    if geometry is not None and p["cost_to_go"] and len(plan_joints) == len(max_step):
+    # the sim arm's geometry depends on joint1 and joint2: a grid over fewer planned joints would hold the
+    # other at an unknown value (and see no box), so the cost-to-go needs both planned
+    grid_ok = {"joint1", "joint2"} <= set(plan_joints) and all(j in JOINT_NAMES for j in plan_joints)
+    if geometry is not None and p["cost_to_go"] and grid_ok and len(plan_joints) == len(max_step):
         limits = [JOINT_NAMES.index(j) for j in plan_joints]
         togo = CostToGo(
             plan_joints,

@@ -15,7 +15,9 @@ The grid's cells are half a frame's motion of each joint (its largest step per f
 the 3^N - 1 neighbours is half a frame with the joints moving independently, and the distance in cells,
 halved, is time in frames. Cells where the robot comes within ``margin`` of a region cost ``blocked_cost``
 cells to cross instead of one: every cell gets a finite value (a pose read inside a box still points out),
-and no way through a box is shorter than one round it. Values between cells are interpolated multilinearly.
+and a way through a box costs ``blocked_cost - 1`` extra cells per cell of box crossed (the default, 10,
+puts a box a few cells thick well above the ways round the tasks' boxes, which are at most 8 cells longer
+than straight). Values between cells are interpolated multilinearly.
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ class CostToGo:
             raise ValueError(f"cost-to-go grid {shape} has more than {max_cells} cells: plan fewer joints")
         self.shape = shape
         self.margin = float(margin)
+        if not blocked_cost >= 1.0:
+            raise ValueError(f"cost-to-go: blocked_cost {blocked_cost} must be >= 1 (a free cell costs 1)")
         self.blocked_cost = float(blocked_cost)
         self.field: np.ndarray | None = None  # [*shape] time to the target in cells, round the regions
         self.detour_cells: np.ndarray | None = None  # [*shape] field minus the straight time
