@@ -632,7 +632,7 @@ def plan(demo: Demo, twin: Twin, node: Any, executor: Any, region: str) -> dict[
     for p in plans:
         # joint targets, which the node turns into the model's own actions (deltas or targets) from the
         # joint state it last received, as a planner would send them
-        targets = plan_positions(start, p.deltas)
+        targets = plan_positions(start, p.deltas, DEMO_CELL.arm)
         req.candidates.append(
             ActionSequence(
                 kind=ActionSequence.KIND_JOINT_POSITION,

@@ -25,7 +25,8 @@ from cosmos_ros.sim.render import Camera, SceneObject
 from cosmos_ros.sim.variants import DEMO_CELL, Cell
 
 #: Joint positions (joint1, joint2, joint3) the arm is commanded to before planning: the gripper above the
-#: bottle, outside the box; from there 4 of the first 8 candidates enter it (at steps 4-7).
+#: bottle, outside the box; from there 4 of the first 8 candidates enter it (at steps 2-4 with the demo
+#: cell's arm).
 START_POSE: tuple[float, float, float] = (0.5, 1.0, 0.5)
 #: Margin around the guarded object [m].
 KEEPOUT_MARGIN = 0.05
@@ -105,14 +106,22 @@ def plan_positions(start: Sequence[float], deltas: np.ndarray, config: ArmConfig
     return out
 
 
-def arm_in_region(positions: np.ndarray, region: str, camera: Camera, height: int, width: int) -> np.ndarray:
+def arm_in_region(
+    positions: np.ndarray,
+    region: str,
+    camera: Camera,
+    height: int,
+    width: int,
+    config: ArmConfig | None = None,
+) -> np.ndarray:
     """bool [N]: whether the arm's links (base -> elbow -> wrist, sampled about every half pixel) have a
-    point inside the box at each joint-position row, seen by ``camera`` in an image of that size."""
+    point inside the box at each joint-position row, seen by ``camera`` in an image of that size
+    (``config``: the cell's arm, its link lengths; default the standard arm)."""
     rs, cs = Region.parse(region).pixel_slice(height, width)
     samples = np.linspace(0.0, 1.0, max(height, width))[:, None]
     out = np.zeros(len(positions), bool)
     for i, q in enumerate(np.asarray(positions, np.float64)):
-        base, elbow, wrist = forward_kinematics(q)
+        base, elbow, wrist = forward_kinematics(q, config or ArmConfig())
         pts = np.concatenate([base + samples * (elbow - base), elbow + samples * (wrist - elbow)])
         u, v = camera.world_to_pixel(pts, width, height).T
         out[i] = bool(((u >= cs.start) & (u < cs.stop) & (v >= rs.start) & (v < rs.stop)).any())
@@ -131,7 +140,8 @@ def simulator_truth(
     plan: Plan, start: Sequence[float], region: str, cell: Cell, height: int, width: int
 ) -> Truth:
     """Whether executing ``plan`` from ``start`` brings the arm into ``region`` (forward kinematics)."""
-    inside = arm_in_region(plan_positions(start, plan.deltas), region, cell.camera, height, width)
+    positions = plan_positions(start, plan.deltas, cell.arm)
+    inside = arm_in_region(positions, region, cell.camera, height, width, cell.arm)
     return Truth(bool(inside.any()), int(np.argmax(inside)) if inside.any() else -1)
 
 
@@ -140,10 +150,7 @@ def render_plan(plan: Plan, start: Sequence[float], cell: Cell, height: int, wid
     perfect twin would predict; the keep-out checker on these frames is the checker's own floor)."""
     from cosmos_ros.sim.render import render_frame
 
-    poses = np.concatenate([np.asarray(start, np.float64)[None], plan_positions(start, plan.deltas)])
-    return np.stack(
-        [
-            render_frame(q, width, height, scene=cell.scene, camera=cell.camera, lighting=cell.lighting)
-            for q in poses
-        ]
-    )
+    start_q = np.asarray(start, np.float64)[None]
+    poses = np.concatenate([start_q, plan_positions(start, plan.deltas, cell.arm)])
+    look = {"scene": cell.scene, "config": cell.arm, "camera": cell.camera, "lighting": cell.lighting}
+    return np.stack([render_frame(q, width, height, **look) for q in poses])

@@ -42,9 +42,15 @@ def _pose_errors(cells: list, size: tuple[int, int], per_cell: int, seed: int) -
     for cell in cells:
         for q in rng.uniform(cfg.lower, cfg.upper, (per_cell, 3)):
             img = render_frame(
-                q, size[1], size[0], scene=cell.scene, camera=cell.camera, lighting=cell.lighting
+                q,
+                size[1],
+                size[0],
+                scene=cell.scene,
+                config=cell.arm,
+                camera=cell.camera,
+                lighting=cell.lighting,
             )
-            est = estimate_joint_positions(img, camera=cell.camera)
+            est = estimate_joint_positions(img, config=cell.arm, camera=cell.camera)
             if est is None:
                 unread += 1
                 continue
@@ -67,9 +73,15 @@ def test_pose_is_read_in_every_cell_given_its_camera(size: tuple[int, int]) -> N
     rng = np.random.default_rng(1)
     for q in rng.uniform(ArmConfig().lower, ArmConfig().upper, (6, 3)):
         img = render_frame(
-            q, 160, 128, scene=DEMO_CELL.scene, camera=DEMO_CELL.camera, lighting=DEMO_CELL.lighting
+            q,
+            160,
+            128,
+            scene=DEMO_CELL.scene,
+            config=DEMO_CELL.arm,
+            camera=DEMO_CELL.camera,
+            lighting=DEMO_CELL.lighting,
         )
-        est = estimate_joint_positions(img)
+        est = estimate_joint_positions(img, config=DEMO_CELL.arm)
         wrong.append(np.inf if est is None else np.abs(est - q)[:2].mean())
     assert np.median(wrong) > 3 * np.median(joints)
 

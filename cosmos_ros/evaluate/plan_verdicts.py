@@ -106,16 +106,18 @@ def place_region(
         jitter = rng.normal(0.0, 0.015, 2)  # metres: not always centred on the wrist
         uv = cell.camera.world_to_pixel((wrist + jitter)[None], width, height)[0]
         spec = _box(uv, frac, width, height, "box")
-        if not arm_in_region(start[None], spec, cell.camera, height, width)[0]:
+        if not arm_in_region(start[None], spec, cell.camera, height, width, arm)[0]:
             return spec, meant
     return None
 
 
 def render(cell: Cell, q: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The cell rendered at joint positions ``q`` (uint8 [H, W, 3]), as the sim node renders it."""
+    """The cell rendered at joint positions ``q`` (uint8 [H, W, 3]), as the sim node renders it (its arm
+    too: a cell may change the link lengths)."""
     from cosmos_ros.sim.render import render_frame
 
-    return render_frame(q, width, height, scene=cell.scene, camera=cell.camera, lighting=cell.lighting)
+    look = {"scene": cell.scene, "config": cell.arm, "camera": cell.camera, "lighting": cell.lighting}
+    return render_frame(q, width, height, **look)
 
 
 def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
@@ -124,7 +126,6 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
 
     from cosmos_ros.predict.core import Predictor
 
-    arm = ArmConfig()
     pred = Predictor.load(study.model, device=study.device)
     pred.checker_reference = "held"  # as the evaluation command (runner._load_predictor)
     if pred.tokenizer is None or pred.tokenizer.mode not in ("delta", "absolute"):
@@ -143,6 +144,7 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
         cell = (
             cell_for(study.variant_set, scene % 1000) if study.variant_set != "demo" else cell_for("demo", 0)
         )
+        arm = cell.arm  # the cell's arm: its link lengths place boxes, decide the truth and render
         start = arm.clip(rng.uniform(arm.lower, arm.upper) * np.array([0.8, 0.8, 1.0]))
         n = min(study.per_scene, study.plans - len(rows))
         deltas = random_plans(rng, n, study.steps, pred.fps, arm)
@@ -166,7 +168,7 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
             spec, meant = regions[i]  # type: ignore[misc]
             checker = KeepOutRegionChecker([spec], study.pixel_threshold, study.area_threshold)
             positions = targets[j]
-            inside = arm_in_region(positions, spec, cell.camera, h, w)
+            inside = arm_in_region(positions, spec, cell.camera, h, w, arm)
             rendered = np.stack([render(cell, q, h, w) for q in positions])
             on_twin = checker.check(seen[-1], frames[j : j + 1])[0]
             on_rendered = checker.check(context, rendered[None])[0]

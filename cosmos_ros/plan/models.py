@@ -78,7 +78,7 @@ class SimOracle(PlanModel):
         self.fps = float(fps)
         self.substeps = max(1, round(1.0 / (self.fps * sim_dt)))
         self.dt = 1.0 / (self.fps * self.substeps)
-        self.config = config or ArmConfig()
+        self.config = config or self.cell.arm  # the cell's arm unless told otherwise
         self._q = np.asarray(self.config.home, np.float64)
 
     def render(self, q: np.ndarray) -> np.ndarray:
