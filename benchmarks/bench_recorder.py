@@ -73,6 +73,11 @@ def _die_with(parent_pid: int) -> Any:
             os._exit(126)  # no guarantee that the recorder dies with us: do not start it at all
         if os.getppid() != parent_pid:  # the parent died before prctl: the signal will never come
             os._exit(126)
+        # SIGINT back to its default: an ignored disposition survives exec, and a benchmark started as a
+        # background job (`cmd &` in a script, nohup, some CI harnesses) has SIGINT ignored; stop()'s SIGINT
+        # would then not reach a recorder (or prefix) that installs no handler of its own (libc's signal():
+        # async-signal-safe here, unlike Python's signal module)
+        libc.signal(int(signal.SIGINT), 0)  # 0 = SIG_DFL
 
     return preexec
 
