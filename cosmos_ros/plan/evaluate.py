@@ -39,10 +39,10 @@ from cosmos_ros.plan.sim_arm import (
     arm_region_distance,
     ee_point,
     follow_commands,
+    sim_arm_cost_to_go,
     wrap,
 )
 from cosmos_ros.plan.tasks import ReachTask, make_tasks
-from cosmos_ros.plan.togo import CostToGo
 from cosmos_ros.sim.arm import ArmConfig, ArmSim
 from cosmos_ros.sim.render import Scene, render_frame
 from cosmos_ros.sim.variants import Cell
@@ -60,8 +60,7 @@ def build_planner(model: PlanModel, args: argparse.Namespace, cell: Cell | None 
     geometry = partial(arm_region_distance, camera=camera) if args.keepout == "pixels+pose" else None
     togo = None
     if args.cost_to_go == "on" and geometry is not None:
-        margin = args.region_margin
-        togo = CostToGo(("joint1", "joint2"), cfg.lower[:2], cfg.upper[:2], MAX_STEP, margin=margin)
+        togo = sim_arm_cost_to_go(("joint1", "joint2"), MAX_STEP, args.region_margin, cfg)
     cost = PlanCost(
         model.joint_names,
         SimArmPoseEstimator(camera),

@@ -18,8 +18,13 @@ from cosmos_ros.evaluate.pose import load_estimator
 from cosmos_ros.plan.cem import CemConfig, CemPlanner
 from cosmos_ros.plan.cost import CostWeights, Goal, PlanCost, image_mismatch
 from cosmos_ros.plan.models import PlanModel, SimOracle, WorldModelPlanModel
-from cosmos_ros.plan.sim_arm import arm_region_distance, ee_from_frame, follow_commands, wrap
-from cosmos_ros.plan.togo import CostToGo
+from cosmos_ros.plan.sim_arm import (
+    arm_region_distance,
+    ee_from_frame,
+    follow_commands,
+    sim_arm_cost_to_go,
+    wrap,
+)
 from cosmos_ros.predict.checkers import Region, load_checker
 from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig
 from cosmos_ros.sim.render import Scene
@@ -99,18 +104,8 @@ def make_planner(p: Mapping[str, Any], model: PlanModel | None = None) -> CemPla
     plan_joints = tuple(p["plan_joints"])
     max_step = tuple(float(v) for v in p["max_step"])
     togo = None
-    # the sim arm's geometry depends on joint1 and joint2: a grid over fewer planned joints would hold the
-    # other at an unknown value (and see no box), so the cost-to-go needs both planned
-    grid_ok = {"joint1", "joint2"} <= set(plan_joints) and all(j in JOINT_NAMES for j in plan_joints)
-    if geometry is not None and p["cost_to_go"] and grid_ok and len(plan_joints) == len(max_step):
-        limits = [JOINT_NAMES.index(j) for j in plan_joints]
-        togo = CostToGo(
-            plan_joints,
-            [sim.lower[i] for i in limits],
-            [sim.upper[i] for i in limits],
-            max_step,
-            margin=weights.region_margin,
-        )
+    if geometry is not None and p["cost_to_go"]:
+        togo = sim_arm_cost_to_go(plan_joints, max_step, weights.region_margin)
     cost = PlanCost(
         model.joint_names,
         estimator,

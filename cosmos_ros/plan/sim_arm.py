@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from cosmos_ros.plan.togo import CostToGo
 from cosmos_ros.predict.checkers import Region
-from cosmos_ros.sim.arm import ArmConfig
+from cosmos_ros.sim.arm import JOINT_NAMES, ArmConfig
 from cosmos_ros.sim.batch_read import estimate_joint_positions_batch, finger_centroids_batch
 from cosmos_ros.sim.render import (
     FINGER_LENGTH,
@@ -196,3 +197,20 @@ def wrap(delta: np.ndarray, angular: Sequence[bool]) -> np.ndarray:
     """Differences with angular joints wrapped into [-pi, pi)."""
     wrapped = (delta + math.pi) % (2 * math.pi) - math.pi
     return np.where(np.asarray(angular, bool), wrapped, delta)
+
+
+def sim_arm_cost_to_go(
+    plan_joints: Sequence[str], max_step: Sequence[float], margin: float, config: ArmConfig | None = None
+) -> CostToGo | None:
+    """The cost-to-go (`cosmos_ros.plan.togo`) over the sim arm's planned joints and their limits; None
+    unless joint1 and joint2 are both planned (the arm's geometry depends on both: a grid over one would
+    hold the other at an unknown value and see no box) and every planned joint is the arm's."""
+    cfg = config or ArmConfig()
+    joints = tuple(plan_joints)
+    if not ({"joint1", "joint2"} <= set(joints) and set(joints) <= set(JOINT_NAMES)):
+        return None
+    if len(joints) != len(max_step):
+        return None
+    idx = [JOINT_NAMES.index(j) for j in joints]
+    lower, upper = [cfg.lower[i] for i in idx], [cfg.upper[i] for i in idx]
+    return CostToGo(joints, lower, upper, max_step, margin=margin)

@@ -112,10 +112,6 @@ class CostToGo:
             for v, a, c in zip(q, self.axes, self.cell, strict=True)
         )
 
-    @property
-    def ready(self) -> bool:
-        return self.field is not None
-
     # ------------------------------------------------------------------------------------------ evaluating
     def detour(self, q: np.ndarray) -> np.ndarray:
         """Extra frames [...] the way to the target takes from planned-joint poses q [..., N] beyond the
@@ -123,12 +119,6 @@ class CostToGo:
         if self.detour_cells is None:
             raise RuntimeError("build the cost-to-go for a goal first")
         return self._interpolate(self.detour_cells, q) / 2.0
-
-    def time_to_go(self, q: np.ndarray) -> np.ndarray:
-        """Frames [...] from poses q [..., N] to the target, round the regions."""
-        if self.field is None:
-            raise RuntimeError("build the cost-to-go for a goal first")
-        return self._interpolate(self.field, q) / 2.0
 
     def _interpolate(self, values: np.ndarray, q: np.ndarray) -> np.ndarray:
         q = np.asarray(q, np.float64)
