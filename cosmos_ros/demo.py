@@ -145,6 +145,7 @@ class Demo:
     eval_clips: int = 8
     sampling_steps: int = 5
     candidates: int = 8
+    verdict_plans: int = 48  # random plans for base vs adapted verdicts in the demo cell (0: skip the stage)
     threads: int = 0  # torch threads of every model process; 0: auto_threads()
     seed: int = 0
     domain_id: int = 0
@@ -535,6 +536,50 @@ def evaluate(demo: Demo, twin: Twin, clips: Path, adapter: Path, region: str) ->
     return {"results": results, "base": BASE_NAME, "adapted": adapted}
 
 
+def plan_study(demo: Demo, twin: Twin, adapter: Path) -> dict[str, Any]:
+    """check_collision verdicts of base and base + adapter on the same random plans in the demo cell
+    against the simulator (`cosmos_ros.evaluate.plan_verdicts`, the issue's verdict study). Why beside the
+    node's 8 candidates: 8 verdicts move the agreement in steps of 12.5%, too coarse for a 90% target; the
+    study draws plans of both outcomes from random start poses. ``verdict_study.json`` keeps both reports."""
+    import torch
+
+    from cosmos_ros.evaluate.plan_verdicts import VerdictStudy, run_study
+
+    log = demo.log_path("verdicts")
+    demo.current_log = log
+    torch.set_num_threads(demo.threads)
+    command = (
+        f"python -m cosmos_ros.evaluate.plan_verdicts --model {twin.path} [--adapter {adapter}] "
+        f"--variant-set demo --plans {demo.verdict_plans} --num-steps {demo.sampling_steps} "
+        f"--seed {demo.seed}"
+    )
+    reports: dict[str, Any] = {"command": command}
+    with log.open("w") as f:
+        f.write(f"# the same study from a shell (base; add the adapter for the other):\n$ {command}\n")
+
+        def say(msg: str) -> None:
+            f.write(msg + "\n")
+            f.flush()
+
+        for name, path in (("base", None), ("adapted", str(adapter))):
+            study = VerdictStudy(
+                model=str(twin.path),
+                adapter=path,
+                variant_set="demo",
+                plans=demo.verdict_plans,
+                num_steps=demo.sampling_steps,
+                seed=demo.seed,
+            )
+            try:
+                reports[name] = run_study(study, log=say)
+            except (OSError, ValueError) as exc:
+                raise StageError(f"the verdict study refused its input ({name}): {exc}") from None
+            agree = reports[name]["twin_vs_simulator"]["agreement"]
+            print(f"    {name:<8} {100 * agree:.0f}% of {reports[name]['plans']} verdicts agree", flush=True)
+    (demo.out / "verdict_study.json").write_text(json.dumps(reports, indent=1))
+    return reports
+
+
 def serve(demo: Demo, twin: Twin, node: Any, executor: Any, adapter: Path, region: str) -> None:
     """Start the sim arm (holding still) and the predictor, and wait until the predictor has loaded and
     warmed up (it answers NOT_READY until then)."""
@@ -748,6 +793,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="plans scored by check_collision (default %(default)s)",
     )
     ap.add_argument(
+        "--verdict-plans",
+        type=int,
+        default=d.verdict_plans,
+        help="random plans for the base vs adapted verdict study in the demo cell (0 skips it; "
+        "default %(default)s)",
+    )
+    ap.add_argument(
         "--threads",
         type=int,
         default=0,
@@ -762,8 +814,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for name in ("stride", "train_steps", "rank", "batch_size", "sampling_steps", "candidates"):
         if getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
-    if args.eval_clips < 0 or args.threads < 0:
-        ap.error("--eval-clips and --threads must be >= 0")
+    if args.eval_clips < 0 or args.threads < 0 or args.verdict_plans < 0:
+        ap.error("--eval-clips, --verdict-plans and --threads must be >= 0")
     return args
 
 
@@ -784,6 +836,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_clips=args.eval_clips,
         sampling_steps=args.sampling_steps,
         candidates=args.candidates,
+        verdict_plans=args.verdict_plans,
         threads=args.threads,
         seed=args.seed,
     )
@@ -841,12 +894,13 @@ def main(argv: list[str] | None = None) -> int:
     node = rclpy.create_node("cosmos_ros_demo")
     executor = SingleThreadedExecutor()
     executor.add_node(node)
-    total = 7
+    total = 8 if demo.verdict_plans else 7
+    n = iter(range(1, total + 1))
     facts: dict[str, Any] = {}
     try:
         with stage(
             demo,
-            1,
+            next(n),
             total,
             "record",
             f"sim arm in the demo cell + recorder, {demo.episodes} episodes of {demo.episode_seconds:g} s",
@@ -854,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
             episodes, ids = record(demo, twin, node, executor)
         with stage(
             demo,
-            2,
+            next(n),
             total,
             "clips",
             f"build_clips at {twin.height}x{twin.width}, {demo.heldout} episode(s) held out",
@@ -862,27 +916,36 @@ def main(argv: list[str] | None = None) -> int:
             clips, facts["clips"] = build_clips(demo, twin, episodes, ids)
         with stage(
             demo,
-            3,
+            next(n),
             total,
             "train",
             f"{demo.adapter_mode.upper()} rank {demo.rank} on {twin.name}, {demo.train_steps} steps, CPU",
         ):
             adapter = train(demo, twin, clips)
-        with stage(demo, 4, total, "evaluate", "base vs base + adapter on the held-out episodes"):
+        with stage(demo, next(n), total, "evaluate", "base vs base + adapter on the held-out episodes"):
             facts["eval"] = evaluate(demo, twin, clips, adapter, region)
+        if demo.verdict_plans:
+            with stage(
+                demo,
+                next(n),
+                total,
+                "verdicts",
+                f"base vs adapted check_collision on {demo.verdict_plans} random plans vs the simulator",
+            ):
+                facts["plan_study"] = plan_study(demo, twin, adapter)
         with stage(
-            demo, 5, total, "serve", "predictor node with base + adapter and the bottle's keep-out box"
+            demo, next(n), total, "serve", "predictor node with base + adapter and the bottle's keep-out box"
         ):
             serve(demo, twin, node, executor, adapter, region)
         with stage(
             demo,
-            6,
+            next(n),
             total,
             "plan",
             f"{demo.candidates} candidate plans through check_collision vs the simulator",
         ):
             facts["plans"] = plan(demo, twin, node, executor, region)
-        with stage(demo, 7, total, "report", "loss plot and report"):
+        with stage(demo, next(n), total, "report", "loss plot and report"):
             report = report_stage(demo, twin, facts, t0)
     except StageError as e:
         print(f"demo: {e}", file=sys.stderr, flush=True)
@@ -898,7 +961,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ndemo finished in {time.monotonic() - t0:.0f} s", flush=True)
     for name, dt, cpu, _ in demo.summary:
         print(f"  {name:<9} {dt:6.1f} s  ({cpu:6.1f} s of CPU)")
-    for name, path in (("report", report), ("preview", "preview.gif"), ("verdicts", "verdicts.json")):
+    for name, path in (
+        ("report", report),
+        ("preview", "preview.gif"),
+        ("verdicts", "verdicts.json"),
+        ("study", "verdict_study.json"),
+    ):
         print(f"  {name:<9} {demo.out / path}")
     return 0
 
@@ -906,7 +974,13 @@ def main(argv: list[str] | None = None) -> int:
 def report_stage(demo: Demo, twin: Twin, facts: dict[str, Any], t0: float) -> Path:
     """loss.png and report.md; the report's stage table includes this stage's start (its own time is
     only the writing)."""
-    from cosmos_ros.demo_report import evaluation_lines, loss_plot, verdict_lines, write_report
+    from cosmos_ros.demo_report import (
+        evaluation_lines,
+        loss_plot,
+        plan_study_lines,
+        verdict_lines,
+        write_report,
+    )
 
     first, last = loss_plot(
         demo.out / "train", demo.out / "loss.png", f"{demo.adapter_mode.upper()} adapter on the demo cell"
@@ -928,6 +1002,7 @@ def report_stage(demo: Demo, twin: Twin, facts: dict[str, Any], t0: float) -> Pa
             "loss_last": last,
             "evaluation_lines": evaluation_lines(ev["results"], ev["base"], ev["adapted"], "nothing_moves"),
             "verdict_lines": verdict_lines(facts["plans"]),
+            "plan_study_lines": plan_study_lines(facts["plan_study"]) if "plan_study" in facts else [],
         },
     )
 

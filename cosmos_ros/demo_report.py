@@ -213,6 +213,40 @@ def verdict_lines(plans: dict[str, Any]) -> list[str]:
     return out
 
 
+def plan_study_lines(study: dict[str, Any]) -> list[str]:
+    """Markdown: check_collision verdicts of the base and the adapted twin on the same random plans in the
+    demo cell against the simulator (`cosmos_ros.evaluate.plan_verdicts`), with the checker's own floor."""
+    base, adapted = study["base"], study["adapted"]
+    s = adapted["settings"]
+    out = [
+        f"{adapted['plans']} random plans of {s['steps']} steps from random start poses in the demo cell, "
+        f"one keep-out box each, {s['per_scene']} plans per `predict` call, {s['num_steps']} sampling steps "
+        f"(the same plans and boxes for both models; truth: {adapted['collisions_in_truth']} plans enter "
+        f"their box, {adapted['clear_in_truth']} do not). The command: `{study['command']}`.",
+        "",
+        "| verdicts of | agreement with the simulator [95% CI] | precision | recall |",
+        "|---|---|---|---|",
+    ]
+    for name, rep, key in (
+        ("base", base, "twin_vs_simulator"),
+        ("base + adapter", adapted, "twin_vs_simulator"),
+        ("the checker on rendered frames (its floor)", adapted, "checker_on_rendered_vs_simulator"),
+    ):
+        f = rep[key]
+        ci = f["agreement_ci"]
+        out.append(
+            f"| {name} | {_fmt(f['agreement'], 3)} [{_fmt(ci['lo'], 3)}, {_fmt(ci['hi'], 3)}] | "
+            f"{_fmt(f.get('precision'), 3)} | {_fmt(f.get('recall'), 3)} |"
+        )
+    agree = adapted["twin_vs_simulator"]["agreement"]
+    out += [
+        "",
+        f"- Adapted twin: {100 * agree:.0f}% of the verdicts agree with the simulator (the demo cell's "
+        f"target is >= {100 * TARGET_AGREEMENT:.0f}%: {'met' if agree >= TARGET_AGREEMENT else 'not met'}).",
+    ]
+    return out
+
+
 def write_report(path: Path, facts: dict[str, Any]) -> Path:
     """report.md: stage times, the twin, training, evaluation, verdicts and the files beside it."""
     lines = [
@@ -251,5 +285,12 @@ def write_report(path: Path, facts: dict[str, Any]) -> Path:
         *facts["verdict_lines"],
         "",
     ]
+    if facts.get("plan_study_lines"):
+        lines += [
+            "## check_collision on random plans in the demo cell, base vs adapted (`plan_verdicts`)",
+            "",
+            *facts["plan_study_lines"],
+            "",
+        ]
     path.write_text("\n".join(lines))
     return path

@@ -80,12 +80,12 @@ def test_demo_runs_end_to_end_and_writes_valid_outputs(
         ros_env,
         smoke_twin,
         *("--episodes", "3", "--episode-seconds", "4", "--train-steps", "6", "--eval-clips", "2"),
-        *("--candidates", "4", "--sampling-steps", "2"),
+        *("--candidates", "4", "--sampling-steps", "2", "--verdict-plans", "4"),
     )
     assert proc.returncode == 0, f"demo failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    stages = ("record", "clips", "train", "evaluate", "serve", "plan", "report")
+    stages = ("record", "clips", "train", "evaluate", "verdicts", "serve", "plan", "report")
     for n, name in enumerate(stages, start=1):
-        assert f"[{n}/7] {name}:" in proc.stdout, f"stage {name} not reported"
+        assert f"[{n}/8] {name}:" in proc.stdout, f"stage {name} not reported"
     assert str(smoke_twin / "sim_twin") in proc.stdout  # the twin it found, by COSMOS_ROS_MODELS
 
     # The held-out episode's clips were evaluated: base, base + adapter and the nothing-moves baseline.
@@ -115,11 +115,24 @@ def test_demo_runs_end_to_end_and_writes_valid_outputs(
     assert verdicts["agreement"] == sum(r["agree"] for r in rows) / 4
     assert verdicts["region"].startswith("bottle:")
 
+    # The verdict study: base and adapted on the same random plans in the demo cell, against the simulator.
+    study = json.loads((out / "verdict_study.json").read_text())
+    base, adapted = study["base"], study["adapted"]
+    assert base["plans"] == adapted["plans"] == 4
+    assert adapted["settings"]["adapter"] == str(out / "train" / "adapter")
+    assert base["settings"]["adapter"] is None
+    assert [r["truth"] for r in base["rows"]] == [r["truth"] for r in adapted["rows"]]  # the same plans
+    for rep in (base, adapted):
+        twin = rep["twin_vs_simulator"]
+        assert twin["agreement"] == sum(r["twin"] == r["truth"] for r in rep["rows"]) / 4
+
     report = (out / "report.md").read_text()
     for text in (
         "| step | PSNR base",
         "Shuffled-action test",
         "Verdict agreement with the simulator",
+        "base vs adapted (`plan_verdicts`)",
+        "| base + adapter | ",
         "preview.gif",
     ):
         assert text in report, text

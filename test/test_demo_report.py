@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from cosmos_ros.demo import auto_threads
-from cosmos_ros.demo_report import evaluation_lines, verdict_lines, write_preview
+from cosmos_ros.demo_report import evaluation_lines, plan_study_lines, verdict_lines, write_preview
 
 
 def _figures(psnr: float, pose: float | None) -> dict:
@@ -83,6 +83,25 @@ def test_verdict_lines_count_agreement() -> None:
     }
     text = "\n".join(verdict_lines(plans))
     assert "1/2 = 50%" in text and "not met" in text and "| dip | clear |" in text and "**no**" in text
+
+
+def test_plan_study_lines_show_base_adapted_and_the_checker_floor() -> None:
+    """The verdict study's table: each model's agreement with its interval, the floor, and the target."""
+    from cosmos_ros.evaluate.plan_verdicts import VerdictStudy, summarise
+
+    truth = [True, True, False, False, True, False, True, False, False, True]
+    reports = {}
+    for name, wrong, adapter in (("base", {0, 2, 5}, None), ("adapted", {3}, "a")):
+        rows = [
+            {"truth": t, "twin": t != (i in wrong), "rendered": t} for i, t in enumerate(truth)
+        ]  # fmt: skip
+        study = VerdictStudy(plans=10, variant_set="demo", adapter=adapter)
+        reports[name] = summarise(study, rows, 1.0, 2.0)
+    text = "\n".join(plan_study_lines({"command": "cmd", **reports}))
+    assert "10 random plans of 12 steps" in text and "5 plans enter their box, 5 do not" in text
+    assert "| base | 0.700 [" in text and "| base + adapter | 0.900 [" in text
+    assert "| the checker on rendered frames (its floor) | 1.000 [" in text
+    assert "90% of the verdicts agree with the simulator" in text and ": met)" in text
 
 
 def test_preview_has_one_labelled_column_per_model(tmp_path: Path) -> None:

@@ -590,6 +590,43 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
         node.destroy_node()
 
 
+def test_sensor_subscriptions_carry_no_event_handlers(
+    rclpy_context: Any,
+    predict_assets: Any,  # noqa: F811
+) -> None:
+    """The active node's subscriptions have no QoS event handlers: with them a MultiThreadedExecutor fed by
+    a camera woke ~1,500 times a second with nothing to do and starved the model thread of the GIL (a
+    check_collision 5-10x slower; benchmarks/bench_executor_events.py). A default subscription does have
+    them, so the check would see them."""
+    from rclpy.lifecycle import TransitionCallbackReturn
+    from rclpy.parameter import Parameter
+    from sensor_msgs.msg import JointState
+
+    from cosmos_ros.nodes.predictor_node import PredictorNode
+
+    overrides = [
+        Parameter("autostart", value=False),
+        Parameter("base_model", value=str(predict_assets.model_dir)),
+        Parameter("adapter", value=str(predict_assets.adapter_dir)),
+        Parameter("device", value="cpu"),
+        Parameter("warmup", value=False),
+    ]
+    node = PredictorNode(context=rclpy_context, parameter_overrides=overrides)
+    try:
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
+        topics = {sub.topic_name: sub for sub in node.subscriptions}
+        assert {"/camera/image_raw", "/joint_states"} <= set(topics), sorted(topics)
+        assert all(not sub.event_handlers for sub in topics.values()), sorted(topics)
+        default = node.create_subscription(JointState, "/other_joint_states", lambda _m: None, 10)
+        assert default.event_handlers  # rclpy's defaults: what the node leaves out
+        node.destroy_subscription(default)
+        assert node.trigger_deactivate() == TransitionCallbackReturn.SUCCESS
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+    finally:
+        node.destroy_node()
+
+
 def test_sigint_while_unconfigured_exits_cleanly(start_node: Any) -> None:
     """autostart:=false and no lifecycle manager yet: Ctrl-C still ends the process with 0 (no abort from a
     thread left in rcl; no callback has run in this process)."""

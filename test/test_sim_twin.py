@@ -168,6 +168,25 @@ def test_a_run_in_parts_reuses_a_vae_and_continues_a_stopped_transformer(tmp_pat
     assert "VAE reused from `sim_twin`" in (out / "sim_twin" / "README.md").read_text()
 
 
+def test_a_vae_stage_folder_can_be_reused_with_its_figures_and_losses(tmp_path) -> None:
+    """`vae.reuse` also takes a VAE stage's own folder (<out>/vae: what benchmarks/run_vae_probe_gpu.sh brings
+    back), not only a twin: its report gives the figures and the loss curve the shipped card will carry."""
+    import shutil
+
+    from cosmos_ros.train import sim_twin
+
+    stage = tmp_path / "probe" / "vae"
+    shutil.copytree(REPO / "models" / "sim_twin" / "vae", stage / "vae")
+    figures = {"steps": 424, "params": 7453419, "val_psnr_db": 22.74, "val_psnr_arm_db": 14.16}
+    (stage / "vae_report.json").write_text(json.dumps({**figures, "losses": {"1": 0.9, "424": 0.1}}))
+    cfg = sim_twin.load_config(REPO / "config" / "sim_twin.yaml", smoke=False, overrides=[])
+    got = sim_twin.reuse_vae(cfg, tmp_path / "run", stage)
+    assert (got["steps"], got["psnr_db"], got["psnr_arm_db"]) == (424, 22.74, 14.16)
+    carried = json.loads((tmp_path / "run" / "vae" / "vae_report.json").read_text())
+    assert carried["losses"] == {"1": 0.9, "424": 0.1} and carried["reused_from"] == str(stage)
+    assert (tmp_path / "run" / "vae" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+
+
 def test_patch_size_is_a_config_key_and_a_bad_one_stops_the_run_before_any_stage(tmp_path, capsys) -> None:
     """`transformer.patch_size` reaches the diffusers config ([1, 1, 1]: one token per latent pixel); a bad
     value is named with the fix (the CLI's error exit) before the data stage writes anything."""

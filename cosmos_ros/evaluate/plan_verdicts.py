@@ -58,6 +58,10 @@ class VerdictStudy:
     area_threshold: float = 0.05
     seed: int = 0
     device: str = "cpu"
+    adapter: str | None = None  # a LoRA/DoRA adapter folder on the model (the demo's adapted twin)
+    reference: str = (
+        "held"  # the checker's reference: held (the evaluation's) or decoded (the node's CPU one)
+    )
 
     def __post_init__(self) -> None:
         if self.plans < 1 or self.per_scene < 1 or self.steps < 1:
@@ -66,6 +70,8 @@ class VerdictStudy:
             raise ValueError(f"box {self.box}: use a fraction of the image in [0.02, 0.9]")
         if self.variant_set not in VARIANT_SETS:
             raise ValueError(f"variant set {self.variant_set!r}: use one of {', '.join(VARIANT_SETS)}")
+        if self.reference not in ("held", "decoded"):
+            raise ValueError(f"reference {self.reference!r}: use held or decoded")
 
 
 def random_plans(rng: np.random.Generator, n: int, steps: int, fps: float, arm: ArmConfig) -> np.ndarray:
@@ -126,8 +132,9 @@ def run_study(study: VerdictStudy, log: Any = print) -> dict[str, Any]:
 
     from cosmos_ros.predict.core import Predictor
 
-    pred = Predictor.load(study.model, device=study.device)
-    pred.checker_reference = "held"  # as the evaluation command (runner._load_predictor)
+    pred = Predictor.load(study.model, study.adapter, device=study.device)
+    # held: as the evaluation command (runner._load_predictor); decoded: the predictor node's CPU default
+    pred.checker_reference = study.reference
     if pred.tokenizer is None or pred.tokenizer.mode not in ("delta", "absolute"):
         raise ValueError(
             f"model {study.model!r}: the study sends joint-position plans of the sim arm; it needs a model "
@@ -228,9 +235,9 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['plans']} random plans of {s['steps']} steps from random start poses in "
         f"`{s['variant_set']}` cells, one keep-out box each ({s['box']:.2f} x the image); model "
-        f"`{s['model']}`, {s['num_steps']} sampling steps. Truth: {report['collisions_in_truth']} plans "
-        "enter their box, "
-        f"{report['clear_in_truth']} do not.",
+        f"`{s['model']}`{' + adapter `' + s['adapter'] + '`' if s.get('adapter') else ''}, "
+        f"{s['num_steps']} sampling steps, checker reference `{s.get('reference', 'held')}`. "
+        f"Truth: {report['collisions_in_truth']} plans enter their box, {report['clear_in_truth']} do not.",
         "",
         "| verdicts on | agreement [95% CI] | precision | recall | collisions said |",
         "|---|---|---|---|---|",
@@ -257,6 +264,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--model", default=d.model, help="a twin (short name or folder) with a 'delta' action tokenizer"
     )
+    ap.add_argument("--adapter", default=None, help="an adapter folder on --model (base + adapter)")
+    ap.add_argument(
+        "--reference",
+        default=d.reference,
+        choices=("held", "decoded"),
+        help="the checker's reference: held (the evaluation's) or decoded (the node's CPU default)",
+    )
     ap.add_argument("--plans", type=int, default=d.plans)
     ap.add_argument("--per-scene", type=int, default=d.per_scene)
     ap.add_argument("--variant-set", default=d.variant_set, choices=VARIANT_SETS)
@@ -270,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         study = VerdictStudy(
             model=a.model,
+            adapter=a.adapter,
+            reference=a.reference,
             plans=a.plans,
             per_scene=a.per_scene,
             variant_set=a.variant_set,

@@ -37,6 +37,7 @@ from cosmos_ros.msg import ActionSequence, PredictedFrames
 from cosmos_ros.nodes.param_table import declare_parameters
 from cosmos_ros.nodes.planner_params import NODE_NAME, PARAMETERS
 from cosmos_ros.nodes.predictor_node import rgb_to_image_msg
+from cosmos_ros.nodes.ros_events import without_event_handlers
 from cosmos_ros.plan.cost import Goal
 from cosmos_ros.plan.factory import goal_reached, load_ee_locator, make_planner
 
@@ -59,11 +60,22 @@ class PlannerNode(Node):
         self._joints: dict[str, float] = {}
         self._busy = False
         group = ReentrantCallbackGroup()
+        quiet = without_event_handlers  # ros_events: no busy executor beside the planner's model thread
         self.create_subscription(
-            Image, p["camera_topic"], self._on_image, qos_profile_sensor_data, callback_group=group
+            Image,
+            p["camera_topic"],
+            self._on_image,
+            qos_profile_sensor_data,
+            callback_group=group,
+            event_callbacks=quiet(),
         )
         self.create_subscription(
-            JointState, p["joint_states_topic"], self._on_joints, 10, callback_group=group
+            JointState,
+            p["joint_states_topic"],
+            self._on_joints,
+            10,
+            callback_group=group,
+            event_callbacks=quiet(),
         )
         self.pub_cmd = self.create_publisher(JointState, p["command_topic"], 10)
         self.server = ActionServer(

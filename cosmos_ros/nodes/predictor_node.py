@@ -66,6 +66,7 @@ from sensor_msgs.msg import CompressedImage, Image, JointState
 from cosmos_ros.images import ImageError, decode_image, is_compressed
 from cosmos_ros.msg import ActionSequence, CollisionResult, PredictedFrames, StageLatency
 from cosmos_ros.nodes.param_table import PREDICTOR_PARAMETERS, declare_parameters, read_parameters
+from cosmos_ros.nodes.ros_events import without_event_handlers
 from cosmos_ros.predict import worker as wk
 from cosmos_ros.predict.validation import (
     KIND_JOINT_POSITION,
@@ -353,6 +354,7 @@ class PredictorNode(LifecycleNode):
                     lambda m, t=topic: self._on_image(t, m),
                     qos_profile_sensor_data,
                     callback_group=self._sensor_group,
+                    event_callbacks=without_event_handlers(),  # ros_events: no busy executor
                 )
             )
             self.get_logger().info(f"camera {topic}: {msg_type.__name__} on {name}")
@@ -363,6 +365,7 @@ class PredictorNode(LifecycleNode):
                 self._on_joint_state,
                 qos_profile_sensor_data,
                 callback_group=self._sensor_group,
+                event_callbacks=without_event_handlers(),
             )
         )
         self._pn_subs.append(
@@ -372,6 +375,7 @@ class PredictorNode(LifecycleNode):
                 self._counted(self._on_planned_actions),
                 10,
                 callback_group=self._request_group,
+                event_callbacks=without_event_handlers(),
             )
         )
         self._pn_srvs.append(

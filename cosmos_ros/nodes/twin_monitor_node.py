@@ -33,6 +33,7 @@ from cosmos_ros.images import DEFAULT_FIT, FIT_POLICIES, ImageError, decode_imag
 from cosmos_ros.msg import PredictedFrames
 from cosmos_ros.msg import TwinHealth as TwinHealthMsg
 from cosmos_ros.nodes.param_table import Param, declare_parameters
+from cosmos_ros.nodes.ros_events import without_event_handlers
 
 NODE_NAME = "twin_monitor"
 
@@ -95,9 +96,16 @@ class TwinMonitorNode(Node):
         compressed = p["camera_topic"].rstrip("/").endswith("/compressed")
         self._camera_type = "sensor_msgs/msg/CompressedImage" if compressed else "sensor_msgs/msg/Image"
         cam_type = CompressedImage if compressed else Image
-        self.create_subscription(cam_type, p["camera_topic"], self._on_camera, qos_profile_sensor_data)
+        quiet = without_event_handlers()  # ros_events: no busy executor while a plan is scored
         self.create_subscription(
-            PredictedFrames, p["predicted_frames_topic"], self._on_prediction, QoSProfile(depth=4)
+            cam_type, p["camera_topic"], self._on_camera, qos_profile_sensor_data, event_callbacks=quiet
+        )
+        self.create_subscription(
+            PredictedFrames,
+            p["predicted_frames_topic"],
+            self._on_prediction,
+            QoSProfile(depth=4),
+            event_callbacks=quiet,
         )
         self.create_timer(0.05, self._score_due, callback_group=MutuallyExclusiveCallbackGroup())
         rn = self.resolve_topic_name

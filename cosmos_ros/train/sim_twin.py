@@ -178,8 +178,13 @@ def reuse_vae(cfg: dict[str, Any], out: Path, source: str | Path) -> dict[str, A
     card_path = src / BASE_CARD_NAME
     card = json.loads(card_path.read_text()) if card_path.is_file() else {}
     report = dict(card.get("vae") or {})
+    stage_report = src / "vae_report.json"  # a VAE stage's own folder (<out>/vae) rather than a twin's
+    if not report and stage_report.is_file():
+        report = json.loads(stage_report.read_text())
     losses_path = src / "vae_losses.json"
-    report["losses"] = json.loads(losses_path.read_text()) if losses_path.is_file() else {}
+    if losses_path.is_file():
+        report["losses"] = json.loads(losses_path.read_text())
+    report.setdefault("losses", {})
     report["reused_from"] = str(source)
     (dest / "vae_report.json").write_text(json.dumps(report, indent=1))
     return {
