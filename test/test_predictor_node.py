@@ -524,6 +524,20 @@ def test_sigint_answers_requests_in_flight_and_exits_cleanly(
         probe.close()
 
 
+def _in_process_overrides(assets: Any) -> list[Any]:
+    """Parameters of a PredictorNode built in the test's process: base + adapter on the CPU, no autostart
+    (the test drives the transitions), no warm-up."""
+    from rclpy.parameter import Parameter
+
+    return [
+        Parameter("autostart", value=False),
+        Parameter("base_model", value=str(assets.model_dir)),
+        Parameter("adapter", value=str(assets.adapter_dir)),
+        Parameter("device", value="cpu"),
+        Parameter("warmup", value=False),
+    ]
+
+
 def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
     predict_assets: Any,  # noqa: F811
     rclpy_context: Any,
@@ -539,11 +553,7 @@ def test_lifecycle_configure_failure_cleanup_and_reconfigure_in_process(
     from cosmos_ros.nodes.predictor_node import PredictorNode
 
     overrides = [
-        Parameter("autostart", value=False),
-        Parameter("base_model", value=str(predict_assets.model_dir)),
-        Parameter("adapter", value=str(predict_assets.adapter_dir)),
-        Parameter("device", value="cpu"),
-        Parameter("warmup", value=False),
+        *_in_process_overrides(predict_assets),
         Parameter("collision_checker", value="no_such_checker"),
     ]
     node = PredictorNode(context=rclpy_context, parameter_overrides=overrides)
@@ -599,19 +609,11 @@ def test_sensor_subscriptions_carry_no_event_handlers(
     check_collision 5-10x slower; benchmarks/bench_executor_events.py). A default subscription does have
     them, so the check would see them."""
     from rclpy.lifecycle import TransitionCallbackReturn
-    from rclpy.parameter import Parameter
     from sensor_msgs.msg import JointState
 
     from cosmos_ros.nodes.predictor_node import PredictorNode
 
-    overrides = [
-        Parameter("autostart", value=False),
-        Parameter("base_model", value=str(predict_assets.model_dir)),
-        Parameter("adapter", value=str(predict_assets.adapter_dir)),
-        Parameter("device", value="cpu"),
-        Parameter("warmup", value=False),
-    ]
-    node = PredictorNode(context=rclpy_context, parameter_overrides=overrides)
+    node = PredictorNode(context=rclpy_context, parameter_overrides=_in_process_overrides(predict_assets))
     try:
         assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
         assert node.trigger_activate() == TransitionCallbackReturn.SUCCESS
