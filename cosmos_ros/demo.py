@@ -11,12 +11,15 @@
 4. **train**    ``train`` fits a LoRA (or DoRA) adapter on top of the twin, on the CPU;
 5. **evaluate** the evaluation (``cosmos-evaluate``'s code) scores base vs base + adapter on the held-out
    episodes: fidelity, pose error, "nothing moves", shuffled actions, and a preview;
-6. **serve**    the sim arm again, and the predictor node with base + adapter and a keep-out box around
+6. **verdicts** base and base + adapter score the same random plans in the demo cell with the keep-out
+   checker, against the simulator's truth (``plan_verdicts``; ``--verdict-plans 0`` skips it);
+7. **serve**    the sim arm again, and the predictor node with base + adapter and a keep-out box around
    the cell's bottle;
-7. **plan**     the arm is commanded to a start pose and candidate plans are scored with one
+8. **plan**     the arm is commanded to a start pose and candidate plans are scored with one
    ``check_collision`` call; each verdict is compared with the simulator's truth for that plan;
-8. **report**   ``report.md``, ``preview.gif`` (context | base | adapted | truth), ``loss.png``,
-   ``verdicts.json`` and ``eval/`` in the output folder, with each stage's wall time.
+9. **report**   ``report.md``, ``preview.gif`` (context | base | adapted | truth), ``loss.png``,
+   ``verdicts.json``, ``verdict_study.json`` and ``eval/`` in the output folder, with each stage's wall
+   time.
 
 Each stage prints its progress; a failing stage names itself and its log file, and the demo exits 1.
 The defaults fit the shipped twin (64x80, ~8M-parameter transformer) into about 5 minutes on a 2-core CPU;
