@@ -598,6 +598,10 @@ def serve(demo: Demo, twin: Twin, node: Any, executor: Any, adapter: Path, regio
         *("-p", f"num_steps:={demo.sampling_steps}", "-p", f"seed:={demo.seed}"),
         # the demo cell's keep-out box (around its bottle); config/predictor.yaml ships none
         *("-p", f"keepout_regions:=[{region!r}]"),
+        # the checker's reference as the evaluation's (the context decoded as predicted frames are): with the
+        # node's CPU default (the context's own decode) the adapted twin flagged "shoulder -" and "elbow -"
+        # at step 4 in every session-12 run, which the simulator's arm does not enter; held: 8/8 offline
+        *("-p", "checker_reference:=held"),
     )
     client = node.create_client(PredictFuture, "/predictor/predict_future")
     deadline = time.monotonic() + 180
