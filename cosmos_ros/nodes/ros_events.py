@@ -14,7 +14,10 @@ the nodes say when no message arrives.
 
 from __future__ import annotations
 
-from rclpy.event_handler import SubscriptionEventCallbacks
+try:
+    from rclpy.event_handler import SubscriptionEventCallbacks
+except ImportError:  # Humble: the same class (use_default_callbacks included) lives in rclpy.qos_event
+    from rclpy.qos_event import SubscriptionEventCallbacks  # type: ignore[no-redef]
 
 
 def without_event_handlers() -> SubscriptionEventCallbacks:
