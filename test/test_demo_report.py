@@ -92,9 +92,7 @@ def test_plan_study_lines_show_base_adapted_and_the_checker_floor() -> None:
     truth = [True, True, False, False, True, False, True, False, False, True]
     reports = {}
     for name, wrong, adapter in (("base", {0, 2, 5}, None), ("adapted", {3}, "a")):
-        rows = [
-            {"truth": t, "twin": t != (i in wrong), "rendered": t} for i, t in enumerate(truth)
-        ]  # fmt: skip
+        rows = [{"truth": t, "twin": t != (i in wrong), "rendered": t} for i, t in enumerate(truth)]
         study = VerdictStudy(plans=10, variant_set="demo", adapter=adapter)
         reports[name] = summarise(study, rows, 1.0, 2.0)
     text = "\n".join(plan_study_lines({"command": "cmd", **reports}))

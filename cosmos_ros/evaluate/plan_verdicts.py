@@ -59,9 +59,8 @@ class VerdictStudy:
     seed: int = 0
     device: str = "cpu"
     adapter: str | None = None  # a LoRA/DoRA adapter folder on the model (the demo's adapted twin)
-    reference: str = (
-        "held"  # the checker's reference: held (the evaluation's) or decoded (the node's CPU one)
-    )
+    # the checker's reference: held (the evaluation's) or decoded (the predictor node's CPU default)
+    reference: str = "held"
 
     def __post_init__(self) -> None:
         if self.plans < 1 or self.per_scene < 1 or self.steps < 1:
