@@ -13,7 +13,9 @@ Variant syntax: mode:policy:compile(0/1)[:attention[:compile_mode]] (see perf.op
 `lora:budget:0.5:1` or `lora:budget:0.5:1:default:reduce-overhead`; in composite policies write `=` for
 the policy's own colons: `lora:offload+attention:1:cudnn`, `lora:offload=0.5+budget=0.5:1`. Modes: lora,
 lorafp8 (LoRA with the frozen base linears in FP8, `cosmos_ros.model.fp8_train`), dora (the trainer's
-per-step norm), dorapeft (peft's own DoRA forward), full, loraqkvo (the baseline's LoRA targets).
+per-step norm), dorapeft (peft's own DoRA forward), full, loraqkvo (the baseline's LoRA targets);
+`<mode>-cast` keeps peft's float32 copies of the adapters' inputs, which ours skips under autocast
+(`skip_adapter_input_casts`).
 `--loss-curve N`: N steps on one fixed batch, LoRA bf16 vs lorafp8, losses side by side (no baseline).
 `auto` picks, after the LoRA variants ran, the fastest LoRA variant within --mem-gib
 and runs DoRA and full fine-tuning with it.
@@ -90,11 +92,15 @@ def run_ours(
 
     from cosmos_ros.model import perf
     from cosmos_ros.model.action_cond import ActionConditionedTransformer, ActionEmbedder
-    from cosmos_ros.model.adapters import AdapterConfig, apply_adapters
+    from cosmos_ros.model.adapters import AdapterConfig, apply_adapters, skip_adapter_input_casts
     from cosmos_ros.model.tiny import TINY_TRANSFORMER_CONFIG
     from cosmos_ros.model.world_model import COSMOS_2B_CONFIG, ModelSource, WorldModel
 
     mode, policy, comp, attn, cmode = parse_variant(spec)
+    # `<mode>-cast`: keep peft's float32 copies of the adapters' inputs (the trainer skips them under
+    # autocast: cosmos_ros.model.adapters.skip_adapter_input_casts), for a side-by-side of the two
+    peft_cast = mode.endswith("-cast")
+    mode = mode.removesuffix("-cast")
     cleanup()
     torch.manual_seed(0)  # the same random model and adapters for every variant (loss curves compare)
     cfg = TINY_TRANSFORMER_CONFIG if SMOKE else COSMOS_2B_CONFIG
@@ -121,6 +127,7 @@ def run_ours(
     else:  # dorapeft: peft's own DoRA forward (dora: the trainer's per-step norm, cosmos_ros.model.dora)
         acfg = AdapterConfig(mode="dora" if mode == "dorapeft" else mode)
     params = apply_adapters(wm, acfg)
+    uncast = 0 if (peft_cast or SMOKE) else skip_adapter_input_casts(wm.transformer)  # SMOKE: no autocast
     if mode == "lorafp8":
         from cosmos_ros.model.fp8_train import convert_frozen_linears_to_fp8
 
@@ -188,6 +195,7 @@ def run_ours(
         first_step_s=round(first or 0.0, 1),
         loss=round(losses[-1], 4),
         summary=rep.summary(),
+        uncast_layers=uncast,
     )
     off = getattr(perf.find_cosmos_transformer(wm.transformer), "_cosmos_offloader", None)
     if off is not None:  # what went to the host in the last step

@@ -154,3 +154,88 @@ def test_profile_steps_write_a_table_per_process(setup: dict[str, Any], tmp_path
     assert "by host time:" in text and "aten::" in text  # the operator table, not an empty profile
     with pytest.raises(ValueError, match="profile_steps"):
         train_config(setup["model"], tmp_path / "x", setup["root"] / "latents", run={"profile_steps": -1})
+
+
+def _lora_mlp() -> torch.nn.Module:
+    """A bf16 MLP with fp32 LoRA adapters, as apply_adapters leaves a transformer's feed-forward."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(24, 128), torch.nn.GELU(), torch.nn.Linear(128, 40))
+    mlp.to(torch.bfloat16).requires_grad_(False)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["0", "2"]), mlp)
+    for name, p in mlp.named_parameters():
+        if "lora_" in name:
+            p.data = p.data.float()
+            p.requires_grad_(True)
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.1)
+    return mlp
+
+
+def test_adapters_take_autocast_input_uncast_with_the_same_gradients() -> None:
+    """skip_adapter_input_casts: under bf16 autocast no copy of an adapted layer's input (or of its gradient)
+    is made (peft makes a float32 one per layer, which autocast casts back), and the adapters' gradients are
+    bit for bit those with peft's casts."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from cosmos_ros.model.adapters import skip_adapter_input_casts
+
+    class Float32Copies(TorchDispatchMode):
+        """Counts copies of the adapted layers' inputs and their gradients (64 rows, 24 or 128 wide; the
+        output, 40 wide, is cast by the loss; weights are cast by autocast in both cases)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            out = func(*args, **(kwargs or {}))
+            if func is torch.ops.aten._to_copy.default and out.shape[0] == 64 and out.shape[-1] != 40:
+                self.n += 1
+            return out
+
+    x = torch.randn(64, 24, dtype=torch.bfloat16)
+    grads, copies = [], []
+    for skip in (False, True):
+        mlp = _lora_mlp()
+        if skip:
+            assert skip_adapter_input_casts(mlp) == 2
+        with Float32Copies() as mode, torch.autocast("cpu", dtype=torch.bfloat16):
+            mlp(x).float().square().mean().backward()
+        copies.append(mode.n)
+        grads.append([p.grad.clone() for p in mlp.parameters() if p.requires_grad])
+    assert copies[0] >= 2 and copies[1] == 0, copies  # peft's input copies (and their gradients), then none
+    assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
+
+
+def test_trainer_under_bf16_autocast_skips_the_adapter_input_casts(setup: dict[str, Any], tmp_path: Path) -> None:
+    """The trainer (its own process: accelerate's mixed precision is fixed per process) under bf16
+    autocast sets every adapted layer to take its input uncast, says so, and trains."""
+    import re
+    import subprocess
+    import sys
+
+    Trainer(_cfg(setup, tmp_path / "warm"), setup["train"], setup["val"])  # the latent cache, once
+    ov = [
+        f"model.base={setup['model']}",
+        "model.dtype=float32",
+        "data.clips_dir=null",
+        f"data.latent_cache_dir={setup['root'] / 'latents'}",
+        f"data.prompt_cache={setup['model'] / 'prompt_cache.safetensors'}",
+        "optim.max_steps=2",
+        "optim.batch_size=2",
+        f"run.output_dir={tmp_path / 'bf16'}",
+        "run.cpu=true",
+        "run.mixed_precision=bf16",
+        "run.preview_every=0",
+        "run.val_every=0",
+        "run.checkpoint_every=0",
+        "run.progress=false",
+    ]
+    cmd = [sys.executable, "-m", "cosmos_ros.train.cli", "--config", str(REPO / "config" / "train.yaml"), *ov]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    m = re.search(r"train: (\d+) adapted layers take their bf16 input uncast", p.stdout)
+    assert m and int(m.group(1)) > 0, p.stdout[-2000:]
+    assert (tmp_path / "bf16" / "adapter" / "adapter_model.safetensors").is_file()

@@ -35,7 +35,13 @@ from typing import Any, TypeVar
 
 import torch
 
-from cosmos_ros.model.adapters import AdapterConfig, apply_adapters, count_parameters, save_adapter
+from cosmos_ros.model.adapters import (
+    AdapterConfig,
+    apply_adapters,
+    count_parameters,
+    save_adapter,
+    skip_adapter_input_casts,
+)
 from cosmos_ros.model.dora import StepNormDoRA, enable_step_norm_dora
 from cosmos_ros.model.perf import optimize_for_training
 from cosmos_ros.model.registry import hub_revision
@@ -566,6 +572,13 @@ class Trainer:
             # FSDP flattens each wrapped block into one tensor: one dtype per block (adapters in the base
             # dtype; accelerate's mixed precision still computes in bf16 and reduces in float32).
             self.wm.transformer.to(dtype)
+        elif self.adapter_cfg.mode != "full" and cfg.run.mixed_precision in ("bf16", "fp16"):
+            # every forward of the trainer runs under autocast: peft's float32 copies of the adapters'
+            # inputs only cost memory (skip_adapter_input_casts says how much)
+            n_uncast = skip_adapter_input_casts(self.wm.transformer)
+            if self.is_main and n_uncast:
+                mp = cfg.run.mixed_precision
+                print(f"train: {n_uncast} adapted layers take their {mp} input uncast", flush=True)
         # Speed and memory (benchmarks/NOTES_gpu.md): per-frame AdaLN, per-block compile and an activation
         # memory policy instead of all-or-nothing checkpointing. Adapters must already be injected.
         cuda = self.accel.device.type == "cuda"
