@@ -115,19 +115,47 @@ def load_twin(base: str) -> Twin:
     )
 
 
+def busy_cores(window_s: float = 1.0) -> float | None:
+    """How many cores other processes keep busy now: /proc/stat's non-idle time over `window_s` (Linux).
+
+    Why not the load average: it is a one-minute moving average, so a job that ended seconds ago still
+    counts (on the 2-core machine the demo chose one thread right after a benchmark had finished, and the
+    fine-tune took 128 s instead of 97). None where /proc/stat cannot be read.
+    """
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+        return sum(v[:8]), idle
+
+    try:
+        t0, i0 = sample()
+        time.sleep(window_s)
+        t1, i1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    if t1 <= t0:
+        return None
+    return (os.cpu_count() or 1) * (1.0 - (i1 - i0) / (t1 - t0))
+
+
 def auto_threads() -> int:
-    """Torch threads for the model processes: the cores other jobs leave idle (load average), at least 1.
+    """Torch threads for the model processes: the cores other jobs leave idle now, at least 1.
 
     Torch's OpenMP threads spin while they wait for each other; on a CPU shared with other jobs two threads
     on two busy cores made a fine-tune step about 10x dearer in CPU time than one thread (measured on the
-    2-core development machine at load average 5.5), while on an idle machine both cores help.
+    2-core development machine at load average 5.5), while on an idle machine both cores help. Busy cores
+    are measured over one second (`busy_cores`); the load average where that cannot be read.
     """
     cores = os.cpu_count() or 1
-    try:
-        load = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        return cores
-    return max(1, min(cores, int(cores - load + 0.5)))
+    busy = busy_cores()
+    if busy is None:
+        try:
+            busy = os.getloadavg()[0]
+        except OSError:  # not available on this platform
+            return cores
+    return max(1, min(cores, int(cores - busy + 0.5)))
 
 
 @dataclass

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cosmos_ros.demo import auto_threads
+from cosmos_ros.demo import auto_threads, busy_cores
 from cosmos_ros.demo_report import evaluation_lines, plan_study_lines, verdict_lines, write_preview
 
 
@@ -119,3 +119,18 @@ def test_preview_has_one_labelled_column_per_model(tmp_path: Path) -> None:
 
 def test_auto_threads_stays_within_the_cores() -> None:
     assert 1 <= auto_threads() <= (os.cpu_count() or 1)
+
+
+def test_busy_cores_sees_a_process_that_spins_now() -> None:
+    """The demo's thread choice reads the cores busy now (not the lagging load average): a process spinning
+    on one core during the window counts as (nearly) one busy core."""
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = busy_cores(1.0)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert busy is not None and 0.7 <= busy <= (os.cpu_count() or 1) + 0.01

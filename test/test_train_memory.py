@@ -209,7 +209,9 @@ def test_adapters_take_autocast_input_uncast_with_the_same_gradients() -> None:
     assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
 
 
-def test_trainer_under_bf16_autocast_skips_the_adapter_input_casts(setup: dict[str, Any], tmp_path: Path) -> None:
+def test_trainer_under_bf16_autocast_skips_the_adapter_input_casts(
+    setup: dict[str, Any], tmp_path: Path
+) -> None:
     """The trainer (its own process: accelerate's mixed precision is fixed per process) under bf16
     autocast sets every adapted layer to take its input uncast, says so, and trains."""
     import re
