@@ -98,26 +98,31 @@ def test_trainer_logs_and_applies_the_choice(
     assert result.step == 2 and all(torch.isfinite(torch.tensor(v)) for v in result.losses.values())
 
 
-def test_clear_errors(setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    Trainer(_cfg(setup, tmp_path / "warm"), setup["train"], setup["val"])  # the latent cache, once
-    capsys.readouterr()
+def _cli_args(setup: dict[str, Any], out: Path, steps: int, mixed_precision: str) -> list[str]:
+    """The train CLI's arguments for the tiny model on the CPU, from the latent cache the fixture built."""
     ov = [
         f"model.base={setup['model']}",
         "model.dtype=float32",
         "data.clips_dir=null",
         f"data.latent_cache_dir={setup['root'] / 'latents'}",
         f"data.prompt_cache={setup['model'] / 'prompt_cache.safetensors'}",
-        "optim.max_steps=1",
+        f"optim.max_steps={steps}",
         "optim.batch_size=2",
-        f"run.output_dir={tmp_path / 'cli'}",
+        f"run.output_dir={out}",
         "run.cpu=true",
-        "run.mixed_precision=no",
+        f"run.mixed_precision={mixed_precision}",
         "run.preview_every=0",
         "run.val_every=0",
         "run.checkpoint_every=0",
         "run.progress=false",
     ]
-    cfg = ["--config", str(REPO / "config" / "train.yaml"), *ov]
+    return ["--config", str(REPO / "config" / "train.yaml"), *ov]
+
+
+def test_clear_errors(setup: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    Trainer(_cfg(setup, tmp_path / "warm"), setup["train"], setup["val"])  # the latent cache, once
+    capsys.readouterr()
+    cfg = _cli_args(setup, tmp_path / "cli", 1, "no")
     assert train_main([*cfg, "--max-memory", "0.001"]) == 1
     err = capsys.readouterr().err
     assert "model.max_memory=0.001 GiB is below what any memory policy needs" in err
@@ -219,23 +224,7 @@ def test_trainer_under_bf16_autocast_skips_the_adapter_input_casts(
     import sys
 
     Trainer(_cfg(setup, tmp_path / "warm"), setup["train"], setup["val"])  # the latent cache, once
-    ov = [
-        f"model.base={setup['model']}",
-        "model.dtype=float32",
-        "data.clips_dir=null",
-        f"data.latent_cache_dir={setup['root'] / 'latents'}",
-        f"data.prompt_cache={setup['model'] / 'prompt_cache.safetensors'}",
-        "optim.max_steps=2",
-        "optim.batch_size=2",
-        f"run.output_dir={tmp_path / 'bf16'}",
-        "run.cpu=true",
-        "run.mixed_precision=bf16",
-        "run.preview_every=0",
-        "run.val_every=0",
-        "run.checkpoint_every=0",
-        "run.progress=false",
-    ]
-    cmd = [sys.executable, "-m", "cosmos_ros.train.cli", "--config", str(REPO / "config" / "train.yaml"), *ov]
+    cmd = [sys.executable, "-m", "cosmos_ros.train.cli", *_cli_args(setup, tmp_path / "bf16", 2, "bf16")]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     m = re.search(r"train: (\d+) adapted layers take their bf16 input uncast", p.stdout)
