@@ -57,6 +57,7 @@ def test_smoke_pipeline_ships_a_twin_the_predictor_loads_by_name(tmp_path, monke
         "joint3",
     ]
     assert set(json.loads((twin / "loss_curves.json").read_text())["train_loss"]) == {"1", "2", "3"}
+    assert (twin / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the evaluate stage: the clip evaluation and the verdict study on random plans, into card and model card
     verdicts = report["evaluate"]["plan_verdicts"]
     assert verdicts["plans"] == 4 and 0.0 <= verdicts["agreement"] <= 1.0

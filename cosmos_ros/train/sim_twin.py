@@ -403,6 +403,35 @@ def _merge_curves(path: Path, new: dict[str, dict[str, float]]) -> dict[str, dic
     return merged
 
 
+def plot_loss_curves(twin: Path, path: Path) -> Path:
+    """loss.png of a twin folder: the transformer's train/val flow-matching loss and the VAE's loss, from the
+    folder's own `loss_curves.json` and `vae_losses.json` (so the plot is the shipped curves, not a log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = json.loads((twin / "loss_curves.json").read_text())
+    vae = json.loads((twin / "vae_losses.json").read_text()) if (twin / "vae_losses.json").is_file() else {}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
+    for name, style in (("train_loss", "-"), ("val_loss", "o-")):
+        pts = sorted((int(k), v) for k, v in curves.get(name, {}).items())
+        if pts:
+            axes[0].plot(*zip(*pts, strict=True), style, lw=0.8, ms=3, label=name.replace("_", " "))
+    axes[0].set(title="transformer (full training)", xlabel="step", ylabel="flow-matching loss", yscale="log")
+    pts = sorted((int(k), v) for k, v in vae.items())
+    if pts:
+        axes[1].plot(*zip(*pts, strict=True), lw=0.8, label="train loss")
+    axes[1].set(title="VAE", xlabel="step", ylabel="reconstruction + KL loss", yscale="log")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, Any]:
     """Stage 6: the shipped folder <out>/sim_twin (see the module docstring); checks the size limits."""
     import torch
@@ -443,6 +472,7 @@ def export(cfg: dict[str, Any], out: Path, report: dict[str, Any]) -> dict[str, 
         shutil.copy2(out / "train" / name, dest / name)
     vae_report = json.loads((out / "vae" / "vae_report.json").read_text())
     (dest / "vae_losses.json").write_text(json.dumps(vae_report.get("losses", {})))
+    plot_loss_curves(dest, dest / "loss.png")
     card = {
         "format": BASE_FORMAT,  # read by cosmos_ros.model.base_card (never taken for an adapter card)
         "name": "sim_twin",
@@ -638,7 +668,7 @@ def _model_card(card: dict[str, Any], total: int) -> str:
         ),
         f"- Stage times [s]: {json.dumps(p.get('seconds'))}",
         f"- Shipped size: {total / 1e6:.1f} MB (safetensors, diffusers layout)",
-        "- Loss curves: `loss_curves.json` (transformer), `vae_losses.json`; recipe and figures: "
+        "- Loss curves: `loss.png`; `loss_curves.json` (transformer), `vae_losses.json`; recipe and figures: "
         "`cosmos_ros_card.json`.",
         "",
         "Reproduce: `tools/train_sim_twin.sh <out>` (config/sim_twin.yaml) on one GPU.",
