@@ -116,18 +116,28 @@ def load_twin(base: str) -> Twin:
 
 
 def busy_cores(window_s: float = 1.0) -> float | None:
-    """How many cores other processes keep busy now: /proc/stat's non-idle time over `window_s` (Linux).
+    """How many of this process's cores others keep busy now: /proc/stat's non-idle time over `window_s`.
 
     Why not the load average: it is a one-minute moving average, so a job that ended seconds ago still
     counts (on the 2-core machine the demo chose one thread right after a benchmark had finished, and the
-    fine-tune took 128 s instead of 97). None where /proc/stat cannot be read.
+    fine-tune took 128 s instead of 97). None where /proc/stat cannot be read (not Linux).
     """
 
+    try:  # the CPUs this process may run on (a container's cpuset), not every CPU of the host
+        mine = {f"cpu{i}" for i in os.sched_getaffinity(0)}
+    except (AttributeError, OSError):
+        mine = {f"cpu{i}" for i in range(os.cpu_count() or 1)}
+
     def sample() -> tuple[int, int]:
+        total = idle = 0
         with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
-        return sum(v[:8]), idle
+            for line in f:
+                name, *fields = line.split()
+                if name in mine:
+                    v = [int(x) for x in fields]
+                    total += sum(v[:8])  # user nice system idle iowait irq softirq steal
+                    idle += v[3] + v[4]
+        return total, idle
 
     try:
         t0, i0 = sample()
@@ -137,7 +147,7 @@ def busy_cores(window_s: float = 1.0) -> float | None:
         return None
     if t1 <= t0:
         return None
-    return (os.cpu_count() or 1) * (1.0 - (i1 - i0) / (t1 - t0))
+    return len(mine) * (1.0 - (i1 - i0) / (t1 - t0))
 
 
 def auto_threads() -> int:
@@ -148,7 +158,10 @@ def auto_threads() -> int:
     2-core development machine at load average 5.5), while on an idle machine both cores help. Busy cores
     are measured over one second (`busy_cores`); the load average where that cannot be read.
     """
-    cores = os.cpu_count() or 1
+    try:
+        cores = len(os.sched_getaffinity(0))  # a container's cpuset
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
     busy = busy_cores()
     if busy is None:
         try:

@@ -161,19 +161,19 @@ def test_profile_steps_write_a_table_per_process(setup: dict[str, Any], tmp_path
         train_config(setup["model"], tmp_path / "x", setup["root"] / "latents", run={"profile_steps": -1})
 
 
-def _lora_mlp() -> torch.nn.Module:
+def _lora_mlp(dora: bool = False) -> torch.nn.Module:
     """A bf16 MLP with fp32 LoRA adapters, as apply_adapters leaves a transformer's feed-forward."""
     from peft import LoraConfig, inject_adapter_in_model
 
     torch.manual_seed(0)
     mlp = torch.nn.Sequential(torch.nn.Linear(24, 128), torch.nn.GELU(), torch.nn.Linear(128, 40))
     mlp.to(torch.bfloat16).requires_grad_(False)
-    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["0", "2"]), mlp)
+    inject_adapter_in_model(LoraConfig(r=4, lora_alpha=4, target_modules=["0", "2"], use_dora=dora), mlp)
     for name, p in mlp.named_parameters():
         if "lora_" in name:
             p.data = p.data.float()
             p.requires_grad_(True)
-            if "lora_B" in name:
+            if "lora_B" in name and p.dim() == 2:
                 torch.nn.init.normal_(p, std=0.1)
     return mlp
 
@@ -212,6 +212,16 @@ def test_adapters_take_autocast_input_uncast_with_the_same_gradients() -> None:
         grads.append([p.grad.clone() for p in mlp.parameters() if p.requires_grad])
     assert copies[0] >= 2 and copies[1] == 0, copies  # peft's input copies (and their gradients), then none
     assert all(torch.equal(a, b) for a, b in zip(grads[0], grads[1], strict=True))
+
+
+def test_dora_layers_keep_peft_input_casts() -> None:
+    """peft's DoRA forward is not cast-invariant (its results move by a bf16 ulp without the cast):
+    skip_adapter_input_casts leaves DoRA layers as they are."""
+    from cosmos_ros.model.adapters import skip_adapter_input_casts
+
+    mlp = _lora_mlp(dora=True)
+    assert skip_adapter_input_casts(mlp) == 0
+    assert all(m.cast_input_dtype_enabled for m in mlp.modules() if hasattr(m, "lora_A"))
 
 
 def test_trainer_under_bf16_autocast_skips_the_adapter_input_casts(

@@ -128,11 +128,14 @@ def skip_adapter_input_casts(module: nn.Module) -> int:
     most of the casts: the H200's 704x1280 step peaked at 24.92 GiB either way).
     Only for training under bf16/fp16 autocast (the trainer's every forward): without autocast a bf16
     input into float32 adapter weights is a dtype error. A peft without the switch (before 0.15) keeps
-    its casts (returns 0).
+    its casts (returns 0), and so do DoRA layers.
     """
     n = 0
     for m in module.modules():
-        if hasattr(m, "cast_input_dtype_enabled") and hasattr(m, "lora_A"):
+        # plain LoRA layers only: peft's DoRA forward computes more from the input than lora_A(x), and its
+        # results moved by a bf16 ulp without the cast (test); DoRA layers keep peft's casts
+        plain = hasattr(m, "lora_A") and not getattr(m, "lora_variant", {})
+        if plain and hasattr(m, "cast_input_dtype_enabled"):
             m.cast_input_dtype_enabled = False
             n += 1
     return n
