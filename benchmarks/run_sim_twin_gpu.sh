@@ -53,7 +53,7 @@ print(l('config/sim_twin.yaml', '$S' != '', '${EXTRA[*]}'.split())['vae']['max_m
     grep "^train: step" "$O/p2.log" | tail -1
     ;;
   3)
-    [ -d "$T/latents" ] || [ -d "$T/train" ] || { echo "no training run from call 2"; exit 2; }
+    [ -d "$T/train" ] || { echo "no training run from call 2"; exit 2; }
     twin "$(left 0)" transformer,export,evaluate \
       > "$O/p3.log" 2>&1
     echo "transformer,export,evaluate rc=$? at ${SECONDS}s"

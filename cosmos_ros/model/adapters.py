@@ -116,7 +116,7 @@ def apply_adapters(wm: WorldModel, cfg: AdapterConfig) -> list[nn.Parameter]:
 
 
 def skip_adapter_input_casts(module: nn.Module) -> int:
-    """Let the LoRA/DoRA layers under `module` take their input in its own dtype; returns how many.
+    """Let the plain LoRA layers under `module` take their input in its own dtype; returns how many.
 
     Why: peft casts an adapted layer's input to the adapter weights' dtype before `lora_A`, and
     `apply_adapters` keeps those weights in float32. Under bf16 autocast `lora_A` casts that float32
