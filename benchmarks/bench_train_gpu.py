@@ -47,6 +47,8 @@ RESULTS: list[dict[str, Any]] = []
 OUT: Path = Path(".")
 SMOKE = False  # --smoke: tiny model on CPU, no baseline (checks this script, not speed)
 PROFILE = False  # --profile: one extra profiled step per variant (kernel time table)
+MEMSNAP = False  # --memory-snapshot: one extra step under the CUDA allocator recorder per variant
+MEMCAP = 0.0  # --memory-cap GiB: our variants run with the caching allocator capped there (a smaller GPU)
 
 
 def emit(r: dict[str, Any]) -> None:
@@ -107,6 +109,10 @@ def run_ours(
     dev, dtype = ("cpu", torch.float32) if SMOKE else ("cuda", torch.bfloat16)
     if not SMOKE:
         torch.cuda.reset_peak_memory_stats()
+        total = torch.cuda.get_device_properties(0).total_memory
+        # a cap is what a smaller card is: reserved memory (fragmentation and blocks still in use by
+        # another stream included) above it raises out-of-memory after the allocator has freed its cache
+        torch.cuda.set_per_process_memory_fraction(min(1.0, MEMCAP * 2**30 / total) if MEMCAP else 1.0)
     t, h, w = latent
     hidden = cfg["num_attention_heads"] * cfg["attention_head_dim"]
     with torch.device(dev):  # random init on the GPU: seconds instead of a minute on the CPU
@@ -196,6 +202,8 @@ def run_ours(
         loss=round(losses[-1], 4),
         summary=rep.summary(),
         uncast_layers=uncast,
+        reserved_peak_gib=0.0 if SMOKE else round(torch.cuda.max_memory_reserved() / 2**30, 2),
+        memory_cap_gib=MEMCAP or None,
     )
     off = getattr(perf.find_cosmos_transformer(wm.transformer), "_cosmos_offloader", None)
     if off is not None:  # what went to the host in the last step
@@ -217,6 +225,14 @@ def run_ours(
         r.update(dora_refresh_ms=round(statistics.median(rt) * 1e3, 2), dora_captures=dora.captures)
     if PROFILE and not SMOKE:
         r["top_kernels"] = profile_step(step, f"{spec}")
+    if MEMSNAP and not SMOKE:  # what is alive at the peak (memory_snapshot.py)
+        from memory_snapshot import format_summary, record_step
+
+        snap = record_step(step)
+        safe = "".join(c if c.isalnum() else "_" for c in spec)
+        (OUT / f"memsnap_{safe}.txt").write_text(format_summary(snap) + "\n")
+        (OUT / f"memsnap_{safe}.json").write_text(json.dumps(snap) + "\n")
+        r.update(snapshot_peak_gib=snap["peak_gib"], snapshot_held_peak_gib=snap["held_peak_gib"])
     return r  # the model, optimizer and closure are freed with this frame
 
 
@@ -396,7 +412,7 @@ def loss_curve(steps: int, latent: tuple[int, int, int], lr: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global OUT, SMOKE, PROFILE
+    global OUT, SMOKE, PROFILE, MEMSNAP, MEMCAP
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--baseline", required=True, help="path to cosmos_peft_baseline.py")
     ap.add_argument("--case", choices=sorted(CASES), default="robot")
@@ -410,6 +426,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--attn-probe", action="store_true", help="time SDPA kernels at this case's length first")
     ap.add_argument("--smoke", action="store_true", help="tiny model on CPU, no baseline: checks the script")
     ap.add_argument("--profile", action="store_true", help="kernel time table of one step per variant")
+    ap.add_argument(
+        "--memory-snapshot", action="store_true", help="what is alive at one step's peak, per variant"
+    )
+    ap.add_argument(
+        "--memory-cap", type=float, default=0.0, help="GiB: run our variants with the GPU capped there"
+    )
     ap.add_argument("--loss-curve", type=int, default=0, help="N: bf16 vs fp8 LoRA loss curve, then exit")
     ap.add_argument("--curve-latent", default="4,32,40", help="T,H,W latents of the loss-curve batch")
     ap.add_argument("--curve-lr", type=float, default=1e-3)
@@ -417,6 +439,8 @@ def main(argv: list[str] | None = None) -> int:
 
     SMOKE = a.smoke
     PROFILE = a.profile
+    MEMSNAP = a.memory_snapshot
+    MEMCAP = a.memory_cap
     OUT = Path(a.out)
     OUT.mkdir(parents=True, exist_ok=True)
     latent = (4, 8, 10) if SMOKE else CASES[a.case]

@@ -109,6 +109,39 @@ def test_policy_keeps_loss_and_gradients(
     _close(grads, ref_grads)
 
 
+def test_checkpointed_blocks_get_one_time_embedding_row_per_frame(
+    reference: tuple, batch: dict[str, torch.Tensor]
+) -> None:
+    """Under a checkpointing policy the blocks and the output norm receive the time embeddings per frame
+    (one shared copy per forward pass), not diffusers' per-token expansion; loss and gradients stay the
+    reference's."""
+    _mode, pristine, (ref_loss, ref_grads) = reference
+    wm = copy.deepcopy(pristine)
+    perf.optimize_for_training(wm.transformer, policy="full", compile=False)
+    tr = perf.find_cosmos_transformer(wm.transformer)
+    seen: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []
+
+    def grab(module: torch.nn.Module, args: tuple) -> None:
+        seen.append((tuple(args[2].shape), tuple(args[3].shape), args[3].data_ptr()))
+
+    def grab_out(module: torch.nn.Module, args: tuple) -> None:
+        out_seen.append((tuple(args[1].shape), tuple(args[2].shape), args[2].data_ptr()))
+
+    out_seen: list[tuple[tuple[int, ...], tuple[int, ...], int]] = []
+    hooks = [b.register_forward_pre_hook(grab) for b in tr.transformer_blocks]
+    hooks.append(tr.norm_out.register_forward_pre_hook(grab_out))
+    loss, grads = _step(wm, batch)
+    for h in hooks:
+        h.remove()
+    frames = batch["x0"].shape[2]
+    fwd = seen[: len(tr.transformer_blocks)]  # the forward pass (the recompute calls come after)
+    assert all(e[1] == frames and t[1] == frames for e, t, _ in fwd), seen
+    assert len({ptr for _, _, ptr in fwd + out_seen}) == 1  # one copy for all blocks and the output norm
+    assert out_seen[0][0][1] == frames and out_seen[0][1][1] == frames
+    assert abs(loss - ref_loss) <= 1e-5 * max(1.0, abs(ref_loss))
+    _close(grads, ref_grads)
+
+
 @pytest.mark.parametrize("policy", ["offload", "offload:0.5", "offload+attention"])
 def test_offload_keeps_loss_and_gradients_and_moves_tensors(
     reference: tuple, batch: dict[str, torch.Tensor], policy: str
@@ -136,6 +169,8 @@ def test_offload_keeps_loss_and_gradients_and_moves_tensors(
     else:
         assert off.stats.tensors > 10 and off.stats.bytes > 0, off.stats
         assert off.stats.kept > 0  # parameters (the frozen weights saved by linears) stay in place
+        # the time embeddings, text context and rotary tables every block gets: not copied per block
+        assert off.stats.shared > 0, off.stats
     assert off.stats.on_demand == 1  # the first unpack fetches its whole group; nothing else stalls
 
 

@@ -52,6 +52,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -96,12 +97,60 @@ class _FrameContext:
     tokens_per_frame: int = 0
 
 
-def _frame_rows(x: torch.Tensor, ctx: _FrameContext) -> int:
-    """Tokens per frame if `x` [B, S, C] holds one row per token that is constant within a frame, else 0."""
-    tpf = ctx.tokens_per_frame
-    if x.ndim != 3 or tpf <= 1 or x.shape[1] % tpf:
-        return 0
-    return tpf
+def _per_frame(x: torch.Tensor, tokens: int, tpf: int) -> torch.Tensor | None:
+    """[B, T, C] rows of `x` for a block input of `tokens` tokens: `x` itself when it already holds one
+    row per frame (what the checkpointed blocks get, `_frame_inputs`), every tpf-th row when it holds one
+    per token (diffusers' expansion), None when it is neither."""
+    if x.ndim != 3 or tpf <= 1:
+        return None
+    if x.shape[1] * tpf == tokens:
+        return x
+    if x.shape[1] == tokens and tokens % tpf == 0:
+        return x[:, ::tpf]
+    return None
+
+
+class _FrameInputs:
+    """Hands the checkpointed blocks one row per frame of the time embeddings instead of one per token.
+
+    Why: diffusers expands `embedded_timestep` and `temb` to every token before the blocks (at 93 frames
+    704x1280: 1.3 GiB), and each block's gradient for them is that size too, summed over the blocks by
+    autograd. The per-frame AdaLN modules read one row per frame anyway, so the blocks get a per-frame
+    copy, made once per forward pass and shared by all blocks: their gradients are per frame, and the
+    per-token tensors are not held for the backward pass (the CUDA memory snapshot of that step showed
+    both, 2.6 GiB, live at its peak: benchmarks/memory_snapshot.py). Same values, same gradients.
+    """
+
+    def __init__(self, block: nn.Module, ctx: _FrameContext) -> None:
+        names = list(inspect.signature(block.forward).parameters)
+        self.index = [i for i, n in enumerate(names) if n in ("embedded_timestep", "temb")]
+        self.ctx = ctx
+        self._cache: dict[int, tuple[weakref.ref, torch.Tensor]] = {}
+
+    def __call__(self, args: tuple[Any, ...], index: list[int] | None = None) -> tuple[Any, ...]:
+        """`args` with the per-token time embeddings (at `index`, default the blocks') per frame."""
+        tpf, hs = self.ctx.tokens_per_frame, args[0] if args else None
+        if tpf <= 1 or not isinstance(hs, torch.Tensor) or hs.ndim != 3 or hs.shape[1] % tpf:
+            return args
+        out = list(args)
+        for i in self.index if index is None else index:
+            x = out[i] if i < len(out) else None
+            if not isinstance(x, torch.Tensor) or x.ndim != 3 or x.shape[1] != hs.shape[1]:
+                continue
+            hit = self._cache.get(id(x))
+            if hit is None or hit[0]() is not x:  # a new forward pass: one copy for all its blocks
+                self._cache = {k: v for k, v in self._cache.items() if v[0]() is not None}
+                hit = (weakref.ref(x), x[:, ::tpf].contiguous())
+                self._cache[id(x)] = hit
+            out[i] = hit[1]
+        return tuple(out)
+
+    def norm_out_hook(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The output norm takes the same per-frame copies: its gradient for them is then per frame too,
+        instead of a per-token buffer that autograd keeps until the blocks' gradients arrive."""
+        if kwargs or len(args) < 2:
+            return None
+        return self(args, [1, 2]), kwargs
 
 
 def _broadcast_frames(v: torch.Tensor, tpf: int) -> torch.Tensor:
@@ -132,13 +181,14 @@ def _make_frame_classes() -> tuple[type, type]:
             embedded_timestep: torch.Tensor,
             temb: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, torch.Tensor]:
-            tpf = _frame_rows(embedded_timestep, self._frame_ctx)
-            if not tpf or hidden_states.shape[1] != embedded_timestep.shape[1]:
+            tpf = self._frame_ctx.tokens_per_frame
+            e = _per_frame(embedded_timestep, hidden_states.shape[1], tpf)
+            t = None if temb is None else _per_frame(temb, hidden_states.shape[1], tpf)
+            if e is None or (temb is not None and t is None):
                 return super().forward(hidden_states, embedded_timestep, temb)
-            e = embedded_timestep[:, ::tpf]
             e = self.linear_2(self.linear_1(self.activation(e)))
-            if temb is not None:
-                e = e + temb[:, ::tpf]
+            if t is not None:
+                e = e + t
             shift, scale, gate = e.chunk(3, dim=-1)
             return _modulated_norm(self.norm, hidden_states, shift, scale, tpf), _broadcast_frames(gate, tpf)
 
@@ -153,12 +203,14 @@ def _make_frame_classes() -> tuple[type, type]:
             embedded_timestep: torch.Tensor,
             temb: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            tpf = _frame_rows(embedded_timestep, self._frame_ctx)
-            if not tpf or hidden_states.shape[1] != embedded_timestep.shape[1]:
+            tpf = self._frame_ctx.tokens_per_frame
+            e = _per_frame(embedded_timestep, hidden_states.shape[1], tpf)
+            t = None if temb is None else _per_frame(temb, hidden_states.shape[1], tpf)
+            if e is None or (temb is not None and t is None):
                 return super().forward(hidden_states, embedded_timestep, temb)
-            e = self.linear_2(self.linear_1(self.activation(embedded_timestep[:, ::tpf])))
-            if temb is not None:
-                e = e + temb[:, ::tpf, : 2 * self.embedding_dim]
+            e = self.linear_2(self.linear_1(self.activation(e)))
+            if t is not None:
+                e = e + t[..., : 2 * self.embedding_dim]
             shift, scale = e.chunk(2, dim=-1)
             return _modulated_norm(self.norm, hidden_states, shift, scale, tpf)
 
@@ -539,12 +591,26 @@ def optimize_for_training(
         offloader = ActivationOffloader(tr)
         tr._cosmos_offloader = offloader  # the benchmark reads its stats
 
+    frame_ctx = getattr(tr, "_cosmos_frame_ctx", None)
+    frame_inputs = _FrameInputs(unwrap_block(blocks[0]), frame_ctx) if frame_ctx is not None else None
+    if frame_inputs is not None and isinstance(getattr(tr, "norm_out", None), nn.Module):
+        old_hook = getattr(tr, "_cosmos_norm_out_hook", None)
+        if old_hook is not None:  # optimize_for_training called again on this transformer
+            old_hook.remove()
+        tr._cosmos_norm_out_hook = tr.norm_out.register_forward_pre_hook(
+            frame_inputs.norm_out_hook, with_kwargs=True
+        )
+
     def ckpt_func(block: nn.Module, *args: Any) -> Any:
+        if frame_inputs is not None:
+            args = frame_inputs(args)
         key = id(unwrap_block(block))  # a wrapped block (FSDP) is still the block the policy chose
         if key in chosen_ids:
             return run_ckpt(block, *args)
         if offloader is not None and key in offloaded:
-            with offloader.group(offloaded[key]):
+            # diffusers passes hidden_states first; the rest (text context, time embeddings, rotary
+            # tables) is the same for every block: one resident copy, not one per block (offload.py)
+            with offloader.group(offloaded[key], shared=args[1:]):
                 return run_offloaded(block, *args)
         return run_offloaded(block, *args)  # the last block of `offload` (F = 1): saved on the GPU
 
