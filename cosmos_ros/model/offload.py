@@ -16,9 +16,11 @@ the same code runs with a plain copy (no streams, no pinning): the test path.
 
 Inputs every block receives alike (the text context, the time embeddings, the rotary tables: all block
 arguments after `hidden_states`) are named by the caller (`group(i, shared=...)`) and never copied. At 93
-frames 704x1280 the per-token time embeddings are 1.3 GiB per block: offloaded with each block they made 27
-identical host copies, 60% of the bytes moved, and two device copies (the block's and the prefetched
-previous block's) at the backward's peak, next to the original that the forward holds anyway.
+frames 704x1280 diffusers' per-token time embeddings were 1.3 GiB of each block's 2.35: offloaded with
+each block they made 27 identical host copies (37 of the 63.4 GiB moved per step; 26.4 GiB now) and two
+device copies, the block's and the prefetched previous block's, at the backward's peak (CUDA memory
+snapshot, benchmarks/memory_snapshot.py). The checkpointed blocks now get them per frame
+(perf._FrameInputs); any other shared input is still kept once rather than copied per block.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ estimates rank policies; they are not promises: `benchmarks/run_memory_gpu.sh` m
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 # -------------------------------------------------------------------- calibration (2B, LoRA r32, batch 1)
@@ -36,18 +37,22 @@ MEASURED: dict[str, tuple[int, float, float]] = {
     "budget:0.5": (9600, 0.3655, 23.26),
     "selective": (9600, 0.3864, 24.92),
     "attention": (84480, 12.26, 48.15),
-    # H200, run_memory_gpu.sh (issue 21, benchmarks/results_gpu/memory_run1.jsonl); with the baseline's
-    # q/k/v/out targets only: 12.24 s at 18.86 GiB (memory_run3_full_qkvo.jsonl)
-    "offload+attention": (84480, 12.256, 24.92),
+    # H200 (issue 21): shared block inputs resident and per-frame time embeddings (session 14), run
+    # under a 23.5 GiB cap with expandable segments (benchmarks/results_gpu/memory_run10_cap23.5_expandable
+    # .jsonl; before those changes 12.26 s at 24.92 GiB uncapped, memory_run1.jsonl)
+    "offload+attention": (84480, 12.99, 20.89),
 }
+# measured GiB per token that a policy copies to the host in one step (what the offloader moved)
+MEASURED_HOST: dict[str, tuple[int, float]] = {"offload+attention": (84480, 26.38)}
 # The same with LoRA on q/k/v/out only (`adapter.target_modules` without the MLP layers, the baseline's
 # targets; 95 M trainable instead of 113 M): the MLP adapters' backward holds 4x-wide tensors, so without
 # them every policy keeps less. 9600 tokens: H100, benchmarks/results_gpu/train_robot_run4_qkvo.jsonl;
-# 84480: H200, memory_run3_full_qkvo.jsonl. Other policies: the default targets' estimate x the factors below.
+# 84480: H200, memory_run9_per_frame_cap23.5.jsonl. Other policies: the default targets' estimate x the
+# factors below.
 MEASURED_NO_MLP: dict[str, tuple[int, float, float]] = {
     "none": (9600, 0.3463, 30.03),
     "budget:0.5": (9600, 0.3942, 18.47),
-    "offload+attention": (84480, 12.238, 18.86),
+    "offload+attention": (84480, 12.138, 16.18),  # memory_run9_per_frame_cap23.5.jsonl (23.5 GiB cap)
 }
 STATIC_NO_MLP_GIB = STATIC_GIB - 18.4e6 * 16 / 2**30  # 18.4 M fewer trainable: weights, grads, AdamW states
 NO_MLP_ACT = (30.03 - STATIC_NO_MLP_GIB) / (MEASURED["none"][2] - STATIC_GIB)  # 0.83 at `none`
@@ -94,8 +99,9 @@ def _act_per_token_gib(policy: str) -> float:
 def _host_per_token_gib(policy: str) -> float:
     if not policy.startswith("offload"):
         return 0.0
-    if policy == "offload+attention":
-        return (REF_LAYERS - 1) * _act_per_token_gib("attention") / REF_LAYERS
+    if policy in MEASURED_HOST:
+        n, gib = MEASURED_HOST[policy]
+        return gib / n
     f = float(policy.split(":")[1]) if ":" in policy else 1.0
     k = REF_LAYERS - 1 if f >= 1.0 else max(1, round(f * REF_LAYERS))
     return k * (MEASURED["none"][2] - STATIC_GIB) / MEASURED["none"][0] / REF_LAYERS
@@ -237,3 +243,36 @@ def choose_policy(
             f"the MLP layers' adapters hold the most activation memory), or raise model.max_memory"
         )
     return fits[0], table
+
+
+#: what a run with a memory budget asks of PyTorch's CUDA caching allocator (unless the user set it)
+ALLOC_CONF = "expandable_segments:True"
+_ALLOC_VARS = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+
+
+def allocator_setting(
+    max_memory: float | str | None, env: Mapping[str, str], cuda_initialized: bool
+) -> tuple[str | None, str]:
+    """(the value to give PYTORCH_CUDA_ALLOC_CONF, or None; the line to log) for a training run.
+
+    Why: the budget is on allocated memory, but a GPU runs out when *reserved* memory (the allocator's
+    fixed-size segments, with the gaps between tensors) reaches its size. With every block's 4x-wide MLP
+    tensors coming and going, the 93-frame 704x1280 LoRA step peaked at 20.9 GiB allocated and still ran
+    out of memory under a 23.5 GiB cap with the default allocator; with expandable segments (segments
+    that grow in place) it ran, reserving 23.5 GiB (benchmarks/NOTES_gpu.md, issue 21). The variable is
+    read when CUDA starts, so it is set before then, and only where the user has not set it.
+    """
+    if max_memory is None:
+        return None, ""
+    for var in _ALLOC_VARS:
+        if var in env:
+            return None, f"train: {var}={env[var]} as set (max_memory's figures: measured with {ALLOC_CONF})"
+    if cuda_initialized:
+        return None, (
+            f"train: CUDA already started in this process, so the allocator keeps its settings; for "
+            f"max_memory's figures start it with PYTORCH_CUDA_ALLOC_CONF={ALLOC_CONF}"
+        )
+    return ALLOC_CONF, (
+        f"train: PYTORCH_CUDA_ALLOC_CONF={ALLOC_CONF} (max_memory is set: segments grow in place instead "
+        "of fragmenting; set the variable yourself to choose otherwise)"
+    )

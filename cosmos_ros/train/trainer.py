@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import re
 import shutil
 import signal
@@ -216,11 +217,21 @@ class Trainer:
 
         self.cfg = cfg
         self.out = Path(cfg.run.output_dir)
+        alloc_msg = ""
+        if not cfg.run.cpu and torch.cuda.is_available():  # before CUDA starts (Accelerator starts it)
+            from cosmos_ros.train.memory_plan import allocator_setting
+
+            started = torch.cuda.is_initialized()
+            value, alloc_msg = allocator_setting(cfg.model.max_memory, os.environ, started)
+            if value is not None:
+                os.environ["PYTORCH_CUDA_ALLOC_CONF"] = value
         self.accel = Accelerator(
             mixed_precision=cfg.run.mixed_precision, cpu=cfg.run.cpu, gradient_accumulation_steps=1
         )
         set_seed(cfg.run.seed)
         self.is_main = self.accel.is_main_process
+        if alloc_msg and self.is_main:
+            print(alloc_msg, flush=True)
         self._emb_cache: dict[str, torch.Tensor] = {}
         self.world = self.accel.num_processes
         self.rank = self.accel.process_index
